@@ -1,0 +1,16 @@
+"""patchlab: the library of the activation patching course (IOI on GPT-2 small or the course model).
+
+One module per course concept: ``models`` (loading), ``ioi`` (prompts), ``metrics``,
+``patching`` and ``plots``.
+"""
+
+from patchlab.ioi import IOIData, IOIInputError, classic_ioi, generate_ioi
+from patchlab.metrics import logit_diff, patching_metric
+from patchlab.models import ModelUnavailableError, load_model
+from patchlab.patching import patch_ioi, reference_patching
+
+__all__ = [
+    "IOIData", "IOIInputError", "ModelUnavailableError", "classic_ioi", "generate_ioi", "load_model",
+    "logit_diff", "patch_ioi", "patching_metric", "reference_patching",
+]
+__version__ = "0.1.0"

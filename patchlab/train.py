@@ -1,0 +1,237 @@
+"""Train the course model ``ioi-mini`` and write its weights, tokenizer and model card.
+
+    python -m patchlab.train [--out patchlab/course_model] [--steps 2500]
+
+A GPT-2-architecture transformer (4 layers, d_model 128, 4 heads) with a word-level tokenizer,
+trained on CPU with a fixed seed on IOI prompts from the 15 BABA templates of Wang et al., their
+ABBA mirrors and the two templates of the TransformerLens demo prompts. The loss is the
+cross-entropy of the answer (the IO name) at the final position, plus the same loss read from the
+residual stream entering the last block: without it a model trained on IOI alone moves the
+answer to the final position only inside its last block, unlike GPT-2 small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from patchlab import ioi
+from patchlab.models import COURSE_MODEL_DIR
+
+SEED = 0
+N_LAYERS, D_MODEL, N_HEADS, N_CTX = 4, 128, 4, 32
+BOS = "<|endoftext|>"
+UNK = "<|unk|>"
+
+
+def is_heldout(prompt: ioi.IOIPrompt) -> bool:
+    """One prompt text in ten (by checksum) never appears in training; evaluation draws from these."""
+    return zlib.crc32(prompt.text.encode()) % 10 == 0
+
+
+def training_prompt_ok(prompt: ioi.IOIPrompt, classic_texts: set[str]) -> bool:
+    return not is_heldout(prompt) and prompt.text not in classic_texts
+
+
+def heldout_prompts(n: int, seed: int = 1234) -> list[ioi.IOIPrompt]:
+    """``n`` distinct IOI prompts that the course model never saw in training."""
+    out: dict[str, ioi.IOIPrompt] = {}
+    batch_seed = seed
+    while len(out) < n:
+        for p in ioi.sample_prompts(4 * n, batch_seed):
+            if is_heldout(p) and len(out) < n:
+                out.setdefault(p.text, p)
+        batch_seed += 1
+    return list(out.values())
+
+
+def build_tokenizer(out_dir: Path):
+    """A GPT-2-style word-level tokenizer over every word the IOI templates can produce."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    texts = [t.replace("[A]", "x").replace("[B]", "x") for t in ioi.TEMPLATES]
+    texts += [p.text for p in ioi.classic_prompts()]
+    texts += [" " + w for w in ioi.NAMES + ioi.PLACES + ioi.OBJECTS + ioi.VOWEL_OBJECTS]
+    words = {w for text in texts for w, _ in pre.pre_tokenize_str(text)} - {"Ġx", "x"}
+    vocab = {BOS: 0, UNK: 1} | {w: i + 2 for i, w in enumerate(sorted(words))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=UNK, pad_token=BOS,
+        model_max_length=N_CTX,
+    )
+    fast.save_pretrained(out_dir)
+    return AutoTokenizer.from_pretrained(out_dir)  # reloaded: the bridge needs a saved tokenizer
+
+
+def _batch(tokenizer, prompts: list[ioi.IOIPrompt]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    enc = tokenizer([BOS + p.text for p in prompts], padding=True, return_tensors="pt")
+    last = enc["attention_mask"].sum(1) - 1
+    answers = torch.tensor([tokenizer.convert_tokens_to_ids("Ġ" + p.io.strip()) for p in prompts])
+    return enc["input_ids"], last, answers
+
+
+def train(out_dir: Path, steps: int, batch_size: int = 64, lr: float = 2e-3, aux_weight: float = 1.0) -> dict:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(SEED)
+    torch.set_num_threads(2)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out_dir)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
+        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    classic = {p.text for p in ioi.classic_prompts()}
+    stream = (p for seed in range(10**9) for p in ioi.sample_prompts(4096, seed + 1_000_000)
+              if training_prompt_ok(p, classic))
+    start = time.time()
+    bar = tqdm(range(steps), desc="training ioi-mini")
+    for step in bar:
+        tokens, last, answers = _batch(tokenizer, [next(stream) for _ in range(batch_size)])
+        out = model(tokens, output_hidden_states=True)
+        rows = torch.arange(len(tokens))
+        loss = F.cross_entropy(out.logits[rows, last], answers)
+        # The residual stream entering the last block, read through the final LayerNorm and unembed.
+        pre_last = out.hidden_states[N_LAYERS - 1][rows, last]
+        aux = F.cross_entropy(model.lm_head(model.transformer.ln_f(pre_last)), answers)
+        opt.zero_grad()
+        (loss + aux_weight * aux).backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", aux=f"{aux.item():.3f}")
+    model.eval()
+    model.save_pretrained(out_dir)
+    return {
+        "steps": steps, "batch_size": batch_size, "learning_rate": lr, "aux_weight": aux_weight,
+        "seed": SEED, "training_seconds": round(time.time() - start, 1),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer), "torch": torch.__version__,
+    }
+
+
+def evaluate(model: Any, n_heldout: int = 1000) -> dict:
+    """The model card's figures: held-out IOI accuracy, the classic prompts, the patching heatmap."""
+    from patchlab.metrics import logit_diff, patching_metric
+    from patchlab.patching import reference_patching
+
+    by_template: dict[str, list[ioi.IOIPrompt]] = {}
+    for p in heldout_prompts(n_heldout):
+        by_template.setdefault(p.template, []).append(p)
+    diffs = []
+    with torch.no_grad():
+        for group in by_template.values():
+            data = ioi.make_ioi_data(model, group)
+            diffs.append(logit_diff(model(data.clean_tokens), data.answer_tokens, per_prompt=True))
+    heldout = torch.cat(diffs)
+    classic = ioi.classic_ioi(model)
+    with torch.no_grad():
+        clean_logits, cache = model.run_with_cache(classic.clean_tokens)
+        corrupted_logits = model(classic.corrupted_tokens)
+    clean_per_prompt = logit_diff(clean_logits, classic.answer_tokens, per_prompt=True)
+    clean_ld = clean_per_prompt.mean().item()
+    corrupted_ld = logit_diff(corrupted_logits, classic.answer_tokens).item()
+    metric = patching_metric(classic.answer_tokens, clean_ld, corrupted_ld)
+    heat = reference_patching(model, classic.corrupted_tokens, cache, metric, progress=False)
+    last, s2, end = model.cfg.n_layers - 1, classic.s2_pos, classic.end_pos
+    return {
+        "heldout_prompts": len(heldout),
+        "heldout_accuracy": round((heldout > 0).float().mean().item(), 4),
+        "heldout_mean_logit_diff": round(heldout.mean().item(), 3),
+        "classic_logit_diffs": [round(x, 3) for x in clean_per_prompt.tolist()],
+        "classic_clean_logit_diff": round(clean_ld, 3),
+        "classic_corrupted_logit_diff": round(corrupted_ld, 3),
+        "resid_pre_layer0_s2": round(heat[0, s2].item(), 3),
+        "resid_pre_last_layer_s2": round(heat[last, s2].item(), 3),
+        "resid_pre_last_layer_end": round(heat[last, end].item(), 3),
+        "resid_pre_max_abs_before_s2": heat[:, :s2].abs().max().item(),
+        "resid_pre_heatmap": [[round(v, 3) for v in row] for row in heat.tolist()],
+    }
+
+
+def write_card(out_dir: Path, info: dict, evaluation: dict) -> None:
+    """Write ``evaluation.json`` and ``MODEL_CARD.md`` from measured figures."""
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in evaluation.items() if k != "resid_pre_heatmap")
+    heat = "\n".join(f"| {i} | " + " | ".join(f"{v:.2f}" for v in row) + " |"
+                     for i, row in enumerate(evaluation["resid_pre_heatmap"]))
+    n_pos = len(evaluation["resid_pre_heatmap"][0])
+    (out_dir / "MODEL_CARD.md").write_text(f"""# ioi-mini, the course model
+
+A GPT-2-architecture transformer trained only on IOI prompts, so that the activation patching course
+runs offline and grades in seconds. It is **not** a language model: it knows the IOI templates' words
+and nothing else. Readers online use GPT-2 small; this model stands in for it in tests, CI and the
+offline build.
+
+## Model
+- Architecture: GPT-2 (`GPT2LMHeadModel`), {N_LAYERS} layers, d_model {D_MODEL}, {N_HEADS} heads,
+  context {N_CTX}, tied embeddings, {info["n_parameters"]:,} parameters.
+- Tokenizer: word-level over GPT-2-style pieces (leading space kept, punctuation split), vocabulary
+  {info["vocab_size"]}, BOS `<|endoftext|>`. The classic prompts tokenize to GPT-2's positions
+  (15 tokens with BOS, S2 at 10, the final " to" at 14).
+
+## Data
+IOI prompts from the 15 BABA templates of Wang et al. (2022), their ABBA mirrors and the two shapes
+of the TransformerLens demo prompts (`patchlab.ioi.TEMPLATES`), {len(ioi.NAMES)} names,
+{len(ioi.PLACES)} places, {len(ioi.OBJECTS) + len(ioi.VOWEL_OBJECTS)} objects. One prompt text in ten
+(by CRC32 checksum, `patchlab.train.is_heldout`) and the 8 classic prompts are never trained on;
+the held-out evaluation draws only from those.
+
+## Training
+`python -m patchlab.train`: seed {info["seed"]}, {info["steps"]} steps of batch {info["batch_size"]},
+AdamW (lr {info["learning_rate"]}, cosine schedule), CPU, {info["training_seconds"]} s on this
+machine's 2 cores (torch {info["torch"]}). Loss: cross-entropy of the IO name at the final position,
+plus (weight {info["aux_weight"]}) the same loss read through the final LayerNorm and unembedding from
+the residual stream entering the last block, so the answer reaches the final position before the last
+block, as in GPT-2 small (where it arrives around layers 8-9 of 12).
+
+## Evaluation (computed by `evaluate` in `patchlab/train.py`, checked by `tests/test_course_model.py`)
+| figure | value |
+|---|---|
+{rows}
+
+Residual-stream patching on the 8 classic prompts (rows: layer, columns: position 0..{n_pos - 1}),
+normalised logit difference:
+
+| layer | """ + " | ".join(str(i) for i in range(n_pos)) + f""" |
+|---|""" + "---|" * n_pos + f"""
+{heat}
+""")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=COURSE_MODEL_DIR)
+    parser.add_argument("--steps", type=int, default=3000)
+    args = parser.parse_args(argv)
+    info = train(args.out, args.steps)
+    (args.out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model = TransformerBridge.boot_transformers(str(args.out), device="cpu")
+    model.enable_compatibility_mode(disable_warnings=True)
+    evaluation = evaluate(model)
+    write_card(args.out, info, evaluation)
+    print(json.dumps({k: v for k, v in evaluation.items() if k != "resid_pre_heatmap"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
