@@ -192,6 +192,11 @@ def single_token_id(model: Any, word: str) -> int:
             f"{word!r} is {len(ids)} tokens for this model ({pieces}); IOI names and answers must be "
             "single tokens (with their leading space, e.g. ' Mary'): choose another word"
         )
+    if ids[0] == getattr(model.tokenizer, "unk_token_id", None):
+        raise IOIInputError(
+            f"{word!r} is not in this model's vocabulary (the course model knows only the IOI words of "
+            "patchlab.ioi: NAMES, PLACES, OBJECTS): choose one of those"
+        )
     return ids[0]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -61,16 +62,39 @@ def load_course_tokenizer():
     return AutoTokenizer.from_pretrained(COURSE_MODEL_DIR)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (one quick connection, no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _gpt2_cached() -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return all(isinstance(try_to_load_from_cache("gpt2", f), str) for f in ("config.json", "model.safetensors"))
+
+
 def _load_gpt2_small(device: torch.device):
     from transformer_lens.model_bridge import TransformerBridge
 
+    ways_out = ("Either connect to the internet once so that Hugging Face caches it, or use the course "
+                "model: load_model('ioi-mini') (or set PATCHLAB_MODEL=ioi-mini).")
+    if not _hub_reachable():
+        if not _gpt2_cached():
+            raise ModelUnavailableError(f"GPT-2 small is not in the Hugging Face cache and the hub cannot be reached. {ways_out}")
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # load from the cache without retrying the network
     try:
         return TransformerBridge.boot_transformers("gpt2", device=device)
     except Exception as err:  # the hub raises OSError, ConnectionError, LocalEntryNotFoundError...
         raise ModelUnavailableError(
-            f"GPT-2 small could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:160]}). "
-            "Either connect to the internet once so that Hugging Face caches it, or use the course "
-            "model: load_model('ioi-mini') (or set PATCHLAB_MODEL=ioi-mini)."
+            f"GPT-2 small could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:160]}). {ways_out}"
         ) from None
 
 

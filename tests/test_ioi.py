@@ -1,0 +1,104 @@
+"""IOI data: the classic prompts, their tokenization, corrupted twins, the generator and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from patchlab import ioi
+
+# The prompts and answers of TransformerLens's Exploratory Analysis demo, written out independently.
+DEMO_PROMPTS = [
+    "When John and Mary went to the shops, John gave the bag to",
+    "When John and Mary went to the shops, Mary gave the bag to",
+    "When Tom and James went to the park, James gave the ball to",
+    "When Tom and James went to the park, Tom gave the ball to",
+    "When Dan and Sid went to the shops, Sid gave an apple to",
+    "When Dan and Sid went to the shops, Dan gave an apple to",
+    "After Martin and Amy went to the park, Amy gave a drink to",
+    "After Martin and Amy went to the park, Martin gave a drink to",
+]
+DEMO_ANSWERS = [
+    (" Mary", " John"), (" John", " Mary"), (" Tom", " James"), (" James", " Tom"),
+    (" Dan", " Sid"), (" Sid", " Dan"), (" Martin", " Amy"), (" Amy", " Martin"),
+]
+GPT2_TOKENS = ["<|endoftext|>", "When", " John", " and", " Mary", " went", " to", " the", " shops", ",",
+               " John", " gave", " the", " bag", " to"]
+
+
+def test_classic_prompts_are_the_demo_prompts():
+    prompts = ioi.classic_prompts()
+    assert [p.text for p in prompts] == DEMO_PROMPTS
+    assert [(p.io, p.s) for p in prompts] == DEMO_ANSWERS
+
+
+def test_corrupted_prompts_are_the_pairs_swapped():
+    prompts = ioi.classic_prompts()
+    swapped = [DEMO_PROMPTS[i + 1 if i % 2 == 0 else i - 1] for i in range(8)]
+    assert [p.corrupted_text for p in prompts] == swapped
+
+
+def test_classic_tokens_have_gpt2_positions(model, classic):
+    assert classic.clean_tokens.shape == (8, 15)
+    assert classic.str_tokens == GPT2_TOKENS
+    assert (classic.s2_pos, classic.end_pos) == (10, 14)
+    differs = (classic.clean_tokens != classic.corrupted_tokens).any(0)
+    assert differs.nonzero().flatten().tolist() == [10], "only S2 may differ between clean and corrupted"
+    order = [i + 1 if i % 2 == 0 else i - 1 for i in range(8)]
+    assert torch.equal(classic.corrupted_tokens, classic.clean_tokens[order])
+    for row, (io, s) in zip(classic.answer_tokens.tolist(), DEMO_ANSWERS):
+        assert model.to_str_tokens(torch.tensor(row)) == [io, s]
+
+
+def test_generate_ioi_is_reproducible_and_consistent(model):
+    a = ioi.generate_ioi(model, 12, seed=3)
+    b = ioi.generate_ioi(model, 12, seed=3)
+    c = ioi.generate_ioi(model, 12, seed=4)
+    assert torch.equal(a.clean_tokens, b.clean_tokens)
+    assert not torch.equal(a.clean_tokens, c.clean_tokens)
+    assert a.clean_tokens.shape[0] == 12
+    n_abba = sum(p.template != ioi.DEMO_BABA_TEMPLATES[0] for p in a.prompts)
+    assert n_abba == 6
+    for p, tokens, answers in zip(a.prompts, a.clean_tokens, a.answer_tokens):
+        strs = model.to_str_tokens(tokens)
+        assert strs[a.s2_pos] == p.s and strs.count(p.s) == 2 and strs.count(p.io) == 1
+        assert model.to_str_tokens(answers) == [p.io, p.s]
+    diff_positions = (a.clean_tokens != a.corrupted_tokens).any(0).nonzero().flatten().tolist()
+    assert diff_positions == [a.s2_pos]
+
+
+def test_sample_prompts_fill_every_slot():
+    for p in ioi.sample_prompts(200, seed=1):
+        assert "[" not in p.text and p.text.count(p.s) == 2 and p.text.count(p.io) == 1
+
+
+def test_name_that_is_not_one_token_is_rejected(model):
+    bad = ioi.IOIPrompt("When Mary-Jane and John went to the shops, Mary-Jane gave the bag to", " John",
+                        " Mary-Jane", "")
+    with pytest.raises(ioi.IOIInputError, match="single tokens"):
+        ioi.make_ioi_data(model, [bad])
+
+
+def test_unknown_word_is_rejected(model):
+    bad = ioi.IOIPrompt("When Zyxwv and Mary went to the shops, Zyxwv gave the bag to", " Mary", " Zyxwv", "")
+    with pytest.raises(ioi.IOIInputError, match="not in this model's vocabulary"):
+        ioi.make_ioi_data(model, [bad])
+
+
+def test_prompts_of_different_lengths_are_rejected(model):
+    prompts = ioi.classic_prompts()[:2]
+    longer = ioi.IOIPrompt("When John and Mary went to the big shops, John gave the bag to", " Mary", " John", "")
+    with pytest.raises(ioi.IOIInputError, match="same number of tokens"):
+        ioi.make_ioi_data(model, [prompts[0], longer])
+    with pytest.raises(ioi.IOIInputError, match="tokens"):
+        ioi.make_ioi_data(model, prompts, corrupted=[DEMO_PROMPTS[1] + " the", DEMO_PROMPTS[0] + " the"])
+
+
+def test_mismatched_batch_sizes_are_rejected(model):
+    with pytest.raises(ioi.IOIInputError, match="one corrupted prompt per clean prompt"):
+        ioi.make_ioi_data(model, ioi.classic_prompts()[:4], corrupted=DEMO_PROMPTS[:3])
+
+
+def test_unknown_template_is_rejected(model):
+    with pytest.raises(ioi.IOIInputError, match="unknown template"):
+        ioi.generate_ioi(model, 4, template="[B] met [A]. [B] waved at [A]")

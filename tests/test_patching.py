@@ -1,0 +1,58 @@
+"""The reference patching loop equals TransformerLens's own patching functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformer_lens.patching as tl_patching
+
+from patchlab.patching import hook_name, reference_head_patching, reference_patching
+
+TL_FUNCTIONS = {
+    "resid_pre": tl_patching.get_act_patch_resid_pre,
+    "attn_out": tl_patching.get_act_patch_attn_out,
+    "mlp_out": tl_patching.get_act_patch_mlp_out,
+}
+
+
+@pytest.mark.parametrize("component", sorted(TL_FUNCTIONS))
+def test_reference_equals_transformer_lens(model, classic, classic_run, component):
+    _, cache, _, metric = classic_run
+    ours = reference_patching(model, classic.corrupted_tokens, cache, metric, component, progress=False)
+    theirs = TL_FUNCTIONS[component](model, classic.corrupted_tokens, cache, metric)
+    assert ours.shape == (model.cfg.n_layers, classic.clean_tokens.shape[1])
+    assert torch.allclose(ours, theirs.cpu().float(), atol=1e-5, rtol=0)
+
+
+def test_reference_head_patching_equals_transformer_lens(model, classic, classic_run):
+    _, cache, _, metric = classic_run
+    ours = reference_head_patching(model, classic.corrupted_tokens, cache, metric, progress=False)
+    theirs = tl_patching.get_act_patch_attn_head_out_all_pos(model, classic.corrupted_tokens, cache, metric)
+    assert ours.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert torch.allclose(ours, theirs.cpu().float(), atol=1e-5, rtol=0)
+
+
+def test_patch_before_s2_changes_nothing_and_full_patch_restores_clean(model, classic, classic_run):
+    _, cache, _, metric = classic_run
+    values = reference_patching(model, classic.corrupted_tokens, cache, metric, progress=False)
+    assert torch.all(values[:, : classic.s2_pos] == 0)
+    # Patching the whole residual stream at layer 0 turns the corrupted run into the clean run.
+    name = hook_name("resid_pre", 0)
+    logits = model.run_with_hooks(classic.corrupted_tokens, fwd_hooks=[(name, lambda act, hook: cache[name])])
+    assert metric(logits).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_clean_cache_is_not_modified(model, classic, classic_run):
+    _, cache, _, metric = classic_run
+    name = hook_name("resid_pre", 1)
+    before = cache[name].clone()
+    reference_patching(model, classic.corrupted_tokens, cache, metric, progress=False)
+    assert torch.equal(cache[name], before)
+
+
+def test_bad_component_and_mismatched_batch(model, classic, classic_run):
+    _, cache, _, metric = classic_run
+    with pytest.raises(ValueError, match="unknown component"):
+        reference_patching(model, classic.corrupted_tokens, cache, metric, "resid_middle", progress=False)
+    with pytest.raises(ValueError, match="batches must match"):
+        reference_patching(model, classic.corrupted_tokens[:3], cache, metric, progress=False)
