@@ -11,12 +11,15 @@ import os
 import socket
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 
 COURSE_MODEL_DIR = Path(__file__).parent / "course_model"
-MODEL_NAMES = ("auto", "gpt2-small", "ioi-mini", "gpt2-small-random")
+# Models from the Hugging Face hub (need the internet once), by course name.
+HUB_MODELS = {"gpt2-small": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large", "gpt2-xl": "gpt2-xl"}
+MODEL_NAMES = ("auto", *HUB_MODELS, "ioi-mini", "gpt2-small-random")
 ENV_VAR = "PATCHLAB_MODEL"
 
 
@@ -73,28 +76,32 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _gpt2_cached() -> bool:
+def _hub_cached(hf_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    return all(isinstance(try_to_load_from_cache("gpt2", f), str) for f in ("config.json", "model.safetensors"))
+    return all(isinstance(try_to_load_from_cache(hf_id, f), str) for f in ("config.json", "model.safetensors"))
 
 
-def _load_gpt2_small(device: torch.device):
+def _load_hub(name: str, device: torch.device):
+    """A model of ``HUB_MODELS`` from the hub or its local cache; a clear error when neither works."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    hf_id = HUB_MODELS[name]
     ways_out = ("Either connect to the internet once so that Hugging Face caches it, or use the course "
                 "model: load_model('ioi-mini') (or set PATCHLAB_MODEL=ioi-mini).")
     if not _hub_reachable():
-        if not _gpt2_cached():
-            raise ModelUnavailableError(f"GPT-2 small is not in the Hugging Face cache and the hub cannot be reached. {ways_out}")
+        if not _hub_cached(hf_id):
+            raise ModelUnavailableError(
+                f"{name} is not in the Hugging Face cache and the hub cannot be reached. {ways_out}"
+            )
         import huggingface_hub.constants
 
         huggingface_hub.constants.HF_HUB_OFFLINE = True  # load from the cache without retrying the network
     try:
-        return TransformerBridge.boot_transformers("gpt2", device=device)
+        return TransformerBridge.boot_transformers(hf_id, device=device)
     except Exception as err:  # the hub raises OSError, ConnectionError, LocalEntryNotFoundError...
         raise ModelUnavailableError(
-            f"GPT-2 small could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:160]}). {ways_out}"
+            f"{name} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:160]}). {ways_out}"
         ) from None
 
 
@@ -128,7 +135,8 @@ def _load_gpt2_small_random(device: torch.device, seed: int = 0):
 def load_model(name: str = "auto", device: str | torch.device | None = None, verbose: bool = True):
     """Load a model as a ``TransformerBridge`` in compatibility mode (eval, no parameter gradients).
 
-    ``name``: ``"gpt2-small"``, ``"ioi-mini"`` (the course model, shipped with patchlab),
+    ``name``: ``"gpt2-small"`` (or ``gpt2-medium``, ``-large``, ``-xl``), ``"ioi-mini"`` (the course
+    model, shipped with patchlab),
     ``"gpt2-small-random"`` (for benchmarks) or ``"auto"`` (default): the model named by the
     ``PATCHLAB_MODEL`` environment variable if set, else GPT-2 small when it can be loaded, else
     ``ioi-mini``; the choice is printed in one line.
@@ -137,8 +145,8 @@ def load_model(name: str = "auto", device: str | torch.device | None = None, ver
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
     device = torch.device(device) if device is not None else pick_device()
     _quiet_transformers()
-    loaders = {"gpt2-small": _load_gpt2_small, "ioi-mini": _load_ioi_mini,
-               "gpt2-small-random": _load_gpt2_small_random}
+    loaders = {"ioi-mini": _load_ioi_mini, "gpt2-small-random": _load_gpt2_small_random}
+    loaders |= {hub_name: partial(_load_hub, hub_name) for hub_name in HUB_MODELS}
     if name == "auto":
         chosen = os.environ.get(ENV_VAR)
         if chosen:
@@ -148,7 +156,7 @@ def load_model(name: str = "auto", device: str | torch.device | None = None, ver
                 print(f"patchlab: using {chosen} ({ENV_VAR} is set)", file=sys.stdout)
             return _finish(loaders[chosen](device), chosen)
         try:
-            model = _finish(_load_gpt2_small(device), "gpt2-small")
+            model = _finish(_load_hub("gpt2-small", device), "gpt2-small")
             if verbose:
                 print("patchlab: using gpt2-small (loaded from Hugging Face)", file=sys.stdout)
             return model

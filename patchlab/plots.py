@@ -55,7 +55,7 @@ def heatmap(
     fig.update_layout(
         title=title, xaxis_title=x_title, yaxis_title=y_title,
         yaxis={"autorange": "reversed", "type": "category"}, xaxis={"type": "category", "tickangle": -45},
-        width=max(500, 45 * arr.shape[1] + 200), height=max(350, 28 * arr.shape[0] + 220),
+        height=max(350, 28 * arr.shape[0] + 220),  # no fixed width: the figure fills its column
     )
     return fig
 

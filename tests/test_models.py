@@ -33,14 +33,29 @@ def test_gpt2_small_unavailable_offline_gives_a_clear_error(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
 
     monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(refuse))
+    monkeypatch.setattr(models, "_hub_reachable", lambda: True)  # the hub "answers" but loading fails
     with pytest.raises(ModelUnavailableError) as err:
         load_model("gpt2-small", device="cpu")
     assert "ioi-mini" in str(err.value) and "connect" in str(err.value)
 
 
+def test_offline_without_cache_fails_at_once(monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("no download may be attempted when the hub is unreachable")
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(models, "_hub_cached", lambda hf_id: False)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(must_not_run))
+    with pytest.raises(ModelUnavailableError, match="not in the Hugging Face cache"):
+        load_model("gpt2-medium", device="cpu")
+
+
 def test_auto_falls_back_to_the_course_model_and_says_why(monkeypatch, capsys):
     monkeypatch.delenv(models.ENV_VAR, raising=False)
-    monkeypatch.setattr(models, "_load_gpt2_small", lambda device: (_ for _ in ()).throw(ModelUnavailableError("offline")))
+    def offline(name, device):
+        raise ModelUnavailableError("offline")
+
+    monkeypatch.setattr(models, "_load_hub", offline)
     model = load_model("auto", device="cpu")
     assert model_label(model) == "ioi-mini"
     out = capsys.readouterr().out.strip().splitlines()
@@ -48,10 +63,10 @@ def test_auto_falls_back_to_the_course_model_and_says_why(monkeypatch, capsys):
 
 
 def test_auto_obeys_the_environment_variable(monkeypatch, capsys):
-    def must_not_run(device):
+    def must_not_run(name, device):
         raise AssertionError("GPT-2 small must not be tried when PATCHLAB_MODEL is set")
 
-    monkeypatch.setattr(models, "_load_gpt2_small", must_not_run)
+    monkeypatch.setattr(models, "_load_hub", must_not_run)
     monkeypatch.setenv(models.ENV_VAR, "ioi-mini")
     assert model_label(load_model("auto", device="cpu")) == "ioi-mini"
     assert "PATCHLAB_MODEL" in capsys.readouterr().out

@@ -1,0 +1,95 @@
+"""Static checks of the book's chapters: table of contents, Colab links, the Colab install cell."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import notebooks  # noqa: E402  (tools/notebooks.py)
+
+COLAB = "https://colab.research.google.com/github/patchlab-course/activation-patching/blob/main/"
+INSTALL_CELL = (
+    'import sys\nif "google.colab" in sys.modules:\n'
+    '    %pip install -q "patchlab @ git+https://github.com/patchlab-course/activation-patching"'
+)
+
+
+def toc_pages() -> list[Path]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    files = [toc["root"]] + [entry["file"] for entry in toc["chapters"]]
+    return [ROOT / f"{name}.md" for name in files]
+
+
+CHAPTERS = [page for page in toc_pages() if page.exists() and notebooks.is_notebook_md(page)]
+
+
+def test_toc_lists_existing_pages_and_all_seven_notebook_chapters() -> None:
+    missing = [str(p.relative_to(ROOT)) for p in toc_pages() if not p.exists()]
+    assert missing == []
+    assert len(CHAPTERS) == 7
+
+
+def test_config_names_the_course_repository_and_serves_mathjax_locally() -> None:
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    assert config["repository"]["url"] == "https://github.com/patchlab-course/activation-patching"
+    assert config["execute"]["execute_notebooks"] == "cache"
+    mathjax = config["sphinx"]["config"]["mathjax_path"]
+    assert not mathjax.startswith(("http:", "https:", "//"))
+    assert (ROOT / "book" / "_static" / mathjax).is_file()
+
+
+@pytest.mark.parametrize("page", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_opens_in_colab_and_installs_only_patchlab_there(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    ipynb = page.with_suffix(".ipynb").relative_to(ROOT).as_posix()
+    assert f"]({COLAB}{ipynb})" in text, f"{page.name} has no 'Open in Colab' link to {ipynb}"
+    code = [cell for cell in jupytext.read(page).cells if cell.cell_type == "code"]
+    assert code and code[0].source.strip() == INSTALL_CELL
+    assert not re.search(r"pip install[^\n]*\btorch\b", text), "never reinstall torch in Colab"
+
+
+@pytest.mark.parametrize("page", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_names_its_model_in_its_first_output_and_runs_without_the_book_tools(page: Path) -> None:
+    code = [cell.source for cell in jupytext.read(page).cells if cell.cell_type == "code"]
+    assert 'load_model("auto")' in code[1]
+    assert re.search(r'print\(f"The numbers on this page come from \{(name|model_label\(model\))\}\."\)', code[1])
+    # Colab installs patchlab alone: the book's build tools (myst-nb, jupyter-book) are not there
+    assert not any(re.search(r"^\s*(from|import) (myst_nb|jupyter_book|sphinx)", c, re.M) for c in code)
+
+
+@pytest.mark.parametrize("stem, exercise", [
+    ("logit_difference", "exercises/logit_difference/logit_difference.ipynb"),
+    ("residual_patching", "exercises/residual_patching/residual_patching.ipynb"),
+])
+def test_chapter_ends_with_its_exercise(stem: str, exercise: str) -> None:
+    text = (ROOT / "book" / f"{stem}.md").read_text(encoding="utf-8")
+    assert f"({COLAB}{exercise})" in text.split("## Exercise")[-1]
+
+
+def test_offline_extension_drops_plotlys_cdn_mathjax_and_flags_other_remote_scripts(caplog) -> None:
+    from docutils import nodes
+    from docutils.utils import new_document
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import offline_html
+
+    document = new_document("page")
+    plotly_output = ('<div><script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/3.2.2/es5/tex-svg.min.js">'
+                     '</script><div class="plotly-graph-div"></div></div>')
+    document += nodes.raw("", plotly_output, format="html")
+    document += nodes.raw("", '<script src="https://unpkg.com/some/lib.js"></script>', format="html")
+    with caplog.at_level("WARNING"):
+        offline_html._clean_outputs(None, document)
+    html = [node.astext() for node in document.findall(nodes.raw)]
+    assert html[0] == '<div><div class="plotly-graph-div"></div></div>'
+    assert "unpkg.com" in html[1]
+    assert [r.getMessage() for r in caplog.records if "network" in r.getMessage()] != []
+    assert not any("cdnjs" in r.getMessage() for r in caplog.records)
