@@ -1,0 +1,102 @@
+"""Command line: ``python -m autograder {release,grade,score,bench} ...`` (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autograder.config import CELL_TIMEOUT, NOTEBOOK_TIMEOUT, assignments
+
+
+def _release(args: argparse.Namespace) -> int:
+    from autograder.release import release, stale_exercises, stale_solutions
+
+    if args.check:
+        problems = stale_solutions(args.names) + stale_exercises(args.names)
+        for line in problems:
+            print(f"out of date: {line}")
+        if problems:
+            print("run: python -m autograder release", file=sys.stderr)
+        return 1 if problems else 0
+    for path in release(args.names):
+        print(f"wrote {path}")
+    return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from autograder.grade import GradingError, grade
+
+    try:
+        grades = grade(args.submissions, args.assignment, args.out, cell_timeout=args.cell_timeout,
+                       notebook_timeout=args.notebook_timeout, model=args.model, run=not args.no_run)
+    except GradingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for g in grades:
+        score = "-" if g.score is None else f"{g.score:g}"
+        print(f"{g.student:<24} {score:>5} / {g.max_score:<5g} {g.status:<18} {g.seconds:5.1f} s  {g.detail}")
+    print(f"{len(grades)} submissions graded: {args.out / 'grades.csv'}, feedback in {args.out / 'feedback'}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from autograder.grade import GradingError, set_manual_score
+
+    try:
+        set_manual_score(args.out, args.assignment, args.student, args.cell, args.points, args.comment)
+    except GradingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.student}: {args.cell} = {args.points:g}; rerun `grade ... --no-run` to update grades.csv")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from autograder.bench import bench
+
+    bench(args.assignment)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    release = commands.add_parser("release", help="solutions/NAME/NAME.md -> NAME.ipynb -> exercises/NAME/")
+    release.add_argument("names", nargs="*", help=f"assignments (default: all of {', '.join(assignments())})")
+    release.add_argument("--check", action="store_true", help="only check that the committed files are current")
+    release.set_defaults(run=_release)
+
+    grade = commands.add_parser("grade", help="autograde SUBMISSIONS_DIR/LEARNER.ipynb into OUT_DIR")
+    grade.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR")
+    grade.add_argument("--assignment", required=True, choices=assignments())
+    grade.add_argument("--out", required=True, type=Path, metavar="OUT_DIR")
+    grade.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT, help="seconds per cell (%(default)s)")
+    grade.add_argument("--notebook-timeout", type=int, default=NOTEBOOK_TIMEOUT,
+                       help="seconds per notebook (%(default)s)")
+    grade.add_argument("--model", default="ioi-mini", help="PATCHLAB_MODEL of the grading kernels (%(default)s)")
+    grade.add_argument("--no-run", action="store_true",
+                       help="do not execute again: rewrite grades.csv and feedback from the last run "
+                            "(after manual grading)")
+    grade.set_defaults(run=_grade)
+
+    score = commands.add_parser("score", help="record a manual grade (e.g. of the written interpretation)")
+    score.add_argument("out", type=Path, metavar="OUT_DIR", help="the --out folder of the grading run")
+    score.add_argument("--assignment", required=True, choices=assignments())
+    score.add_argument("--student", required=True)
+    score.add_argument("--cell", required=True, help="grade id of the answer cell, e.g. interpretation")
+    score.add_argument("--points", required=True, type=float)
+    score.add_argument("--comment", help="a comment shown in the learner's feedback")
+    score.set_defaults(run=_score)
+
+    bench = commands.add_parser("bench", help="print the time to grade one submission with the course model")
+    bench.add_argument("--assignment", choices=assignments(), help="default: every assignment")
+    bench.set_defaults(run=_bench)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Name the likely mistake behind a wrong result.
+
+Pure functions on tensors: a learner's result is compared with the reference and with the results
+that known mistakes produce (the caller computes those with ``patchlab``, or they are derived here
+from the reference). The first match names the mistake; the message tells the learner what to fix
+without giving the reference values away. The hidden tests (``autograder.checks``) call these.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, NamedTuple, Union
+
+import torch
+from torch import Tensor
+
+# What each mistake looks like, told to the learner.
+MESSAGES: dict[str, str] = {
+    "transposed": (
+        "Axes transposed: the result must be [n_layers, n_positions] (one row per layer, one column per "
+        "position); yours is [n_positions, n_layers]. Store each value at results[layer, position]."
+    ),
+    "sign_flipped": (
+        "Sign flipped: your values are the negatives of the expected ones. The logit difference is the "
+        "correct answer's logit minus the incorrect one's: answer_tokens[:, 0] is correct, "
+        "answer_tokens[:, 1] incorrect."
+    ),
+    "unnormalised": (
+        "Not normalised: these are raw logit differences. Normalise them, "
+        "(logit_diff - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff), so that the "
+        "corrupted run scores 0 and the clean run 1 (use the metric you are given)."
+    ),
+    "normalised_backwards": (
+        "Normalised the wrong way round: the clean run should score 1 and the corrupted run 0, yours does "
+        "the opposite. Subtract the corrupted baseline and divide by (clean - corrupted)."
+    ),
+    "divided_by_clean": (
+        "Only half normalised: you divided by the clean logit difference but did not subtract the "
+        "corrupted baseline. Use (logit_diff - corrupted) / (clean - corrupted)."
+    ),
+    "wrong_direction": (
+        "Patched the wrong way (corrupted into clean): you ran the clean prompts and patched in activations "
+        "of the corrupted run. Cache the clean run, run the corrupted prompts, and patch the clean "
+        "activations into them."
+    ),
+    "resid_mid": (
+        "Wrong hook: you patched hook_resid_mid (the residual stream between attention and MLP). Patch "
+        "blocks.{layer}.hook_resid_pre, the residual stream at the input of each layer."
+    ),
+    "resid_post": (
+        "Wrong hook: you patched hook_resid_post (the output of each layer, i.e. the input of the next "
+        "one). Patch blocks.{layer}.hook_resid_pre, the residual stream at the input of each layer."
+    ),
+    "off_by_one_layer": (
+        "Off by one layer: your rows are right except at one end (or shifted by one layer). Loop over "
+        "range(model.cfg.n_layers), patch blocks.{layer}.hook_resid_pre and store at results[layer, ...]."
+    ),
+    "off_by_one_position": (
+        "Off by one position: your columns are right except at one end (or shifted by one position). "
+        "Loop over every position, the last one included, and store at results[..., position]."
+    ),
+    "not_final_position": (
+        "Wrong position: you read the logits at another position than the last. The prediction of the "
+        "answer is the output at the final token: logits[:, -1]."
+    ),
+    "single_prompt": (
+        "Only one prompt used: your value is that of the first prompt alone. Use the whole batch and "
+        "take the mean over the prompts."
+    ),
+    "sum_not_mean": "Sum instead of mean: average over the prompts (.mean()), do not add them up.",
+    "not_reduced": (
+        "One value per prompt returned where a single number is expected: average over the batch (.mean())."
+    ),
+    "reduced_too_early": (
+        "A single number returned where one value per prompt is expected: do not average over the batch "
+        "here; return a tensor of shape [batch]."
+    ),
+    "broadcast_index": (
+        "Indexing mistake: logits[:, -1, answer_tokens[:, 0]] picks every prompt's answer for every prompt "
+        "([batch, batch]). Pick one answer per prompt, e.g. with .gather(-1, answer_tokens) or "
+        "logits[torch.arange(batch), -1, answer_tokens[:, 0]]."
+    ),
+    "cache_mutated": (
+        "The cached clean activations were modified in place: after your code ran, clean_cache held other "
+        "values than before, so every later patch reads wrong 'clean' activations. Never write into "
+        "clean_cache; write into the activation you are given and return it."
+    ),
+    "patched_all_positions": (
+        "Patched every position: your hook replaced the whole activation with the clean one. Overwrite "
+        "only the given position: activation[:, position] = clean[:, position]."
+    ),
+    "not_patched": (
+        "Nothing patched: your hook returned the activation unchanged. Overwrite position `position` with "
+        "the clean activation (clean_cache[hook.name]) and return the activation."
+    ),
+    "uses_globals": (
+        "Right on the notebook's prompts but wrong on a new prompt set: your function must use only its "
+        "arguments, not notebook variables (data, clean_cache, metric, ...) or numbers copied from an "
+        "earlier run."
+    ),
+}
+
+# A candidate: the result a mistake would give, or a function computing it (run only when needed).
+Candidate = Union[Tensor, Callable[[], Tensor]]
+
+
+class Diagnosis(NamedTuple):
+    """Why a result is wrong: ``name`` is a key of ``MESSAGES``, or ``"mismatch"`` when no known
+    mistake explains it."""
+
+    name: str
+    message: str
+
+
+def _as_float(value: Tensor) -> Tensor:
+    return torch.as_tensor(value).detach().float().cpu()
+
+
+def close(learner: Tensor, expected: Tensor, atol: float, rtol: float) -> bool:
+    """Same shape and all values within ``atol + rtol * |expected|`` (NaN never matches)."""
+    learner, expected = _as_float(learner), _as_float(expected)
+    return learner.shape == expected.shape and bool(torch.allclose(learner, expected, atol=atol, rtol=rtol))
+
+
+def matches(
+    learner: Tensor, candidates: Iterable[tuple[str, Candidate]], atol: float, rtol: float
+) -> list[str]:
+    """The names of all candidate mistakes whose result the learner's matches, in order."""
+    found = []
+    for name, candidate in candidates:
+        value = candidate() if callable(candidate) else candidate
+        if close(learner, value, atol, rtol):
+            found.append(name)
+    return found
+
+
+def off_by_one(learner: Tensor, reference: Tensor, axis: int, atol: float, rtol: float) -> bool:
+    """True when ``learner`` is ``reference`` shifted by one index along ``axis``, or is right
+    everywhere but at the last index (a loop one step short)."""
+    learner, reference = _as_float(learner), _as_float(reference)
+    if learner.shape != reference.shape or reference.ndim <= axis or reference.shape[axis] < 2:
+        return False
+    if close(learner, reference, atol, rtol):
+        return False
+    got, ref = learner.movedim(axis, 0), reference.movedim(axis, 0)
+    pairs = [(got[1:], ref[:-1]), (got[:-1], ref[1:]), (got[:-1], ref[:-1])]
+    return any(close(a, b, atol, rtol) for a, b in pairs)
+
+
+def grid_mistakes(
+    reference: Tensor, clean_logit_diff: float, corrupted_logit_diff: float
+) -> list[tuple[str, Tensor]]:
+    """What a [layer, position] grid of the normalised metric looks like after the mistakes that
+    are pure functions of the right one: transposed, sign flipped, not or wrongly normalised."""
+    reference = _as_float(reference)
+    gap = clean_logit_diff - corrupted_logit_diff
+    return [
+        ("transposed", reference.T),
+        ("sign_flipped", -reference),
+        ("unnormalised", reference * gap + corrupted_logit_diff),
+        ("normalised_backwards", 1 - reference),
+    ]
+
+
+def mismatch_message(learner: Tensor, reference: Tensor, axis_names: tuple[str, ...] = ()) -> str:
+    """The fallback: shape, or where the values differ most; no reference value is given away."""
+    learner, reference = _as_float(learner), _as_float(reference)
+    if learner.shape != reference.shape:
+        names = f" [{', '.join(axis_names)}]" if axis_names else ""
+        return f"Wrong shape: expected {tuple(reference.shape)}{names}, got {tuple(learner.shape)}."
+    if not torch.isfinite(learner).all():
+        return "Your result contains NaN or infinite values."
+    diff = (learner - reference).abs()
+    if reference.ndim == 0:
+        return f"Wrong value (off by {diff.item():.3g}): re-read the task and the hint."
+    index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    where = ", ".join(f"{n}={i}" for n, i in zip(axis_names, index)) if axis_names else str(index)
+    return (
+        f"Wrong values: {int((diff > 1e-3).sum())} of {diff.numel()} entries differ from the reference, "
+        f"most at {where} (by {diff.max().item():.3g}). Re-read the task and the hint."
+    )
+
+
+def diagnose(
+    learner: Tensor,
+    reference: Tensor,
+    candidates: Iterable[tuple[str, Candidate]] = (),
+    off_by_one_axes: dict[int, str] | None = None,
+    axis_names: tuple[str, ...] = (),
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> Diagnosis | None:
+    """None if ``learner`` matches ``reference``; else the mistakes that explain it (every one of
+    ``candidates`` it matches, else off by one along ``off_by_one_axes`` {axis: mistake name}),
+    else a ``"mismatch"`` diagnosis saying where the values differ. When two mistakes give the same
+    numbers (on this model and these prompts) both are named: ``"a+b"``, "... Or: ..."."""
+    if close(learner, reference, atol, rtol):
+        return None
+    names = matches(learner, candidates, atol, rtol)
+    if not names:
+        names = [mistake for axis, mistake in (off_by_one_axes or {}).items()
+                 if off_by_one(learner, reference, axis, atol, rtol)][:1]
+    if not names:
+        return Diagnosis("mismatch", mismatch_message(learner, reference, axis_names))
+    return Diagnosis("+".join(names), " Or: ".join(MESSAGES[name] for name in names))
