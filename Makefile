@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # auto = GPT-2 small when it can be loaded, else the course model ioi-mini.
 PATCHLAB_MODEL ?=
+# OpenMP threads sleep instead of spinning while they wait: on a busy machine spinning made small
+# torch operations 10-100 times slower.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup book test
 

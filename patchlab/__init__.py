@@ -7,10 +7,10 @@ One module per course concept: ``models`` (loading), ``ioi`` (prompts), ``metric
 from patchlab.ioi import IOIData, IOIInputError, classic_ioi, generate_ioi
 from patchlab.metrics import logit_diff, patching_metric
 from patchlab.models import ModelUnavailableError, load_model
-from patchlab.patching import patch_ioi, reference_patching
+from patchlab.patching import agreement, attribution_patching, fast_patching, patch_ioi, reference_patching
 
 __all__ = [
-    "IOIData", "IOIInputError", "ModelUnavailableError", "classic_ioi", "generate_ioi", "load_model",
-    "logit_diff", "patch_ioi", "patching_metric", "reference_patching",
+    "IOIData", "IOIInputError", "ModelUnavailableError", "agreement", "attribution_patching", "classic_ioi",
+    "fast_patching", "generate_ioi", "load_model", "logit_diff", "patch_ioi", "patching_metric", "reference_patching",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,9 @@
-"""Command line: ``python -m patchlab patch --model ioi-mini --component resid_pre --out DIR``."""
+"""Command line.
+
+``python -m patchlab patch --model ioi-mini --component resid_pre --method fast --out DIR`` patches one
+component on the 8 classic prompts; ``python -m patchlab bench --out DIR`` (or ``--quick``) benchmarks
+the patching methods against TransformerLens.
+"""
 
 from __future__ import annotations
 
@@ -66,16 +71,32 @@ def cmd_patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from patchlab import bench
+
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"patchlab: error: --out {args.out} exists and is not a folder", file=sys.stderr)
+        return 2
+    return bench.main(args.out, quick=args.quick, device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m patchlab", description="Activation patching on the IOI task.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     patch = sub.add_parser("patch", help="patch one component over layers x positions on the 8 classic prompts")
     patch.add_argument("--model", default="auto", choices=MODEL_NAMES)
     patch.add_argument("--component", default="resid_pre", choices=COMPONENTS)
-    patch.add_argument("--method", default="reference", choices=sorted(METHODS))
+    patch.add_argument("--method", default="fast", choices=sorted(METHODS),
+                       help="reference (one pass per cell), fast (exact, default) or attribution (gradients)")
     patch.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     patch.add_argument("--out", required=True, help="folder for COMPONENT.json, .html and .png")
     patch.set_defaults(func=cmd_patch)
+    bench = sub.add_parser("bench", help="time TransformerLens's patching sweep against reference, fast and "
+                                         "attribution patching")
+    bench.add_argument("--out", default=None, help="folder for bench.json (default: only print the tables)")
+    bench.add_argument("--quick", action="store_true", help="a small setting on ioi-mini (for CI)")
+    bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
