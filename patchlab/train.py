@@ -153,8 +153,8 @@ def train(
 
 def evaluate(model: Any, n_heldout: int = 1000) -> dict:
     """The model card's figures: held-out IOI accuracy, the classic prompts, the patching heatmap."""
-    from patchlab.metrics import logit_diff, patching_metric
-    from patchlab.patching import reference_patching
+    from patchlab.metrics import logit_diff
+    from patchlab.patching import patch_ioi
 
     by_template: dict[str, list[ioi.IOIPrompt]] = {}
     for p in heldout_prompts(n_heldout):
@@ -167,13 +167,9 @@ def evaluate(model: Any, n_heldout: int = 1000) -> dict:
     heldout = torch.cat(diffs)
     classic = ioi.classic_ioi(model)
     with torch.no_grad():
-        clean_logits, cache = model.run_with_cache(classic.clean_tokens)
-        corrupted_logits = model(classic.corrupted_tokens)
-    clean_per_prompt = logit_diff(clean_logits, classic.answer_tokens, per_prompt=True)
-    clean_ld = clean_per_prompt.mean().item()
-    corrupted_ld = logit_diff(corrupted_logits, classic.answer_tokens).item()
-    metric = patching_metric(classic.answer_tokens, clean_ld, corrupted_ld)
-    heat = reference_patching(model, classic.corrupted_tokens, cache, metric, progress=False)
+        clean_per_prompt = logit_diff(model(classic.clean_tokens), classic.answer_tokens, per_prompt=True)
+    result = patch_ioi(model, classic, "resid_pre", method="reference", progress=False)
+    heat, clean_ld, corrupted_ld = result.values, result.clean_logit_diff, result.corrupted_logit_diff
     last, s2, end = model.cfg.n_layers - 1, classic.s2_pos, classic.end_pos
     return {
         "heldout_prompts": len(heldout),
