@@ -217,7 +217,7 @@ the held-out evaluation draws only from those.
 ## Training
 `python -m patchlab.train`: seed {info["seed"]}, {info["steps"]} steps of batch {info["batch_size"]},
 AdamW (lr {info["learning_rate"]}, cosine schedule), CPU ({info["threads"]} thread(s)), {info["training_seconds"]} s
-(torch {info["torch"]}). Loss: cross-entropy of the IO name at the final position, plus
+(torch {info["torch"]}); run again with the same torch and thread count, it gave these weights bit for bit. Loss: cross-entropy of the IO name at the final position, plus
 - the next-token loss on the rest of the prompt (weight {info["lm_weight"]}), which teaches copying names;
 - the answer loss read through the final LayerNorm and unembedding from the residual stream
   entering the last block (weight {info["aux_weight"]});
