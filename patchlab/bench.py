@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from patchlab.metrics import PatchingMetric, logit_diff, patching_metric
+from patchlab.metrics import PatchingMetric, metric_from_runs
 from patchlab.patching import attribution_patching, fast_patching, reference_patching
 
 BENCH_METHODS = ("transformer_lens", "reference", "fast", "attribution")
@@ -81,9 +81,7 @@ def _workload(model: Any, name: str, clean: Tensor, corrupted: Tensor, answers: 
         ranked = corrupted_logits[:, -1].topk(2, dim=-1).indices
         wrong = torch.where(ranked[:, 0] == right, ranked[:, 1], ranked[:, 0])
         answers = torch.stack([right, wrong], dim=1)
-    metric = patching_metric(answers, logit_diff(clean_logits, answers).item(),
-                             logit_diff(corrupted_logits, answers).item())
-    return Workload(name, clean, corrupted, cache, metric)
+    return Workload(name, clean, corrupted, cache, metric_from_runs(clean_logits, corrupted_logits, answers))
 
 
 def ioi_workload(model: Any, n_prompts: int = 8) -> Workload:

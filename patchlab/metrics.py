@@ -72,6 +72,17 @@ def patching_metric(
     return PatchingMetric(answer_tokens, float(clean_logit_diff), float(corrupted_logit_diff))
 
 
+def metric_from_runs(
+    clean_logits: Float[Tensor, "batch pos d_vocab"],
+    corrupted_logits: Float[Tensor, "batch pos d_vocab"],
+    answer_tokens: Int[Tensor, "batch 2"],
+) -> PatchingMetric:
+    """The normalised patching metric whose baselines are these clean and corrupted runs."""
+    return patching_metric(
+        answer_tokens, logit_diff(clean_logits, answer_tokens).item(), logit_diff(corrupted_logits, answer_tokens).item()
+    )
+
+
 @torch.no_grad()
 def ioi_accuracy(model, tokens: Int[Tensor, "batch pos"], answer_tokens: Int[Tensor, "batch 2"]) -> float:
     """Share of prompts whose correct-answer logit beats the incorrect one at the final position."""

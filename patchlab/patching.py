@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from patchlab.ioi import IOIData
-from patchlab.metrics import Metric, PatchingMetric, logit_diff, patching_metric
+from patchlab.metrics import Metric, PatchingMetric, metric_from_runs
 
 # Each component patched by layer and position, and the TransformerLens hook that carries it.
 COMPONENT_HOOKS: dict[str, str] = {
@@ -586,9 +586,7 @@ def patch_ioi(
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(data.clean_tokens)
         corrupted_logits = model(data.corrupted_tokens)
-    clean_ld = logit_diff(clean_logits, data.answer_tokens).item()
-    corrupted_ld = logit_diff(corrupted_logits, data.answer_tokens).item()
-    metric = patching_metric(data.answer_tokens, clean_ld, corrupted_ld)
+    metric = metric_from_runs(clean_logits, corrupted_logits, data.answer_tokens)
     values = METHODS[method](model, data.corrupted_tokens, clean_cache, metric, component=component,
                              progress=progress)
-    return PatchingResult(component, method, values, clean_ld, corrupted_ld)
+    return PatchingResult(component, method, values, metric.clean_logit_diff, metric.corrupted_logit_diff)

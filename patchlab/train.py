@@ -235,7 +235,7 @@ its last block and its heatmap never shows the move.
 Residual-stream patching on the 8 classic prompts (rows: layer, columns: position 0..{n_pos - 1}),
 normalised logit difference:
 
-| layer | """ + " | ".join(str(i) for i in range(n_pos)) + f""" |
+| layer | """ + " | ".join(str(i) for i in range(n_pos)) + """ |
 |---|""" + "---|" * n_pos + f"""
 {heat}
 """)

@@ -28,14 +28,9 @@ def classic_run(model, classic):
     """Clean logits and cache, corrupted logits and the normalised metric for the classic prompts."""
     import torch
 
-    from patchlab.metrics import logit_diff, patching_metric
+    from patchlab.metrics import metric_from_runs
 
     with torch.no_grad():
         clean_logits, cache = model.run_with_cache(classic.clean_tokens)
         corrupted_logits = model(classic.corrupted_tokens)
-    metric = patching_metric(
-        classic.answer_tokens,
-        logit_diff(clean_logits, classic.answer_tokens).item(),
-        logit_diff(corrupted_logits, classic.answer_tokens).item(),
-    )
-    return clean_logits, cache, corrupted_logits, metric
+    return clean_logits, cache, corrupted_logits, metric_from_runs(clean_logits, corrupted_logits, classic.answer_tokens)
