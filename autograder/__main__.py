@@ -29,14 +29,18 @@ def _grade(args: argparse.Namespace) -> int:
 
     try:
         grades = grade(args.submissions, args.assignment, args.out, cell_timeout=args.cell_timeout,
-                       notebook_timeout=args.notebook_timeout, model=args.model, run=not args.no_run)
+                       notebook_timeout=args.notebook_timeout, model=args.model, run=not args.no_run,
+                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True)
     except GradingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for g in grades:
         score = "-" if g.score is None else f"{g.score:g}"
-        print(f"{g.student:<24} {score:>5} / {g.max_score:<5g} {g.status:<18} {g.seconds:5.1f} s  {g.detail}")
-    print(f"{len(grades)} submissions graded: {args.out / 'grades.csv'}, feedback in {args.out / 'feedback'}")
+        total = "-" if g.max_score is None else f"{g.max_score:g}"
+        print(f"{g.student:<24} {score:>5} / {total:<5} {g.status:<18} {g.detail}")
+    skipped = sum(g.status == "skipped" for g in grades)
+    print(f"{len(grades) - skipped} submissions graded, {skipped} entries skipped: {args.out / 'grades.csv'}, "
+          f"feedback in {args.out / 'feedback'}")
     return 0
 
 
@@ -55,8 +59,27 @@ def _score(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from autograder.bench import bench
 
-    bench(args.assignment)
+    bench(args.assignment, args.submissions)
     return 0
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number from 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
+def seconds(text: str) -> int:
+    """An argparse type: a time limit in whole seconds, 1 to 86400."""
+    value = positive(text)
+    if value > 86400:
+        raise argparse.ArgumentTypeError(f"{value} s is more than a day")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,10 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR")
     grade.add_argument("--assignment", required=True, choices=assignments())
     grade.add_argument("--out", required=True, type=Path, metavar="OUT_DIR")
-    grade.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT, help="seconds per cell (%(default)s)")
-    grade.add_argument("--notebook-timeout", type=int, default=NOTEBOOK_TIMEOUT,
+    grade.add_argument("--cell-timeout", type=seconds, default=CELL_TIMEOUT, help="seconds per cell (%(default)s)")
+    grade.add_argument("--notebook-timeout", type=seconds, default=NOTEBOOK_TIMEOUT,
                        help="seconds per notebook (%(default)s)")
-    grade.add_argument("--model", default="ioi-mini", help="PATCHLAB_MODEL of the grading kernels (%(default)s)")
+    grade.add_argument("--model", default="ioi-mini", choices=("ioi-mini", "gpt2-small"),
+                       help="the model the notebooks and the hidden tests run (%(default)s; the tests also run "
+                            "on a second model of another shape)")
+    grade.add_argument("--sandbox", default="auto", choices=("auto", "bwrap", "none"),
+                       help="auto (default): bubblewrap, refused when missing; none: run learner code with your "
+                            "own rights")
+    grade.add_argument("--jobs", type=positive, default=1, help="submissions run at a time (%(default)s)")
     grade.add_argument("--no-run", action="store_true",
                        help="do not execute again: rewrite grades.csv and feedback from the last run "
                             "(after manual grading)")
@@ -90,12 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--comment", help="a comment shown in the learner's feedback")
     score.set_defaults(run=_score)
 
-    bench = commands.add_parser("bench", help="print the time to grade one submission with the course model")
+    bench = commands.add_parser("bench", help="seconds per submission for a class of 20, --jobs 1 and 2, sandbox on")
     bench.add_argument("--assignment", choices=assignments(), help="default: every assignment")
+    bench.add_argument("--submissions", type=positive, default=20, help="class size (%(default)s)")
     bench.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was changed (the last complete run's grades, feedback and gradebook are "
+              "kept); run the same command again", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

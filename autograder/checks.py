@@ -1,347 +1,281 @@
-"""The checks that the hidden test cells of the exercises call.
+"""The trusted half of the hidden tests: judge what a learner's functions returned.
 
-Each check runs a learner's function on the notebook's model, on the classic prompts and on a
-second prompt set (other names, another template and length, so that copied numbers fail), and
-compares it with the reference that ``patchlab`` computes on the same inputs, within explicit
-tolerances. When they differ it raises ``AssertionError`` with the diagnosis of
-:mod:`autograder.diagnose` (the message only: the feedback never shows the test's source).
-
-Graded cells must write nothing to stderr, so learner code runs with stderr and warnings captured.
+:mod:`autograder.harvest` ran each learner function, inside the sandbox, on the graded cases: two
+models of different shape (the course model and ``ioi-mini-reshaped``: 5 layers, 8 heads, width 256;
+with ``--model gpt2-small``, GPT-2 small and the course model), each with the classic prompts and a
+second prompt set (other names, another template, another length). Here, outside the sandbox, the
+same inputs are rebuilt, the references computed with ``patchlab`` (once per grading run), and each
+returned value compared with its reference within explicit tolerances. ``judge`` returns None when
+every case is right, else the message the learner sees: a known mistake is named only when it
+explains every case that was checked; otherwise the message says in words where the values are off.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import types
-import warnings
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from autograder.diagnose import MESSAGES, Candidate, Diagnosis, diagnose, grid_mistakes
-from patchlab.ioi import BABA_TEMPLATES, IOIData, classic_ioi, generate_ioi
-from patchlab.metrics import PatchingMetric, logit_diff, normalise, patching_metric
+from autograder.harvest import Models, PromptSet, cases, heatmap_values
+from patchlab.metrics import logit_diff, normalise
 from patchlab.patching import hook_name, patch_position, reference_patching
 
-# Tolerances. Logit differences are O(1-10) logits; the normalised metric is O(1) but divides by
+# Logit differences are O(1-10) logits; the normalised metric is O(1) but divides by
 # (clean - corrupted), which amplifies float32 rounding when that gap is small.
 ATOL_LOGIT_DIFF = 1e-3
 ATOL_METRIC = 1e-3
 RTOL = 1e-4
 ATOL_ACTIVATION = 1e-6  # a patched activation is a copy of cached values: equal up to rounding
 
-# The second prompt set: its own names and template, 16 tokens where the classic prompts have 15.
-SECOND_SET_SIZE = 8
-SECOND_SET_SEED = 20240607
-SECOND_SET_TEMPLATE = BABA_TEMPLATES[0]
+# What each check's learner function is, for the messages.
+RETURNS = {
+    "check_logit_diff_per_prompt": "a tensor of shape [batch]",
+    "check_mean_logit_diff": "a 0-dimensional tensor",
+    "check_normalised_metric": "a 0-dimensional tensor",
+    "check_patch_hook": "the patched activation, a tensor of shape [batch, pos, d_model]",
+    "check_residual_patching": "a tensor of shape [n_layers, n_positions]",
+    "check_heatmap": "a plotly Figure",
+}
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """No gradients, no warnings, nothing on stderr (nbgrader fails a graded cell that writes there)."""
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+class References:
+    """Trusted references on the grading models, computed once per grading run and kept."""
 
+    def __init__(self, model_names: list[str]) -> None:
+        self.models = Models(model_names)
+        self._cache: dict[tuple, Tensor] = {}
 
-@dataclass
-class PromptSet:
-    """A batch of IOI prompts run through the model, with the reference results computed lazily."""
+    def prompt_set(self, key: dict[str, Any]) -> PromptSet:
+        return self.models.prompt_sets(key["model"])[key["set"]]
 
-    label: str
-    model: Any
-    data: IOIData
-    _alternatives: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    def cached(self, what: tuple, compute: Callable[[], Tensor]) -> Tensor:
+        if what not in self._cache:
+            self.models.model(what[0]).reset_hooks()
+            with torch.no_grad():
+                self._cache[what] = compute().detach().float().cpu()
+        return self._cache[what]
 
-    @cached_property
-    def _clean_run(self) -> tuple[Tensor, Any]:
-        with quiet():
-            return self.model.run_with_cache(self.data.clean_tokens)
+    def grid(self, key: dict[str, Any], variant: str = "reference") -> Tensor:
+        """The resid_pre patching grid of a prompt set, or what a known mistake gives."""
+        ps = self.prompt_set(key)
 
-    @cached_property
-    def _corrupted_run(self) -> tuple[Tensor, Any]:
-        with quiet():
-            return self.model.run_with_cache(self.data.corrupted_tokens)
-
-    @property
-    def clean_logits(self) -> Tensor:
-        return self._clean_run[0]
-
-    @property
-    def clean_cache(self) -> Any:
-        return self._clean_run[1]
-
-    @property
-    def corrupted_logits(self) -> Tensor:
-        return self._corrupted_run[0]
-
-    @property
-    def corrupted_cache(self) -> Any:
-        return self._corrupted_run[1]
-
-    @cached_property
-    def clean_logit_diff(self) -> float:
-        return logit_diff(self.clean_logits, self.data.answer_tokens).item()
-
-    @cached_property
-    def corrupted_logit_diff(self) -> float:
-        return logit_diff(self.corrupted_logits, self.data.answer_tokens).item()
-
-    @cached_property
-    def metric(self) -> PatchingMetric:
-        return patching_metric(self.data.answer_tokens, self.clean_logit_diff, self.corrupted_logit_diff)
-
-    @cached_property
-    def reference(self) -> Tensor:
-        """The residual-stream patching grid [n_layers, n_positions], by patchlab."""
-        self.model.reset_hooks()
-        with quiet():
-            return reference_patching(self.model, self.data.corrupted_tokens, self.clean_cache, self.metric,
-                                      progress=False).cpu()
-
-    def wrong_direction(self) -> Tensor:
-        """The grid when corrupted activations are patched into the clean run."""
-        if "wrong_direction" not in self._alternatives:
-            self.model.reset_hooks()
-            with quiet():
-                self._alternatives["wrong_direction"] = reference_patching(
-                    self.model, self.data.clean_tokens, self.corrupted_cache, self.metric, progress=False
-                ).cpu()
-        return self._alternatives["wrong_direction"]
-
-    def wrong_hook(self, activation: str) -> Tensor:
-        """The grid when ``activation`` (e.g. ``resid_mid``) is patched instead of ``resid_pre``,
-        computed independently with ``transformer_lens.patching``."""
-        if activation not in self._alternatives:
+        def compute() -> Tensor:
+            if variant == "reference":
+                return reference_patching(ps.model, ps.data.corrupted_tokens, ps.clean_cache, ps.metric,
+                                          progress=False)
+            if variant == "wrong_direction":
+                return reference_patching(ps.model, ps.data.clean_tokens, ps.corrupted_cache, ps.metric,
+                                          progress=False)
             from transformer_lens.patching import generic_activation_patch, layer_pos_patch_setter
 
-            self.model.reset_hooks()
-            with quiet():
-                self._alternatives[activation] = generic_activation_patch(
-                    self.model, self.data.corrupted_tokens, self.clean_cache, self.metric,
-                    patch_setter=layer_pos_patch_setter, activation_name=activation,
-                    index_axis_names=("layer", "pos"),
-                ).cpu()
-        return self._alternatives[activation]
+            return generic_activation_patch(ps.model, ps.data.corrupted_tokens, ps.clean_cache, ps.metric,
+                                            patch_setter=layer_pos_patch_setter, activation_name=variant,
+                                            index_axis_names=("layer", "pos"))
+        return self.cached((key["model"], key["set"], variant), compute)
 
 
-_PROMPT_SETS: dict[int, tuple[Any, list[PromptSet]]] = {}
-
-
-def prompt_sets(model: Any) -> list[PromptSet]:
-    """The classic prompts and the second prompt set for ``model`` (built once per model)."""
-    if id(model) not in _PROMPT_SETS or _PROMPT_SETS[id(model)][0] is not model:
-        device = model.cfg.device
-        with quiet():
-            second = generate_ioi(model, SECOND_SET_SIZE, seed=SECOND_SET_SEED, template=SECOND_SET_TEMPLATE)
-            _PROMPT_SETS[id(model)] = (model, [
-                PromptSet("the classic prompts", model, classic_ioi(model).to(device)),
-                PromptSet("a second prompt set (other names, another template)", model, second.to(device)),
-            ])
-    return _PROMPT_SETS[id(model)][1]
-
-
-def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__name__", "your function")
-
-
-def call_learner(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run the learner's ``fn`` quietly; an exception in it fails the check with its message."""
-    name = _name(fn)
+def decode(record: dict[str, Any], check: str) -> tuple[Tensor | None, str | None]:
+    """The value a learner function returned, as a float tensor, or the message saying what is wrong
+    with it (an exception, None, the wrong type)."""
+    expected = RETURNS[check]
+    if "error" in record:
+        error = str(record["error"])
+        if error == "missing":
+            return None, "the function is not defined: run the cell that defines it (and keep its name)."
+        if error == "NotImplementedError":
+            return None, "not implemented yet: replace `raise NotImplementedError()` with your code."
+        return None, f"it raised {error}"
+    kind = record.get("type")
+    if kind == "None":
+        return None, f"it returned None: did you forget the `return` statement? It must return {expected}."
+    if kind not in ("Tensor",):
+        return None, f"it must return {expected}, not a {kind}."
     try:
-        with quiet():
-            return fn(*args, **kwargs)
-    except NotImplementedError:
-        raise AssertionError(
-            f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code."
-        ) from None
-    except Exception as err:  # learner code may raise anything; report it, do not crash the check
-        raise AssertionError(f"{name} raised {type(err).__name__}: {err}") from None
+        values = np.asarray(record["values"], dtype=float).reshape(record["shape"])
+    except (KeyError, TypeError, ValueError):
+        return None, "its result could not be read back."
+    return torch.from_numpy(values).float(), None
 
 
-def as_tensor(value: Any, name: str) -> Tensor:
-    """The learner's result as a float tensor on the CPU, or a failed check saying what came back."""
-    if value is None:
-        raise AssertionError(f"{name} returned None: did you forget the `return` statement?")
-    try:
-        return torch.as_tensor(value).detach().float().cpu()
-    except (TypeError, ValueError, RuntimeError):
-        raise AssertionError(f"{name} should return a tensor, got a {type(value).__name__}") from None
-
-
-def fail_if_wrong(diagnosis: Diagnosis | None, index: int, prompt_set: PromptSet, what: str) -> None:
-    """Raise the learner-facing AssertionError for a diagnosis on the ``index``-th prompt set."""
-    if diagnosis is None:
-        return
-    message = diagnosis.message
-    if index > 0 and diagnosis.name == "mismatch":
-        message = f"{MESSAGES['uses_globals']} ({message})"
-    raise AssertionError(f"{what}, on {prompt_set.label}: {message}")
-
-
-def _checked_sets(model: Any) -> list[tuple[int, PromptSet]]:
-    """The numbered prompt sets, after removing any hook the learner's code left on the model."""
-    model.reset_hooks()
-    return list(enumerate(prompt_sets(model)))
-
-
-def check_logit_diff_per_prompt(fn: Callable[..., Any], model: Any) -> None:
-    """``fn(logits, answer_tokens)`` is the logit difference of each prompt (patchlab's
-    ``logit_diff(..., per_prompt=True)``), on clean and corrupted logits of both prompt sets."""
-    for index, ps in _checked_sets(model):
-        answers = ps.data.answer_tokens
-        for logits in (ps.clean_logits, ps.corrupted_logits):
-            got = as_tensor(call_learner(fn, logits.clone(), answers.clone()), _name(fn))
-            reference = logit_diff(logits, answers, per_prompt=True).cpu()
-            final = logits[:, -1].cpu()
-            candidates: list[tuple[str, Candidate]] = [
-                ("sign_flipped", -reference),
-                ("not_final_position", lambda: logit_diff(logits[:, :-1], answers, per_prompt=True)),
-                ("reduced_too_early", reference.mean()),
-                ("single_prompt", reference[0]),
+def _expected(check: str, key: dict[str, Any], refs: References) -> tuple[Tensor, list[tuple[str, Candidate]], dict]:
+    """The reference for one case, the results of the known mistakes, and diagnose() options."""
+    ps = refs.prompt_set(key)
+    answers = ps.data.answer_tokens
+    if check in ("check_logit_diff_per_prompt", "check_mean_logit_diff", "check_normalised_metric"):
+        logits = ps.logits(key["logits"])
+        per_prompt = logit_diff(logits, answers, per_prompt=True).cpu()
+        final = logits[:, -1].cpu()
+        second_to_last = lambda: logit_diff(logits[:, :-1], answers, per_prompt=True).cpu()  # noqa: E731
+        if check == "check_logit_diff_per_prompt":
+            return per_prompt, [
+                ("sign_flipped", -per_prompt), ("not_final_position", second_to_last),
+                ("reduced_too_early", per_prompt.mean()), ("single_prompt", per_prompt[0]),
                 ("broadcast_index", final[:, answers[:, 0].cpu()] - final[:, answers[:, 1].cpu()]),
-            ]
-            fail_if_wrong(diagnose(got, reference, candidates, axis_names=("prompt",), atol=ATOL_LOGIT_DIFF,
-                                   rtol=RTOL), index, ps, _name(fn))
-
-
-def check_mean_logit_diff(fn: Callable[..., Any], model: Any) -> None:
-    """``fn(logits, answer_tokens)`` is the mean logit difference over the batch."""
-    for index, ps in _checked_sets(model):
-        answers = ps.data.answer_tokens
-        for logits in (ps.clean_logits, ps.corrupted_logits):
-            got = as_tensor(call_learner(fn, logits.clone(), answers.clone()), _name(fn))
-            per_prompt = logit_diff(logits, answers, per_prompt=True).cpu()
-            candidates: list[tuple[str, Candidate]] = [
-                ("sign_flipped", -per_prompt.mean()),
-                ("single_prompt", per_prompt[0]),
-                ("sum_not_mean", per_prompt.sum()),
-                ("not_reduced", per_prompt),
-                ("not_final_position", lambda: logit_diff(logits[:, :-1], answers)),
-            ]
-            fail_if_wrong(diagnose(got, per_prompt.mean(), candidates, atol=ATOL_LOGIT_DIFF, rtol=RTOL),
-                          index, ps, _name(fn))
-
-
-def check_normalised_metric(fn: Callable[..., Any], model: Any) -> None:
-    """``fn(logits, answer_tokens, clean_logit_diff, corrupted_logit_diff)`` is patchlab's
-    normalised metric: 1 on the clean logits, 0 on the corrupted ones, linear in between."""
-    for index, ps in _checked_sets(model):
-        answers = ps.data.answer_tokens
+            ], {"axis_names": ("prompt",), "atol": ATOL_LOGIT_DIFF}
+        if check == "check_mean_logit_diff":
+            return per_prompt.mean(), [
+                ("sign_flipped", -per_prompt.mean()), ("single_prompt", per_prompt[0]),
+                ("sum_not_mean", per_prompt.sum()), ("not_reduced", per_prompt),
+                ("not_final_position", lambda: second_to_last().mean()),
+            ], {"atol": ATOL_LOGIT_DIFF}
         clean, corrupted = ps.clean_logit_diff, ps.corrupted_logit_diff
-        halfway = (ps.clean_logits + ps.corrupted_logits) / 2  # the logit difference is linear in the logits
-        for logits in (ps.clean_logits, ps.corrupted_logits, halfway):
-            got = as_tensor(call_learner(fn, logits.clone(), answers.clone(), clean, corrupted), _name(fn))
-            per_prompt = logit_diff(logits, answers, per_prompt=True).cpu()
-            raw = per_prompt.mean()
-            reference = normalise(raw, clean, corrupted)
-            candidates: list[tuple[str, Candidate]] = [
-                ("unnormalised", raw),
-                ("normalised_backwards", 1 - reference),
-                ("sign_flipped", -reference),
-                ("divided_by_clean", raw / clean),
-                ("single_prompt", normalise(per_prompt[0], clean, corrupted)),
-                ("not_reduced", normalise(per_prompt, clean, corrupted)),
-            ]
-            fail_if_wrong(diagnose(got, reference, candidates, atol=ATOL_METRIC, rtol=RTOL), index, ps,
-                          _name(fn))
-
-
-def _hook_point(model: Any, name: str) -> Any:
-    """The model's hook point called ``name`` (what TransformerLens passes a hook as ``hook``)."""
-    hooks = getattr(model, "hook_dict", {})
-    return hooks[name] if name in hooks else types.SimpleNamespace(name=name)
-
-
-def check_patch_hook(fn: Callable[..., Any], model: Any) -> None:
-    """``fn(resid_pre, hook, position, clean_cache)`` overwrites ``position`` of the corrupted
-    activation with the clean one (patchlab's ``patch_position``) and leaves the cache alone."""
-    for index, ps in _checked_sets(model):
-        n_layers = model.cfg.n_layers
-        for layer, position in ((min(1, n_layers - 1), ps.data.s2_pos), (n_layers - 1, ps.data.end_pos)):
-            name = hook_name("resid_pre", layer)
-            clean = ps.clean_cache[name]
-            clean_before, corrupted = clean.clone(), ps.corrupted_cache[name].clone()
-            activation = corrupted.clone()
-            returned = call_learner(fn, activation, hook=_hook_point(model, name), position=position,
-                                    clean_cache=ps.clean_cache)
-            if not torch.equal(clean, clean_before):
-                clean.copy_(clean_before)  # repair the cache for the checks that follow
-                raise AssertionError(f"{_name(fn)}, on {ps.label}: {MESSAGES['cache_mutated']}")
-            got = as_tensor(activation if returned is None else returned, _name(fn))
-            expected = patch_position(corrupted.clone(), clean_before, position)
-            candidates: list[tuple[str, Candidate]] = [
-                ("wrong_direction", patch_position(clean_before.clone(), corrupted, position)),
-                ("patched_all_positions", clean_before),
-                ("not_patched", corrupted),
-            ]
-            candidates += [("off_by_one_position", patch_position(corrupted.clone(), clean_before, p))
-                           for p in (position - 1, position + 1) if 0 <= p < corrupted.shape[1]]
-            fail_if_wrong(diagnose(got, expected, candidates, atol=ATOL_ACTIVATION, rtol=RTOL), index, ps,
-                          _name(fn))
-
-
-def check_residual_patching(fn: Callable[..., Any], model: Any) -> None:
-    """``fn(model, clean_tokens, corrupted_tokens, metric)`` is the residual-stream patching grid
-    [n_layers, n_positions] of ``patchlab.patching.reference_patching``."""
-    for index, ps in _checked_sets(model):
-        returned = call_learner(fn, model, ps.data.clean_tokens.clone(), ps.data.corrupted_tokens.clone(),
-                                ps.metric)
-        model.reset_hooks()  # hooks the learner left behind must not change the references
-        got = as_tensor(returned, _name(fn))
-        transposed, *metric_mistakes = grid_mistakes(ps.reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
+        raw = per_prompt.mean()
+        reference = normalise(raw, clean, corrupted)
+        return reference, [
+            ("unnormalised", raw), ("normalised_backwards", 1 - reference), ("sign_flipped", -reference),
+            ("divided_by_clean", raw / clean), ("single_prompt", normalise(per_prompt[0], clean, corrupted)),
+            ("not_reduced", normalise(per_prompt, clean, corrupted)),
+        ], {"atol": ATOL_METRIC}
+    if check == "check_patch_hook":
+        name, position = hook_name("resid_pre", key["layer"]), key["position"]
+        clean, corrupted = ps.clean_cache[name].cpu(), ps.corrupted_cache[name].cpu()
         candidates: list[tuple[str, Candidate]] = [
-            transposed,
-            ("wrong_direction", ps.wrong_direction),
-            ("resid_mid", lambda: ps.wrong_hook("resid_mid")),
-            ("resid_post", lambda: ps.wrong_hook("resid_post")),
-            *metric_mistakes,
+            ("wrong_direction", patch_position(clean.clone(), corrupted, position)),
+            ("patched_all_positions", clean), ("not_patched", corrupted),
         ]
-        if got.shape != ps.reference.shape:
-            candidates = [transposed]  # the other mistakes keep the shape: do not compute them
-        diagnosis = diagnose(got, ps.reference, candidates, off_by_one_axes={0: "off_by_one_layer",
-                             1: "off_by_one_position"}, axis_names=("layer", "position"), atol=ATOL_METRIC,
-                             rtol=RTOL)
-        fail_if_wrong(diagnosis, index, ps, _name(fn))
+        candidates += [("off_by_one_position", patch_position(corrupted.clone(), clean, p))
+                       for p in (position - 1, position + 1) if 0 <= p < corrupted.shape[1]]
+        return patch_position(corrupted.clone(), clean, position), candidates, {"atol": ATOL_ACTIVATION}
+    reference = refs.grid(key)
+    transposed, *metric_mistakes = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
+    return reference, [
+        transposed, ("wrong_direction", lambda: refs.grid(key, "wrong_direction")),
+        ("resid_mid", lambda: refs.grid(key, "resid_mid")), ("resid_post", lambda: refs.grid(key, "resid_post")),
+        *metric_mistakes,
+    ], {"off_by_one_axes": {0: "off_by_one_layer", 1: "off_by_one_position"}, "axis_names": ("layer", "position"),
+        "atol": ATOL_METRIC}
 
 
-def check_heatmap(fn: Callable[..., Any], model: Any) -> None:
-    """``fn(results, str_tokens, s2_pos, end_pos)`` returns a plotly heatmap with layers as rows,
-    one labelled column per token and a colour scale centred on 0."""
-    for index, ps in _checked_sets(model):
-        n_layers, n_pos = model.cfg.n_layers, ps.data.clean_tokens.shape[1]
-        values = torch.linspace(-0.4, 1.0, n_layers * n_pos).reshape(n_layers, n_pos)  # all distinct
-        figure = call_learner(fn, values.clone(), list(ps.data.str_tokens), ps.data.s2_pos, ps.data.end_pos)
-        traces = [t for t in getattr(figure, "data", ()) if getattr(t, "type", None) == "heatmap"]
-        if not traces:
-            raise AssertionError(f"{_name(fn)} should return a plotly figure with a heatmap, got "
-                                 f"{type(figure).__name__}")
-        trace = traces[0]
-        z = torch.as_tensor(np.asarray(trace.z, dtype=float))
-        diagnosis = diagnose(z, values, [("transposed", values.T)], axis_names=("layer", "position"),
-                             atol=1e-6, rtol=1e-6)
-        fail_if_wrong(diagnosis, 0, ps, _name(fn))  # the values are given: no notebook globals involved
-        labels = [str(x) for x in (trace.x if trace.x is not None else ())]
-        tokens = ps.data.str_tokens
-        if len(labels) != n_pos or not all(tok.strip() in label for tok, label in zip(tokens, labels)):
-            raise AssertionError(
-                f"{_name(fn)}, on {ps.label}: label each column with its token (and index), e.g. "
-                "x_labels = position_labels(str_tokens, s2_pos, end_pos)."
-            )
-        if not _centred(figure, trace):
-            raise AssertionError(
-                f"{_name(fn)}, on {ps.label}: centre the colour scale on 0 (e.g. zmid=0), so that "
-                "positive and negative effects get opposite colours and 0 is white."
-            )
+def _where(key: dict[str, Any], refs: References) -> str:
+    return refs.prompt_set(key).label
 
 
-def _centred(figure: Any, trace: Any) -> bool:
-    if trace.zmid == 0 or (trace.zmin is not None and trace.zmax is not None and trace.zmin == -trace.zmax):
+def judge(check: str, records: list[dict[str, Any]], refs: References) -> str | None:
+    """None if every recorded case is right; else what the learner is told."""
+    if check == "check_heatmap":
+        return judge_heatmap(records, refs)
+    keys = cases(check, refs.models)
+    if len(records) == 1 and records[0].get("error") == "missing":
+        return decode(records[0], check)[1]
+    if [r.get("case") for r in records] != keys:
+        return "the test did not record every case (did the cell finish?)."
+    outcomes: list[tuple[dict, Diagnosis | None, Tensor | None]] = []
+    for record, key in zip(records, keys):
+        got, problem = decode(record, check)
+        if problem:
+            return f"on {_where(key, refs)}, {problem}"
+        if record.get("cache_mutated"):
+            return f"on {_where(key, refs)}: {MESSAGES['cache_mutated']}"
+        reference, candidates, options = _expected(check, key, refs)
+        if got.shape != reference.shape:
+            candidates = [c for c in candidates if c[0] == "transposed"]  # the others keep the shape
+        diagnosis = diagnose(got, reference, candidates, rtol=RTOL, **options)
+        outcomes.append((key, diagnosis, reference))
+    return summarise(outcomes, records, refs, check)
+
+
+def summarise(outcomes: list[tuple[dict, Diagnosis | None, Tensor | None]], records: list[dict[str, Any]],
+              refs: References, check: str) -> str | None:
+    """One message for all cases: a named mistake only when it explains every case checked."""
+    failed = [(key, d) for key, d, _ in outcomes if d is not None]
+    if not failed:
+        return None
+    first_model = refs.models.names[0]
+    if len(failed) == len(outcomes):
+        common = set(failed[0][1].name.split("+"))
+        for _, diagnosis in failed[1:]:
+            common &= set(diagnosis.name.split("+"))
+        if common and "mismatch" not in common:
+            names = [n for n in failed[0][1].name.split("+") if n in common]
+            return " Or: ".join(MESSAGES[n] for n in names)
+    if all(key["model"] != first_model for key, _ in failed):
+        other = refs.models.model(failed[0][0]["model"]).cfg
+        shape_note = ""
+        for (key, diagnosis), record in zip(outcomes, records):
+            if diagnosis is not None and record.get("shape") is not None and key["model"] != first_model:
+                shape_note = f" (your result there has shape {tuple(record['shape'])})"
+                break
+        return (f"{MESSAGES['hard_coded_sizes']} The second model has {other.n_layers} layers, {other.n_heads} "
+                f"heads and d_model {other.d_model}{shape_note}.")
+    if all(key["set"] > 0 for key, _ in failed):
+        key, diagnosis = failed[0]
+        return f"{MESSAGES['uses_globals']} On {_where(key, refs)}: {diagnosis.message}"
+    key, diagnosis = failed[0]
+    return f"on {_where(key, refs)}: {diagnosis.message}"
+
+
+def judge_heatmap(records: list[dict[str, Any]], refs: References) -> str | None:
+    """The figure a reader sees: one heatmap with layers as rows in order, every position a distinct
+    column labelled with its token, S2 and END marked, a colour scale centred on 0."""
+    keys = cases("check_heatmap", refs.models)
+    if len(records) == 1 and records[0].get("error") == "missing":
+        return decode(records[0], "check_heatmap")[1]
+    if [r.get("case") for r in records] != keys:
+        return "the test did not record every case (did the cell finish?)."
+    for record, key in zip(records, keys):
+        where = _where(key, refs)
+        if "error" in record or record.get("type") != "Figure":
+            problem = decode(record, "check_heatmap")[1] or f"it must return a plotly Figure, not a {record.get('type')}."
+            return f"on {where}, {problem}"
+        problem = heatmap_problem(record["figure"], refs.prompt_set(key))
+        if problem:
+            return f"on {where}: {problem}"
+    return None
+
+
+def heatmap_problem(figure: dict[str, Any], ps: PromptSet) -> str | None:
+    """What is wrong with a figure (plotly JSON) drawn from ``heatmap_values``, or None."""
+    n_layers, n_pos = ps.model.cfg.n_layers, ps.data.clean_tokens.shape[1]
+    values = heatmap_values(n_layers, n_pos)
+    traces = [t for t in figure.get("data", []) if isinstance(t, dict) and t.get("type") == "heatmap"]
+    if len(traces) != 1:
+        return f"the figure should hold exactly one heatmap trace, it holds {len(traces)}."
+    trace = traces[0]
+    try:
+        z = torch.as_tensor(np.asarray(trace.get("z"), dtype=float))
+    except (TypeError, ValueError):
+        return "the heatmap's values (z) are not a numeric grid."
+    diagnosis = diagnose(z, values, [("transposed", values.T)], axis_names=("layer", "position"), atol=1e-6,
+                         rtol=1e-6)
+    if diagnosis is not None:
+        return ("it shows other values than the results it is given: draw `results` as they are, one row "
+                f"per layer. {diagnosis.message}")
+    labels = [str(x) for x in (trace.get("x") or [])]
+    tokens = ps.data.str_tokens
+    if len(labels) != n_pos:
+        return (f"label every column: {n_pos} positions need {n_pos} x labels, the figure has {len(labels)} "
+                "(e.g. x_labels = position_labels(str_tokens, s2_pos, end_pos)).")
+    if len(set(labels)) != n_pos:
+        return ("two columns have the same label, so plotly draws them as one column: make every label "
+                "distinct, e.g. with the position's index (position_labels does).")
+    unlabelled = [i for i, (tok, label) in enumerate(zip(tokens, labels))
+                  if tok.strip() not in label and str(i) not in label]
+    if unlabelled:
+        return (f"the labels of positions {', '.join(map(str, unlabelled[:5]))} name neither their token nor "
+                "their index: label each column with its token.")
+    if "S2" not in labels[ps.data.s2_pos] or "END" not in labels[ps.data.end_pos]:
+        return "mark the S2 and END columns in their labels (position_labels does)."
+    rows = trace.get("y")
+    if rows is not None and [str(r) for r in rows] != [str(r) for r in sorted(rows, key=_layer_number)]:
+        return "the rows must be the layers in order, 0 first."
+    if not _centred(figure, trace):
+        return ("centre the colour scale on 0 (e.g. zmid=0), so that positive and negative effects get "
+                "opposite colours and 0 is white.")
+    return None
+
+
+def _layer_number(label: Any) -> float:
+    digits = "".join(ch for ch in str(label) if ch.isdigit())
+    return float(digits) if digits else float("inf")
+
+
+def _centred(figure: dict[str, Any], trace: dict[str, Any]) -> bool:
+    if trace.get("zmid") == 0 or (trace.get("zmin") is not None and trace.get("zmin") == -(trace.get("zmax") or 0)
+                                  and trace.get("zmax")):
         return True
-    axis = getattr(figure.layout, "coloraxis", None)
-    return axis is not None and (axis.cmid == 0 or (axis.cmin is not None and axis.cmin == -axis.cmax))
+    axis = figure.get("layout", {}).get("coloraxis", {}) or {}
+    return axis.get("cmid") == 0 or (axis.get("cmin") is not None and axis.get("cmax")
+                                     and axis["cmin"] == -axis["cmax"])

@@ -14,7 +14,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS_DIR = REPO_ROOT / "solutions"  # nbgrader's source directory: instructor notebooks
 EXERCISES_DIR = REPO_ROOT / "exercises"  # nbgrader's release directory: learner notebooks
 COURSE_ID = "activation-patching"
-KERNEL_NAME = "python3"  # the kernelspec every exercise notebook names
 
 # Defaults of the grading command (seconds).
 CELL_TIMEOUT = 120
@@ -31,24 +30,17 @@ def nbgrader_config(
     db_path: Path,
     source_directory: str = "source",
     release_directory: str = "release",
-    cell_timeout: int = CELL_TIMEOUT,
-    notebook_timeout: int = NOTEBOOK_TIMEOUT,
 ) -> Config:
     """The nbgrader configuration of a course directory ``root`` whose gradebook is ``db_path``.
 
-    Grading puts back the test and read-only cells a learner deleted (:mod:`autograder.restore`),
-    runs each notebook with :class:`autograder.execute.GuardedExecute` (a per-cell and a
-    whole-notebook timeout, a dead kernel recorded instead of aborting), and builds feedback without
-    hidden-test source (:mod:`autograder.feedback`).
+    Only nbgrader's release (``generate_assignment``) and feedback (``generate_feedback``, without
+    hidden-test source: :mod:`autograder.feedback`) run through it; grading runs each notebook in a
+    sandbox and scores it outside (:mod:`autograder.grade`).
     """
-    from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
-    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, ClearOutput,
-                                        DeduplicateIds, GetGrades, IgnorePattern, LimitOutput,
-                                        OverwriteKernelspec, SaveAutoGrades)
+    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+    from nbgrader.preprocessors import ClearHiddenTests, GetGrades
 
-    from autograder.execute import GuardedExecute
     from autograder.feedback import ScrubOutputs
-    from autograder.restore import RestoreCells
 
     c = Config()
     c.CourseDirectory.root = str(root)
@@ -58,28 +50,13 @@ def nbgrader_config(
     c.CourseDirectory.db_url = f"sqlite:///{db_path}"
     # The MyST sources hold the solutions in clear: never copy them next to a learner notebook.
     c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.md"]
-    c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreCells,
-                                          CheckCellMetadata]
-    c.RestoreCells.add_missing_cells = True  # a deleted test or read-only cell is put back and run
-    c.RestoreCells.source_root = str(Path(root) / source_directory)
-    c.Autograde.autograde_preprocessors = [
-        GuardedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
-        AssignLatePenalties, CheckCellMetadata,
-    ]
-    c.GuardedExecute.timeout = cell_timeout
-    c.GuardedExecute.notebook_timeout = notebook_timeout
     c.GenerateFeedback.preprocessors = [GetGrades, ScrubOutputs, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
     return c
 
 
-def kernel_spec() -> dict:
-    """A ``python3`` kernelspec that runs this very interpreter (the one with patchlab installed)."""
-    return {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 "--IPKernelApp.log_level=ERROR"],
-        "display_name": "Python 3 (autograder)",
-        "language": "python",
-    }
+def release_notebook(name: str) -> Path:
+    """The learner notebook of assignment ``name``, as released."""
+    return EXERCISES_DIR / name / f"{name}.ipynb"
 
 
 @contextlib.contextmanager

@@ -92,6 +92,11 @@ MESSAGES: dict[str, str] = {
         "Nothing patched: your hook returned the activation unchanged. Overwrite position `position` with "
         "the clean activation (clean_cache[hook.name]) and return the activation."
     ),
+    "hard_coded_sizes": (
+        "Right on the course model but wrong on a model of another shape: use the model's own sizes "
+        "(model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model, tokens.shape[1]) instead of numbers "
+        "written into your code."
+    ),
     "uses_globals": (
         "Right on the notebook's prompts but wrong on a new prompt set: your function must use only its "
         "arguments, not notebook variables (data, clean_cache, metric, ...) or numbers copied from an "
@@ -161,8 +166,22 @@ def grid_mistakes(
     ]
 
 
-def mismatch_message(learner: Tensor, reference: Tensor, axis_names: tuple[str, ...] = ()) -> str:
-    """The fallback: shape, or where the values differ most; no reference value is given away."""
+def _spans(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2 and 5'."""
+    spans, start = [], None
+    for i, value in enumerate(indices):
+        if start is None:
+            start = value
+        if i + 1 == len(indices) or indices[i + 1] != value + 1:
+            spans.append(str(start) if start == value else f"{start}-{value}")
+            start = None
+    return ", ".join(spans[:-1]) + (" and " if len(spans) > 1 else "") + spans[-1]
+
+
+def mismatch_message(learner: Tensor, reference: Tensor, axis_names: tuple[str, ...] = (),
+                     atol: float = 1e-3) -> str:
+    """The fallback, in words: the shape, or along each axis where the values are off and by how
+    much at most; no reference value is given away."""
     learner, reference = _as_float(learner), _as_float(reference)
     if learner.shape != reference.shape:
         names = f" [{', '.join(axis_names)}]" if axis_names else ""
@@ -172,12 +191,17 @@ def mismatch_message(learner: Tensor, reference: Tensor, axis_names: tuple[str, 
     diff = (learner - reference).abs()
     if reference.ndim == 0:
         return f"Wrong value (off by {diff.item():.3g}): re-read the task and the hint."
-    index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-    where = ", ".join(f"{n}={i}" for n, i in zip(axis_names, index)) if axis_names else str(index)
-    return (
-        f"Wrong values: {int((diff > 1e-3).sum())} of {diff.numel()} entries differ from the reference, "
-        f"most at {where} (by {diff.max().item():.3g}). Re-read the task and the hint."
-    )
+    wrong = diff > atol
+    where = []
+    for axis in range(reference.ndim):
+        others = tuple(a for a in range(reference.ndim) if a != axis)
+        bad = wrong.any(dim=others) if others else wrong
+        indices = [int(i) for i in torch.nonzero(bad).flatten()]
+        name = axis_names[axis] if axis < len(axis_names) else f"axis {axis}"
+        plural = name + ("s" if len(indices) > 1 else "")
+        where.append(f"{plural} {_spans(indices)}" if len(indices) < bad.numel() else f"every {name}")
+    return (f"Wrong values at {'; '.join(where)} ({int(wrong.sum())} of {diff.numel()} entries, off by up to "
+            f"{diff.max().item():.3g}); the rest are right. Re-read the task and the hint.")
 
 
 def diagnose(
@@ -200,5 +224,5 @@ def diagnose(
         names = [mistake for axis, mistake in (off_by_one_axes or {}).items()
                  if off_by_one(learner, reference, axis, atol, rtol)][:1]
     if not names:
-        return Diagnosis("mismatch", mismatch_message(learner, reference, axis_names))
+        return Diagnosis("mismatch", mismatch_message(learner, reference, axis_names, atol))
     return Diagnosis("+".join(names), " Or: ".join(MESSAGES[name] for name in names))

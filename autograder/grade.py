@@ -1,210 +1,439 @@
-"""Grade a folder of submitted notebooks with nbgrader, offline, one learner at a time.
+"""Grade a folder of submitted notebooks: each run in a sandbox, scored outside it, nothing lost.
 
-``OUT_DIR`` receives ``grades.csv``, ``feedback/LEARNER.html`` and ``grading.log``; nbgrader's own
-course folder (gradebook, autograded notebooks) is ``OUT_DIR/nbgrader``. The submitted files are
-only read: each is copied into that folder before nbgrader sees it. The gradebook is kept between
-runs, so that a rerun regrades every notebook the same way and keeps the manual grades.
+A run, start to end:
+
+1. **Take the output folder**: ``OUT_DIR/.lock`` (an exclusive ``flock``) or refuse with one line; put
+   back what an interrupted earlier run left half-swapped; copy the last complete state (nbgrader's
+   course folder with the gradebook, the feedback pages) into ``OUT_DIR/.staging``.
+2. **List the submissions**: ``SUBMISSIONS_DIR/LEARNER.ipynb``, read once and never written; every
+   other entry (a folder, a symbolic link, another extension, a bad learner id, a file too large)
+   gets a ``skipped`` row saying why.
+3. **Run** (``--jobs`` at a time): each submission is rebuilt on the assignment's cells
+   (:mod:`autograder.restore`) and executed in its own sandbox (:mod:`autograder.sandbox`,
+   :mod:`autograder.runner`); its test cells only record what the learner's functions return
+   (:mod:`autograder.harvest`).
+4. **Score** (here, outside every sandbox): the recorded values are judged against references
+   computed here (:mod:`autograder.checks`), the verdicts become the test cells' outputs, nbgrader's
+   gradebook records the scores (:mod:`autograder.record`) and nbgrader writes the feedback pages.
+5. **Commit**: ``grades.csv``, ``grading.log``, ``run.json``, the feedback pages and the course folder
+   replace the previous ones, each by an atomic rename. An interruption before this step changes
+   nothing; the next run starts again from the last complete state.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import html
+import io
 import json
+import os
 import re
 import shutil
+import sys
+import threading
 import time
+import unicodedata
 import warnings
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
-from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
 
-from autograder.config import (CELL_TIMEOUT, KERNEL_NAME, NOTEBOOK_TIMEOUT, assignments, environment, kernel_spec,
-                               nbgrader_config)
-from autograder.execute import CELL_TIMEOUT_ERROR, DEAD_KERNEL_ERROR, NOTEBOOK_TIMEOUT_ERROR
+from autograder import record, restore, sandbox
+from autograder.checks import References, judge
+from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
+                               nbgrader_config, release_notebook)
 from autograder.feedback import hidden_test_lines, leaks
 from autograder.release import source_notebook, stale_solutions
 
-CSV_FIELDS = ("student", "score", "max_score", "status")
-LEARNER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+CSV_FIELDS = ("student", "score", "max_score", "status", "detail")
+GRADING_MODELS = {"ioi-mini": ["ioi-mini", "ioi-mini-reshaped"], "gpt2-small": ["gpt2-small", "ioi-mini"]}
+MAX_SUBMISSION_BYTES = 20 * 1024 * 1024
+MAX_RESULT_BYTES = 5 * 1024 * 1024
+MAX_EXECUTED_BYTES = 40 * 1024 * 1024
+MAX_OUTPUT_CHARS = 20_000  # per output of a cell, in the feedback
+STATE = ("nbgrader", "feedback")  # the folders a run replaces as a whole
 
 
 class GradingError(RuntimeError):
-    """The grading run cannot start (unknown assignment, stale solutions, bad folders)."""
+    """The grading run cannot start or go on; the message is one line saying what to do."""
 
 
 @dataclass
 class Grade:
-    """One learner's result. ``score`` is None (an empty cell in the CSV, never 0) when the notebook
-    did not run to its end."""
+    """One learner's result (or one skipped entry). ``score`` is None (an empty cell in the CSV,
+    never 0) when the notebook did not run to its end or was not graded."""
 
     student: str
     score: float | None
-    max_score: float
+    max_score: float | None
     status: str
     detail: str = ""
     seconds: float = 0.0
 
     def row(self) -> dict[str, str]:
-        score = "" if self.score is None else f"{self.score:g}"
-        return {"student": self.student, "score": score, "max_score": f"{self.max_score:g}", "status": self.status}
+        fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
+        return {"student": self.student, "score": fmt(self.score), "max_score": fmt(self.max_score),
+                "status": self.status, "detail": self.detail}
 
 
-def run_status(nb: nbformat.NotebookNode) -> tuple[str, str] | None:
-    """("crashed" | "timed_out", where) when an autograded notebook did not run to its end."""
-    errors = [(index, out.ename) for index, cell in enumerate(nb.cells) if cell.cell_type == "code"
-              for out in cell.get("outputs", []) if out.output_type == "error"]
-    for status, names, what in (("crashed", {DEAD_KERNEL_ERROR}, "the kernel died"),
-                                ("timed_out", {CELL_TIMEOUT_ERROR, NOTEBOOK_TIMEOUT_ERROR}, "time limit hit")):
-        cells = [index for index, name in errors if name in names]
-        if cells:
-            return status, f"{what} in cell {cells[0]}"
-    return None
+@dataclass
+class Submission:
+    student: str
+    data: bytes
 
 
-def kernel_environment(course: Path, model: str) -> dict[str, str]:
-    """Environment of the grading kernels: this interpreter's kernel, the course model, offline,
-    one thread (a small model on a shared CPU only loses time to thread contention), and nothing
-    that writes to stderr (warnings, progress bars)."""
-    return {
-        "JUPYTER_PATH": str(course / "jupyter"), "JUPYTER_PLATFORM_DIRS": "1", "PATCHLAB_MODEL": model,
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore",
-        "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg", "PLOTLY_RENDERER": "notebook_connected",
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-    }
+@dataclass
+class Execution:
+    """What came back from one sandboxed run (all of it untrusted)."""
+
+    executed: nbformat.NotebookNode | None
+    results: dict[str, list] = field(default_factory=dict)
+    problem: str = ""  # why nothing usable came back
+    killed: str = ""
+    seconds: float = 0.0
+
+
+def learner_id(name: str) -> str | None:
+    """The learner id of a file name ``ID.ipynb``: letters (any script), digits, ``._@+-``; not
+    starting with a dot or a dash."""
+    if not name.endswith(".ipynb"):
+        return None
+    stem = unicodedata.normalize("NFC", name[:-len(".ipynb")])
+    return stem if re.fullmatch(r"[^\W_][\w.@+-]*", stem) and len(stem) <= 100 else None
+
+
+def inventory(folder: Path) -> tuple[list[Submission], list[Grade]]:
+    """The submissions of ``folder`` and a ``skipped`` row for everything else in it."""
+    subs, skipped = [], []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        why = ""
+        if entry.is_symlink():
+            why = "a symbolic link: refused (copy the notebook itself into the folder)"
+        elif entry.is_dir():
+            why = "a folder: submissions must be notebooks directly in the submissions folder"
+        elif not name.endswith(".ipynb"):
+            why = "not a notebook (.ipynb)"
+        elif learner_id(name) is None:
+            why = "the file name is not a usable learner id (letters, digits, ._@+-; not starting with . or -)"
+        if not why:
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as handle:
+                    data = handle.read(MAX_SUBMISSION_BYTES + 1)
+            except OSError as err:
+                why = f"could not be read ({err.strerror})"
+            else:
+                if len(data) > MAX_SUBMISSION_BYTES:
+                    why = f"larger than {MAX_SUBMISSION_BYTES // 2**20} MiB: clear its outputs and submit again"
+                else:
+                    subs.append(Submission(learner_id(name), data))
+        if why:
+            skipped.append(Grade(name, None, None, "skipped", why))
+    return subs, skipped
+
+
+class OutputFolder:
+    """``OUT_DIR``, held by one run at a time, with its last complete state and a staging copy."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.staging = out / ".staging"
+        self._lock = None
+
+    def __enter__(self) -> "OutputFolder":
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.out / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise GradingError(f"another grading run is using {self.out}: wait for it to finish, or grade into "
+                               "another --out folder") from None
+        self.recover()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+
+    def recover(self) -> None:
+        """Undo what an interrupted run left: a half-done swap, a staging folder."""
+        for name in STATE:
+            live, old = self.out / name, self.out / f".old-{name}"
+            if old.exists() and not live.exists():
+                old.rename(live)
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def stage(self) -> Path:
+        """A copy of the last complete state to work on."""
+        self.staging.mkdir()
+        for name in STATE:
+            if (self.out / name).exists():
+                shutil.copytree(self.out / name, self.staging / name, symlinks=True)
+            else:
+                (self.staging / name).mkdir()
+        return self.staging
+
+    def commit(self, files: dict[str, str]) -> None:
+        """Replace the state folders and write ``files`` ({name: text}), each by an atomic rename."""
+        for name in STATE:
+            live, old = self.out / name, self.out / f".old-{name}"
+            if live.exists():
+                live.rename(old)
+            (self.staging / name).rename(live)
+            shutil.rmtree(old, ignore_errors=True)
+        for name, text in files.items():
+            atomic_write(self.out / name, text)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class Grader:
-    """nbgrader's course folder ``out/nbgrader`` for one assignment, and the grading of submissions."""
+    """One grading run of one assignment into a staging copy of ``OUT_DIR``."""
 
-    def __init__(self, assignment: str, out: Path, cell_timeout: int = CELL_TIMEOUT,
-                 notebook_timeout: int = NOTEBOOK_TIMEOUT) -> None:
-        self.assignment, self.out = assignment, out
-        self.course = out / "nbgrader"
+    def __init__(self, assignment: str, staging: Path, model: str, sandbox_kind: str, cell_timeout: int,
+                 notebook_timeout: int, limits: sandbox.Limits) -> None:
+        self.assignment, self.staging, self.model = assignment, staging, model
+        self.sandbox_kind, self.limits = sandbox_kind, limits
+        self.cell_timeout, self.notebook_timeout = cell_timeout, notebook_timeout
+        self.course = staging / "nbgrader"
         self.db = self.course / "gradebook.db"
-        self.feedback_dir = out / "feedback"
         self.log: list[str] = []
-        self.api = NbGraderAPI(config=nbgrader_config(self.course, self.db, cell_timeout=cell_timeout,
-                                                      notebook_timeout=notebook_timeout))
-        self.hidden = hidden_test_lines(nbformat.read(source_notebook(assignment), as_version=4))
+        self._log_lock = threading.Lock()
+        self.api = NbGraderAPI(config=nbgrader_config(self.course, self.db))
+        self.source = nbformat.read(source_notebook(assignment), as_version=4)
+        self.release = nbformat.read(release_notebook(assignment), as_version=4)
+        self.hidden = hidden_test_lines(self.source)
+        self.references = References(GRADING_MODELS[model])
 
+    def note(self, line: str) -> None:
+        with self._log_lock:
+            self.log.append(line)
+
+    # --- the gradebook ------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Copy the assignment's source in and register it in the gradebook. A changed source
-        starts a new gradebook (the old one is kept as gradebook.db.old)."""
-        self.course.mkdir(parents=True, exist_ok=True)
-        self.feedback_dir.mkdir(exist_ok=True)
+        """The assignment's source in nbgrader's course folder; a changed source starts a new gradebook,
+        the old one kept under a name no later run reuses."""
         source = self.course / "source" / self.assignment / f"{self.assignment}.ipynb"
         new = source_notebook(self.assignment).read_bytes()
         if not source.exists() or source.read_bytes() != new:
             if self.db.exists():
-                self.log.append("the assignment's source changed: new gradebook, the old one is gradebook.db.old")
-                self.db.replace(self.course / "gradebook.db.old")
+                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+                kept = self.course / f"gradebook.{stamp}.db.old"
+                self.db.rename(kept)
+                self.note(f"the assignment's source changed: new gradebook; the old one is {kept.name}")
             source.parent.mkdir(parents=True, exist_ok=True)
             source.write_bytes(new)
-        spec = self.course / "jupyter" / "kernels" / KERNEL_NAME / "kernel.json"
-        spec.parent.mkdir(parents=True, exist_ok=True)
-        spec.write_text(json.dumps(kernel_spec(), indent=1), encoding="utf-8")
         if not self.db.exists():
-            result = self.api.generate_assignment(self.assignment, force=True, create=True)
+            with environment():
+                result = self.api.generate_assignment(self.assignment, force=True, create=True)
             if not result["success"]:
-                raise GradingError(f"nbgrader generate_assignment failed:\n{result.get('log', '')}")
+                raise GradingError(f"nbgrader could not register the assignment: {result.get('error', '')[-300:]}")
 
-    def max_score(self) -> float:
-        with Gradebook(f"sqlite:///{self.db}") as gb:
-            return gb.find_assignment(self.assignment).max_score
-
-    def not_run(self, student: str, detail: str) -> Grade:
-        """A submission that could not be run at all: crashed, with a page saying why."""
-        grade = Grade(student, None, self.max_score(), "crashed", detail)
-        self._write_feedback(student, self._fallback_page(grade))
-        return grade
-
-    def grade(self, path: Path) -> Grade:
-        """Autograde one submission and write its feedback page; a bad submission never raises."""
-        start = time.perf_counter()
-        grade = self._grade(path)
-        grade.seconds = time.perf_counter() - start
-        self.log.append(f"----- {grade.student}: {grade.status} {grade.row()['score']}/{grade.max_score:g} "
-                        f"{grade.detail} ({grade.seconds:.1f} s)")
-        return grade
-
-    def _grade(self, path: Path) -> Grade:
-        student = path.stem
-        if not LEARNER_ID.match(student):
-            return self.not_run(student, "the file name is not a usable learner id (letters, digits, ._@+-)")
+    # --- phase 1: the sandboxed run ----------------------------------------------------------
+    def execute(self, sub: Submission) -> tuple[restore.Rebuilt | None, Execution]:
+        """Rebuild and run one submission in its sandbox; never raises for what the submission is."""
         try:
-            nb = nbformat.read(path, as_version=4)
+            nb = nbformat.reads(sub.data.decode("utf-8"), as_version=4)
             nbformat.validate(nb)
-        except Exception as err:  # any unreadable file: report it, go on with the others
-            return self.not_run(student, f"not a readable notebook ({type(err).__name__}: {err})"[:300])
-        submitted = self.course / "submitted" / student / self.assignment / f"{self.assignment}.ipynb"
-        shutil.rmtree(submitted.parent, ignore_errors=True)
-        submitted.parent.mkdir(parents=True)
-        nbformat.write(nb, submitted)
-        result = self.api.autograde(self.assignment, student, force=True, create=True)
-        self.log.append(result.get("log", "") + result.get("error", ""))
-        if not result["success"] or not self.autograded(student).exists():
-            return self.not_run(student, "nbgrader could not autograde it (see grading.log)")
-        return self.collect(student)
+        except Exception as err:  # any unreadable file: reported, the others go on
+            return None, Execution(None, problem=f"not a readable notebook ({type(err).__name__})")
+        rebuilt = restore.rebuild(nb, self.release, self.source)
+        work = self.staging / "work" / hashlib.sha256(sub.student.encode()).hexdigest()[:16]
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        nbformat.write(restore.for_sandbox(rebuilt), work / "run.ipynb")
+        grader_dir = work.parent / "grader"
+        result = sandbox.run(self.sandbox_kind, [
+            sys.executable, "{grader}/runner.py", "run.ipynb", "executed.ipynb",
+            "--cell-timeout", str(self.cell_timeout), "--notebook-timeout", str(self.notebook_timeout),
+            "--max-output", str(MAX_OUTPUT_CHARS)], work, self.read_only(), grader_dir, self.kernel_env(),
+            self.limits)
+        execution = Execution(None, killed=result.killed, seconds=result.seconds)
+        executed = work / "executed.ipynb"
+        if executed.is_file() and not executed.is_symlink() and executed.stat().st_size <= MAX_EXECUTED_BYTES:
+            try:
+                execution.executed = nbformat.reads(executed.read_text(encoding="utf-8"), as_version=4)
+            except Exception:  # written by code the learner controls
+                execution.problem = "its executed notebook could not be read back"
+        elif executed.exists():
+            execution.problem = f"its outputs exceed {MAX_EXECUTED_BYTES // 2**20} MiB"
+        else:
+            execution.problem = "the notebook could not be run" + (f": {result.output.strip()[-300:]}"
+                                                                    if not result.killed else "")
+        results = work / "results"
+        if results.is_dir() and not results.is_symlink():
+            for path in results.glob("*.json"):
+                if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_RESULT_BYTES:
+                    try:
+                        data = json.loads(path.read_text(encoding="utf-8"))
+                        execution.results[path.stem] = data
+                    except (ValueError, UnicodeDecodeError):
+                        pass
+        shutil.rmtree(work, ignore_errors=True)
+        self.note(f"{sub.student}: ran in {result.seconds:.1f} s in sandbox '{self.sandbox_kind}'"
+                  + (f", killed: {result.killed}" if result.killed else ""))
+        return rebuilt, execution
+
+    def read_only(self) -> list[Path]:
+        paths = sandbox.python_read_only_paths()
+        if self.model == "gpt2-small":
+            from huggingface_hub.constants import HF_HUB_CACHE
+
+            paths.append(Path(HF_HUB_CACHE))
+        return paths
+
+    def kernel_env(self) -> dict[str, str]:
+        """The sandbox's whole environment: the grading models, offline, one thread, nothing on stderr."""
+        env = {
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+            "PYTHONPATH": "{grader}", "PATCHLAB_MODEL": self.model, "JUPYTER_PLATFORM_DIRS": "1",
+            "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime", "IPYTHONDIR": "/tmp/ipython", "MPLCONFIGDIR": "/tmp/mpl",
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TQDM_DISABLE": "1",
+            "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg",
+            "PLOTLY_RENDERER": "notebook_connected", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "AUTOGRADER_MODELS": ",".join(GRADING_MODELS[self.model]),
+        }
+        if self.model == "gpt2-small":
+            from huggingface_hub.constants import HF_HUB_CACHE
+
+            env["HF_HUB_CACHE"] = str(Path(HF_HUB_CACHE).resolve())
+        if self.sandbox_kind == "none":
+            env["PATH"] += ":" + os.environ.get("PATH", "")
+        return env
+
+    def install_grader_files(self) -> None:
+        """The two modules the sandbox runs, copied where it can read them (and nothing else of ours)."""
+        grader_dir = self.staging / "work" / "grader"
+        grader_dir.mkdir(parents=True, exist_ok=True)
+        here = Path(__file__).parent
+        shutil.copy(here / "runner.py", grader_dir / "runner.py")
+        shutil.copy(here / "harvest.py", grader_dir / f"{restore.HARVEST_MODULE}.py")
+
+    # --- phase 2: trusted scoring -------------------------------------------------------------
+    def score(self, sub: Submission, rebuilt: restore.Rebuilt | None, execution: Execution) -> Grade:
+        """Judge, record in the gradebook and write the feedback page of one executed submission."""
+        if rebuilt is None or execution.executed is None:
+            return self.not_run(sub.student, execution.problem or "it did not run", execution.killed)
+        graded = rebuilt.notebook
+        if len(execution.executed.cells) != len(graded.cells):
+            return self.not_run(sub.student, "its executed notebook does not match what was run")
+        stopped = ""
+        for index, (cell, ran) in enumerate(zip(graded.cells, execution.executed.cells)):
+            if cell.cell_type != "code":
+                continue
+            outputs = [o for o in ran.get("outputs", []) if isinstance(o, dict)]
+            if restore.is_test(cell):
+                cell.outputs = self.verdict(cell, rebuilt.checks.get(index), execution, outputs)
+                names = {o.get("ename") for o in outputs if o.get("output_type") == "error"}
+                if names & {"DeadKernelError", "NotebookTimeoutError", "CellTimeoutError"} and not stopped:
+                    stopped = ("crashed" if "DeadKernelError" in names else "timed_out")
+            else:
+                cell.outputs = [nbformat.from_dict(o) for o in outputs]
+        if execution.killed and not stopped:
+            stopped = "timed_out"
+        return self.finish(sub.student, graded, stopped, execution)
+
+    def verdict(self, cell: nbformat.NotebookNode, check: tuple[str, str] | None, execution: Execution,
+                outputs: list[dict]) -> list[nbformat.NotebookNode]:
+        """The test cell's output, decided here: a pass line, or an error with the diagnosis."""
+        gid = restore.grade_id(cell)
+        errors = [o for o in outputs if o.get("output_type") == "error" and o.get("ename") in
+                  ("DeadKernelError", "NotebookTimeoutError", "CellTimeoutError")]
+        if errors:
+            return [restore_error(errors[0].get("ename", "Error"), str(errors[0].get("evalue", ""))[:300])]
+        data = execution.results.get(gid)
+        if check is None or not isinstance(data, dict) or data.get("check") != check[0]:
+            return [restore_error("AssertionError", "this test could not record your results: run every cell "
+                                  "of the notebook in order and keep the test cells as they are")]
+        try:
+            message = judge(check[0], list(data.get("records", [])), self.references)
+        except Exception as err:  # malformed records from the sandbox
+            message = f"your results could not be checked ({type(err).__name__})"
+        if message is None:
+            return [nbformat.v4.new_output("stream", name="stdout", text="Passed.\n")]
+        return [restore_error("AssertionError", f"{check[1]}: {message}")]
+
+    def finish(self, student: str, graded: nbformat.NotebookNode, stopped: str, execution: Execution) -> Grade:
+        autograded = self.autograded(student)
+        autograded.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(graded, autograded)
+        scores = record.save(self.db, self.course, self.assignment, student, graded, self.note)
+        grade = self.grade_of(student, scores, stopped)
+        grade.seconds = execution.seconds
+        self.write_feedback(grade)
+        return grade
+
+    def grade_of(self, student: str, scores: record.Scores, stopped: str) -> Grade:
+        if stopped:
+            where = {"crashed": "the kernel died before every test had run",
+                     "timed_out": "a time limit was hit before every test had run"}[stopped]
+            return Grade(student, None, scores.max_score, stopped, where)
+        if scores.to_grade:
+            return Grade(student, scores.score, scores.max_score, "needs_manual_grade",
+                         f"to grade by hand: {', '.join(scores.to_grade)}")
+        return Grade(student, scores.score, scores.max_score, "graded")
 
     def autograded(self, student: str) -> Path:
         return self.course / "autograded" / student / self.assignment / f"{self.assignment}.ipynb"
 
     def collect(self, student: str) -> Grade:
-        """The grade of an autograded submission, from the gradebook (manual grades included) and
-        the executed notebook; writes its feedback page."""
-        with Gradebook(f"sqlite:///{self.db}") as gb:
-            submission = gb.find_submission(self.assignment, student)
-            score, max_score = submission.score, submission.max_score
-            ungraded = [g.name for nb in submission.notebooks for g in nb.grades
-                        if g.auto_score is None and g.manual_score is None]
-        stopped = run_status(nbformat.read(self.autograded(student), as_version=4))
-        if stopped:
-            grade = Grade(student, None, max_score, *stopped)
-        elif ungraded:
-            grade = Grade(student, score, max_score, "needs_manual_grade", f"to grade by hand: {', '.join(ungraded)}")
-        else:
-            grade = Grade(student, score, max_score, "graded")
-        self._write_feedback(student, self._feedback_page(grade))
+        """``--no-run``: the grade and feedback from the last run's notebook and the gradebook."""
+        graded = nbformat.read(self.autograded(student), as_version=4)
+        stopped = ""
+        for cell in graded.cells:
+            if restore.is_test(cell):
+                names = {o.get("ename") for o in cell.get("outputs", []) if o.get("output_type") == "error"}
+                if names & {"DeadKernelError", "NotebookTimeoutError", "CellTimeoutError"} and not stopped:
+                    stopped = "crashed" if "DeadKernelError" in names else "timed_out"
+        return self.finish(student, graded, stopped, Execution(graded))
+
+    def not_run(self, student: str, detail: str, killed: str = "") -> Grade:
+        status = "timed_out" if killed else "crashed"
+        grade = Grade(student, None, record.max_score(self.db, self.assignment), status, detail or killed)
+        self.write_page(student, self.fallback_page(grade))
         return grade
 
-    def set_manual_score(self, student: str, cell: str, points: float, comment: str | None = None) -> None:
-        """Record a hand-given score (and comment) for a manually graded cell of ``student``."""
-        with Gradebook(f"sqlite:///{self.db}") as gb:
-            grade = gb.find_grade(cell, self.assignment, self.assignment, student)
-            if not 0 <= points <= grade.max_score:
-                raise GradingError(f"{cell} is worth 0 to {grade.max_score:g} points, not {points:g}")
-            grade.manual_score = points
-            grade.needs_manual_grade = False
-            if comment is not None:
-                gb.find_comment(cell, self.assignment, self.assignment, student).manual_comment = comment
-            gb.db.commit()
-
-    def _feedback_page(self, grade: Grade) -> str:
-        """nbgrader's feedback page, or the fallback page if it failed or quotes a hidden test."""
-        result = self.api.generate_feedback(self.assignment, grade.student, force=True)
-        self.log.append(result.get("log", "") + result.get("error", ""))
+    # --- feedback -----------------------------------------------------------------------------
+    def write_feedback(self, grade: Grade) -> None:
+        with environment():
+            result = self.api.generate_feedback(self.assignment, grade.student, force=True)
         page = self.course / "feedback" / grade.student / self.assignment / f"{self.assignment}.html"
         text = page.read_text(encoding="utf-8") if result["success"] and page.exists() else ""
         leaked = leaks(text, self.hidden)
-        if text and not leaked:
-            return text
-        self.log.append("feedback replaced: " + ("it quoted hidden tests" if leaked else "nbgrader wrote none"))
-        return self._fallback_page(grade)
+        if not text or leaked:
+            self.note(f"{grade.student}: feedback replaced: " + ("it quoted hidden tests" if leaked else
+                                                                  "nbgrader wrote none"))
+            text = self.fallback_page(grade)
+        self.write_page(grade.student, text)
 
-    def _fallback_page(self, grade: Grade) -> str:
-        """A plain page with the status and score, when nbgrader's page is missing or unsafe."""
+    def write_page(self, student: str, text: str) -> None:
+        atomic_write(self.staging / "feedback" / f"{student}.html", text)
+
+    def fallback_page(self, grade: Grade) -> str:
         title = html.escape(f"{self.assignment}: {grade.student}")
         score = "not scored" if grade.score is None else f"{grade.score:g}"
+        total = "" if grade.max_score is None else f" / {grade.max_score:g}"
         return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head><body>"
-                f"<h1>{title}</h1><p>Status: <b>{grade.status}</b></p><p>Score: {score} / {grade.max_score:g}</p>"
+                f"<h1>{title}</h1><p>Status: <b>{grade.status}</b></p><p>Score: {score}{total}</p>"
                 f"<p>{html.escape(grade.detail)}</p></body></html>\n")
 
-    def _write_feedback(self, student: str, text: str) -> None:
-        (self.feedback_dir / f"{student}.html").write_text(text, encoding="utf-8")
+
+def restore_error(ename: str, evalue: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
 
 
 def check_folders(submissions: Path, out: Path) -> None:
@@ -214,6 +443,20 @@ def check_folders(submissions: Path, out: Path) -> None:
     sub, dest = submissions.resolve(), out.resolve()
     if dest == sub or sub in dest.parents or dest in sub.parents:
         raise GradingError("the output folder must lie outside the submissions folder (and not contain it)")
+    if REPO_ROOT.resolve() == dest or dest in REPO_ROOT.resolve().parents:
+        raise GradingError("the output folder must not contain the course repository: choose a folder of its own")
+
+
+def check_options(assignment: str, model: str, cell_timeout: int, notebook_timeout: int, jobs: int) -> None:
+    if assignment not in assignments():
+        raise GradingError(f"unknown assignment {assignment!r}: choose from {', '.join(assignments())}")
+    if model not in GRADING_MODELS:
+        raise GradingError(f"--model {model!r} cannot grade: choose {' or '.join(GRADING_MODELS)}")
+    for name, value in (("--cell-timeout", cell_timeout), ("--notebook-timeout", notebook_timeout)):
+        if not 1 <= value <= 24 * 3600:
+            raise GradingError(f"{name} must be a number of seconds from 1 to 86400, not {value}")
+    if not 1 <= jobs <= 64:
+        raise GradingError(f"--jobs must be from 1 to 64, not {jobs}")
 
 
 def grade(
@@ -224,42 +467,93 @@ def grade(
     notebook_timeout: int = NOTEBOOK_TIMEOUT,
     model: str = "ioi-mini",
     run: bool = True,
+    sandbox_kind: str = "auto",
+    jobs: int = 1,
+    limits: sandbox.Limits | None = None,
+    progress: bool = False,
 ) -> list[Grade]:
-    """Autograde every ``submissions/LEARNER.ipynb`` for ``assignment`` with the course model
-    ``model``; write ``grades.csv``, ``feedback/LEARNER.html`` and ``grading.log`` into ``out``.
-    With ``run=False`` nothing is executed again: the grades (manual ones included) and feedback
-    are rewritten from the previous run's gradebook and notebooks."""
-    submissions, out = Path(submissions), Path(out)
-    if assignment not in assignments():
-        raise GradingError(f"unknown assignment {assignment!r}: choose from {', '.join(assignments())}")
+    """Grade every ``submissions/LEARNER.ipynb`` for ``assignment``; write ``grades.csv``,
+    ``feedback/LEARNER.html``, ``grading.log`` and ``run.json`` into ``out``. With ``run=False``
+    nothing is executed again: grades and feedback are rewritten from the last run (after manual
+    grading). Raises :class:`GradingError` (one line) when the run cannot start."""
+    submissions, out = Path(submissions).resolve(), Path(out).resolve()
+    check_options(assignment, model, cell_timeout, notebook_timeout, jobs)
     stale = stale_solutions([assignment])
     if stale:
         raise GradingError(f"{'; '.join(stale)}: run `python -m autograder release` first")
     check_folders(submissions, out)
-    grader = Grader(assignment, out, cell_timeout, notebook_timeout)
-    with environment(**kernel_environment(grader.course, model)), warnings.catch_warnings():
+    try:
+        kind = sandbox.resolve_kind(sandbox_kind) if run else "none"
+    except sandbox.SandboxError as err:
+        raise GradingError(str(err)) from None
+    limits = limits or sandbox.Limits(wall_seconds=notebook_timeout + 120)
+    subs, skipped = inventory(submissions)
+    start = time.monotonic()
+    with OutputFolder(out) as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nbgrader's SQLAlchemy warnings
+        staging = folder.stage()
+        grader = Grader(assignment, staging, model, kind, cell_timeout, notebook_timeout, limits)
         grader.prepare()
-        grades = [grader.grade(path) if run or not grader.autograded(path.stem).exists()
-                  else grader.collect(path.stem) for path in sorted(submissions.glob("*.ipynb"))]
-    with open(out / "grades.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        grades: list[Grade] = []
+        if run:
+            grader.install_grader_files()
+            done = 0
+
+            def one(sub: Submission) -> tuple[restore.Rebuilt | None, Execution]:
+                nonlocal done
+                outcome = grader.execute(sub)
+                done += 1
+                if progress:
+                    print(f"  ran {done}/{len(subs)}: {sub.student}", flush=True)
+                return outcome
+
+            pool = ThreadPoolExecutor(max_workers=jobs)
+            try:
+                executions = list(pool.map(one, subs))
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                sandbox.kill_all()
+                raise
+            pool.shutdown()
+            for sub, (rebuilt, execution) in zip(subs, executions):
+                grades.append(grader.score(sub, rebuilt, execution))
+        else:
+            for sub in subs:
+                if grader.autograded(sub.student).exists():
+                    grades.append(grader.collect(sub.student))
+                else:
+                    grades.append(Grade(sub.student, None, None, "skipped", "not graded yet: grade without --no-run"))
+        grades += skipped
+        grades.sort(key=lambda g: g.student)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(g.row() for g in grades)
-    (out / "grading.log").write_text("\n".join(grader.log) + "\n", encoding="utf-8")
+        run_record = {"assignment": assignment, "model": model, "models": GRADING_MODELS[model],
+                      "sandbox": kind, "executed": run, "jobs": jobs,
+                      "limits": {**limits.__dict__, "enforced": sandbox.enforced_limits(kind)},
+                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "seconds": round(time.monotonic() - start, 1), "submissions": len(subs),
+                      "skipped": len(skipped)}
+        header = [f"grading run: {json.dumps(run_record)}"]
+        folder.commit({"grades.csv": buffer.getvalue(), "grading.log": "\n".join(header + grader.log) + "\n",
+                       "run.json": json.dumps(run_record, indent=1) + "\n"})
     return grades
 
 
 def set_manual_score(out: Path, assignment: str, student: str, cell: str, points: float,
                      comment: str | None = None) -> None:
-    """Record a hand-given score for ``cell`` (e.g. ``interpretation``) of ``student`` in the gradebook
-    of a previous ``grade`` run into ``out``; the next run (``run=False`` is enough) reports it."""
-    grader = Grader(assignment, Path(out))
-    if not grader.db.exists():
-        raise GradingError(f"no gradebook in {grader.course}: grade the submissions first")
-    try:
-        grader.set_manual_score(student, cell, points, comment)
-    except GradingError:
-        raise
-    except Exception as err:  # nbgrader's MissingEntry for an unknown learner or cell
-        raise GradingError(f"no grade {cell!r} for learner {student!r} ({type(err).__name__}: {err})") from None
+    """Record a hand-given score for ``cell`` of ``student`` in the gradebook of an earlier run into
+    ``out`` (the answer it scores is remembered: if it changes, the cell is to grade again)."""
+    out = Path(out).resolve()
+    if assignment not in assignments():
+        raise GradingError(f"unknown assignment {assignment!r}: choose from {', '.join(assignments())}")
+    with OutputFolder(out) as folder:
+        if not (out / "nbgrader" / "gradebook.db").exists():
+            raise GradingError(f"no gradebook in {out}: grade the submissions first")
+        staging = folder.stage()
+        course = staging / "nbgrader"
+        autograded = course / "autograded" / student / assignment / f"{assignment}.ipynb"
+        record.set_manual(course / "gradebook.db", course, assignment, student, cell, points, comment,
+                          autograded, GradingError)
+        folder.commit({})

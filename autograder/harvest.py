@@ -1,0 +1,238 @@
+"""What a graded test cell runs in the learner's kernel: call the learner's function on the graded
+inputs and record what it returns. Nothing is judged here.
+
+The grader replaces each hidden test ``check_NAME(learner_function, model)`` of an exercise by
+``collect(GRADE_ID, "check_NAME", learner_function)``; this module (copied read-only into the
+sandbox) calls the function on every case of ``cases`` and writes the returned values, as plain JSON,
+to ``results/GRADE_ID.json`` in the sandbox's scratch folder. The grader outside the sandbox rebuilds
+the same inputs, computes the references itself and compares (:mod:`autograder.checks`). Learner code
+can change anything in this kernel, this module included: all it can gain is to write values, and
+values are only accepted when they are right.
+
+The cases are shared with the trusted side: ``cases(check, models)`` lists them and ``PromptSets``
+builds their inputs, the same way on both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import types
+import warnings
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+RESULTS = Path("results")
+MODELS_VARIABLE = "AUTOGRADER_MODELS"  # comma-separated model names the checks run on
+SECOND_SET_SIZE = 8
+SECOND_SET_SEED = 20240607
+MAX_REPR = 300
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """No gradients, no warnings, nothing on stderr."""
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+class PromptSet:
+    """A batch of IOI prompts of one model with its clean and corrupted runs (computed lazily)."""
+
+    def __init__(self, label: str, model: Any, data: Any) -> None:
+        self.label, self.model, self.data = label, model, data
+
+    @cached_property
+    def _clean(self) -> tuple[torch.Tensor, Any]:
+        self.model.reset_hooks()
+        with quiet():
+            return self.model.run_with_cache(self.data.clean_tokens)
+
+    @cached_property
+    def _corrupted(self) -> tuple[torch.Tensor, Any]:
+        self.model.reset_hooks()
+        with quiet():
+            return self.model.run_with_cache(self.data.corrupted_tokens)
+
+    clean_logits = property(lambda self: self._clean[0])
+    clean_cache = property(lambda self: self._clean[1])
+    corrupted_logits = property(lambda self: self._corrupted[0])
+    corrupted_cache = property(lambda self: self._corrupted[1])
+
+    @cached_property
+    def clean_logit_diff(self) -> float:
+        from patchlab.metrics import logit_diff
+
+        return logit_diff(self.clean_logits, self.data.answer_tokens).item()
+
+    @cached_property
+    def corrupted_logit_diff(self) -> float:
+        from patchlab.metrics import logit_diff
+
+        return logit_diff(self.corrupted_logits, self.data.answer_tokens).item()
+
+    @cached_property
+    def metric(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        from patchlab.metrics import patching_metric
+
+        return patching_metric(self.data.answer_tokens, self.clean_logit_diff, self.corrupted_logit_diff)
+
+    def logits(self, which: str) -> torch.Tensor:
+        """``clean``, ``corrupted`` or ``halfway`` (their mean: the logit difference is linear in the logits)."""
+        if which == "halfway":
+            return (self.clean_logits + self.corrupted_logits) / 2
+        return self.clean_logits if which == "clean" else self.corrupted_logits
+
+    def hook_layers(self) -> list[tuple[int, int]]:
+        """The (layer, position) pairs a patching hook is checked at: S2 early, END last."""
+        n_layers = self.model.cfg.n_layers
+        return [(min(1, n_layers - 1), self.data.s2_pos), (n_layers - 1, self.data.end_pos)]
+
+
+class Models:
+    """The models the checks run on, loaded once, each with its two prompt sets: the classic prompts
+    and a second set (other names, another template, one token longer)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self._models: dict[str, Any] = {}
+        self._sets: dict[str, list[PromptSet]] = {}
+
+    def model(self, name: str) -> Any:
+        if name not in self._models:
+            import patchlab
+
+            with quiet(), contextlib.redirect_stdout(io.StringIO()):
+                self._models[name] = patchlab.load_model(name, device="cpu", verbose=False)
+        return self._models[name]
+
+    def prompt_sets(self, name: str) -> list[PromptSet]:
+        if name not in self._sets:
+            from patchlab.ioi import BABA_TEMPLATES, classic_ioi, generate_ioi
+
+            model = self.model(name)
+            with quiet():
+                second = generate_ioi(model, SECOND_SET_SIZE, seed=SECOND_SET_SEED, template=BABA_TEMPLATES[0])
+                self._sets[name] = [
+                    PromptSet(f"the classic prompts on {name}", model, classic_ioi(model)),
+                    PromptSet(f"a second prompt set (other names, another template) on {name}", model, second),
+                ]
+        return self._sets[name]
+
+
+def cases(check: str, models: Models) -> list[dict[str, Any]]:
+    """The calls ``check`` makes, as keys: model, prompt set index and what varies within a set."""
+    keys = []
+    for name in models.names:
+        for index, ps in enumerate(models.prompt_sets(name)):
+            base = {"model": name, "set": index}
+            if check in ("check_logit_diff_per_prompt", "check_mean_logit_diff"):
+                keys += [{**base, "logits": which} for which in ("clean", "corrupted")]
+            elif check == "check_normalised_metric":
+                keys += [{**base, "logits": which} for which in ("clean", "corrupted", "halfway")]
+            elif check == "check_patch_hook":
+                keys += [{**base, "layer": layer, "position": pos} for layer, pos in ps.hook_layers()]
+            elif check in ("check_residual_patching", "check_heatmap"):
+                keys.append(base)
+            else:
+                raise ValueError(f"unknown check {check}")
+    return keys
+
+
+def heatmap_values(n_layers: int, n_pos: int) -> torch.Tensor:
+    """The values a heatmap function is checked with: all distinct, negative and positive."""
+    return torch.linspace(-0.4, 1.0, n_layers * n_pos).reshape(n_layers, n_pos)
+
+
+def hook_point(model: Any, name: str) -> Any:
+    """The model's hook point ``name`` (what TransformerLens passes a hook as ``hook``)."""
+    hooks = getattr(model, "hook_dict", {})
+    return hooks[name] if name in hooks else types.SimpleNamespace(name=name)
+
+
+def encode(value: Any) -> dict[str, Any]:
+    """A returned value as plain JSON: tensors and arrays as shape and values, figures as plotly JSON."""
+    kind = type(value).__name__
+    if value is None:
+        return {"type": "None"}
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu", torch.float64)
+        return {"type": "Tensor", "dtype": str(value.dtype).replace("torch.", ""), "shape": list(tensor.shape),
+                "values": tensor.flatten().tolist()}
+    if isinstance(value, (bool, int, float)):
+        return {"type": kind, "shape": [], "values": [float(value)]}
+    if hasattr(value, "to_plotly_json"):
+        import plotly.io
+
+        return {"type": "Figure", "figure": json.loads(plotly.io.to_json(value, validate=False))}
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            array = value.astype(float)
+            return {"type": "ndarray", "shape": list(array.shape), "values": array.flatten().tolist()}
+    except (TypeError, ValueError):
+        pass
+    return {"type": kind, "repr": repr(value)[:MAX_REPR]}
+
+
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> dict[str, Any]:
+    try:
+        with quiet():
+            return encode(fn(*args, **kwargs))
+    except NotImplementedError:
+        return {"error": "NotImplementedError"}
+    except Exception as err:  # learner code may raise anything: record it
+        return {"error": f"{type(err).__name__}: {err}"[:MAX_REPR]}
+
+
+def run_case(check: str, key: dict[str, Any], fn: Callable[..., Any], models: Models) -> dict[str, Any]:
+    """Call ``fn`` on the inputs of one case; the record of what came back."""
+    ps = models.prompt_sets(key["model"])[key["set"]]
+    answers = ps.data.answer_tokens
+    if check in ("check_logit_diff_per_prompt", "check_mean_logit_diff"):
+        return _call(fn, (ps.logits(key["logits"]).clone(), answers.clone()), {})
+    if check == "check_normalised_metric":
+        return _call(fn, (ps.logits(key["logits"]).clone(), answers.clone(), ps.clean_logit_diff,
+                          ps.corrupted_logit_diff), {})
+    if check == "check_patch_hook":
+        name = f"blocks.{key['layer']}.hook_resid_pre"
+        clean = ps.clean_cache[name]
+        before = clean.clone()
+        record = _call(fn, (ps.corrupted_cache[name].clone(),), {
+            "hook": hook_point(ps.model, name), "position": key["position"], "clean_cache": ps.clean_cache})
+        record["cache_mutated"] = not torch.equal(clean, before)
+        clean.copy_(before)
+        return record
+    if check == "check_residual_patching":
+        record = _call(fn, (ps.model, ps.data.clean_tokens.clone(), ps.data.corrupted_tokens.clone(), ps.metric), {})
+        ps.model.reset_hooks()
+        return record
+    values = heatmap_values(ps.model.cfg.n_layers, ps.data.clean_tokens.shape[1])
+    return _call(fn, (values, list(ps.data.str_tokens), ps.data.s2_pos, ps.data.end_pos), {})
+
+
+_MODELS: Models | None = None
+
+
+def collect(grade_id: str, check: str, fn: Any) -> None:
+    """Run ``fn`` on every case of ``check`` and write the records to ``results/GRADE_ID.json``."""
+    global _MODELS
+    if _MODELS is None:
+        _MODELS = Models(os.environ.get(MODELS_VARIABLE, "ioi-mini,ioi-mini-reshaped").split(","))
+    if not callable(fn):
+        records: list[dict[str, Any]] = [{"error": "missing"}]
+    else:
+        records = []
+        for key in cases(check, _MODELS):
+            _MODELS.model(key["model"]).reset_hooks()
+            records.append({"case": key, **run_case(check, key, fn, _MODELS)})
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{grade_id}.json").write_text(json.dumps({"check": check, "records": records}))
+    print("Recorded for grading.")
