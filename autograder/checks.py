@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from autograder.diagnose import MESSAGES, Candidate, Diagnosis, diagnose, grid_mistakes
+from autograder.diagnose import MESSAGES, Candidate, diagnose, grid_mistakes, matches, mismatch_message
 from autograder.harvest import Models, PromptSet, cases, heatmap_values
 from patchlab.metrics import logit_diff, normalise
 from patchlab.patching import hook_name, patch_position, reference_patching
@@ -155,14 +155,14 @@ def _where(key: dict[str, Any], refs: References) -> str:
 
 def judge(check: str, records: list[dict[str, Any]], refs: References) -> str | None:
     """None if every recorded case is right; else what the learner is told."""
+    if len(records) == 1 and records[0].get("error") == "missing":
+        return decode(records[0], check)[1]
     if check == "check_heatmap":
         return judge_heatmap(records, refs)
     keys = cases(check, refs.models)
-    if len(records) == 1 and records[0].get("error") == "missing":
-        return decode(records[0], check)[1]
     if [r.get("case") for r in records] != keys:
         return "the test did not record every case (did the cell finish?)."
-    outcomes: list[tuple[dict, Diagnosis | None, Tensor | None]] = []
+    outcomes = []
     for record, key in zip(records, keys):
         got, problem = decode(record, check)
         if problem:
@@ -170,49 +170,46 @@ def judge(check: str, records: list[dict[str, Any]], refs: References) -> str | 
         if record.get("cache_mutated"):
             return f"on {_where(key, refs)}: {MESSAGES['cache_mutated']}"
         reference, candidates, options = _expected(check, key, refs)
-        if got.shape != reference.shape:
+        if check == "check_residual_patching" and got.shape != reference.shape:
             candidates = [c for c in candidates if c[0] == "transposed"]  # the others keep the shape
         diagnosis = diagnose(got, reference, candidates, rtol=RTOL, **options)
-        outcomes.append((key, diagnosis, reference))
-    return summarise(outcomes, records, refs, check)
-
-
-def summarise(outcomes: list[tuple[dict, Diagnosis | None, Tensor | None]], records: list[dict[str, Any]],
-              refs: References, check: str) -> str | None:
-    """One message for all cases: a named mistake only when it explains every case checked."""
-    failed = [(key, d) for key, d, _ in outcomes if d is not None]
-    if not failed:
+        outcomes.append((key, got, reference, candidates, options, diagnosis))
+    if all(o[-1] is None for o in outcomes):
         return None
+    return summarise(outcomes, records, refs)
+
+
+def summarise(outcomes: list[tuple], records: list[dict[str, Any]], refs: References) -> str:
+    """One message for all cases: a known mistake is named only when the learner's values match it on
+    every case checked (right cases included); otherwise where the values are off, in words."""
+    common: set[str] | None = None
+    for key, got, reference, candidates, options, diagnosis in outcomes:
+        here = set(diagnosis.name.split("+")) if diagnosis else set(matches(got, candidates, options["atol"], RTOL))
+        common = here if common is None else common & here
+    common = (common or set()) - {"mismatch"}
+    failed = [o for o in outcomes if o[-1] is not None]
+    if common:
+        return " Or: ".join(MESSAGES[n] for n in failed[0][-1].name.split("+") if n in common)
     first_model = refs.models.names[0]
-    if len(failed) == len(outcomes):
-        common = set(failed[0][1].name.split("+"))
-        for _, diagnosis in failed[1:]:
-            common &= set(diagnosis.name.split("+"))
-        if common and "mismatch" not in common:
-            names = [n for n in failed[0][1].name.split("+") if n in common]
-            return " Or: ".join(MESSAGES[n] for n in names)
-    if all(key["model"] != first_model for key, _ in failed):
+    if all(o[0]["model"] != first_model for o in failed):
         other = refs.models.model(failed[0][0]["model"]).cfg
-        shape_note = ""
-        for (key, diagnosis), record in zip(outcomes, records):
-            if diagnosis is not None and record.get("shape") is not None and key["model"] != first_model:
-                shape_note = f" (your result there has shape {tuple(record['shape'])})"
-                break
+        shape = next((tuple(r["shape"]) for o, r in zip(outcomes, records)
+                      if o[-1] is not None and r.get("shape") is not None), None)
         return (f"{MESSAGES['hard_coded_sizes']} The second model has {other.n_layers} layers, {other.n_heads} "
-                f"heads and d_model {other.d_model}{shape_note}.")
-    if all(key["set"] > 0 for key, _ in failed):
-        key, diagnosis = failed[0]
-        return f"{MESSAGES['uses_globals']} On {_where(key, refs)}: {diagnosis.message}"
-    key, diagnosis = failed[0]
-    return f"on {_where(key, refs)}: {diagnosis.message}"
+                f"heads and d_model {other.d_model}" + (f" (your result there has shape {shape})." if shape else "."))
+    key, got, reference, _, options, _ = failed[0]
+    words = mismatch_message(got, reference, options.get("axis_names", ()), options["atol"])
+    if all(o[0]["set"] > 0 for o in failed):
+        return f"{MESSAGES['uses_globals']} On {_where(key, refs)}: {words}"
+    right = len(outcomes) - len(failed)
+    return (f"right on {right} of {len(outcomes)} checks, wrong on {_where(key, refs)}" if right else
+            f"on {_where(key, refs)}") + f": {words}"
 
 
 def judge_heatmap(records: list[dict[str, Any]], refs: References) -> str | None:
     """The figure a reader sees: one heatmap with layers as rows in order, every position a distinct
     column labelled with its token, S2 and END marked, a colour scale centred on 0."""
     keys = cases("check_heatmap", refs.models)
-    if len(records) == 1 and records[0].get("error") == "missing":
-        return decode(records[0], "check_heatmap")[1]
     if [r.get("case") for r in records] != keys:
         return "the test did not record every case (did the cell finish?)."
     for record, key in zip(records, keys):
@@ -235,7 +232,7 @@ def heatmap_problem(figure: dict[str, Any], ps: PromptSet) -> str | None:
         return f"the figure should hold exactly one heatmap trace, it holds {len(traces)}."
     trace = traces[0]
     try:
-        z = torch.as_tensor(np.asarray(trace.get("z"), dtype=float))
+        z = torch.as_tensor(array(trace.get("z")))
     except (TypeError, ValueError):
         return "the heatmap's values (z) are not a numeric grid."
     diagnosis = diagnose(z, values, [("transposed", values.T)], axis_names=("layer", "position"), atol=1e-6,
@@ -243,7 +240,7 @@ def heatmap_problem(figure: dict[str, Any], ps: PromptSet) -> str | None:
     if diagnosis is not None:
         return ("it shows other values than the results it is given: draw `results` as they are, one row "
                 f"per layer. {diagnosis.message}")
-    labels = [str(x) for x in (trace.get("x") or [])]
+    labels = [str(x) for x in _listed(trace.get("x"))]
     tokens = ps.data.str_tokens
     if len(labels) != n_pos:
         return (f"label every column: {n_pos} positions need {n_pos} x labels, the figure has {len(labels)} "
@@ -258,13 +255,33 @@ def heatmap_problem(figure: dict[str, Any], ps: PromptSet) -> str | None:
                 "their index: label each column with its token.")
     if "S2" not in labels[ps.data.s2_pos] or "END" not in labels[ps.data.end_pos]:
         return "mark the S2 and END columns in their labels (position_labels does)."
-    rows = trace.get("y")
+    rows = None if trace.get("y") is None else _listed(trace.get("y"))
     if rows is not None and [str(r) for r in rows] != [str(r) for r in sorted(rows, key=_layer_number)]:
-        return "the rows must be the layers in order, 0 first."
+        return "put the rows in order: the layers in order, 0 first."
     if not _centred(figure, trace):
         return ("centre the colour scale on 0 (e.g. zmid=0), so that positive and negative effects get "
                 "opposite colours and 0 is white.")
     return None
+
+
+TYPED_ARRAYS = {"f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8"}
+
+
+def array(value: Any) -> np.ndarray:
+    """A plotly array as numbers: a (nested) list, or plotly's typed array {dtype, bdata, shape}."""
+    if isinstance(value, dict):
+        if value.get("dtype") not in TYPED_ARRAYS:
+            raise ValueError("not a numeric typed array")
+        import base64
+
+        flat = np.frombuffer(base64.b64decode(str(value.get("bdata", ""))), dtype=value["dtype"])
+        shape = [int(n) for n in str(value.get("shape", len(flat))).split(",")]
+        return flat.reshape(shape).astype(float)
+    return np.asarray(value, dtype=float)
+
+
+def _listed(value: Any) -> list:
+    return list(array(value)) if isinstance(value, dict) else list(value or [])
 
 
 def _layer_number(label: Any) -> float:

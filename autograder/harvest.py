@@ -167,10 +167,9 @@ def encode(value: Any) -> dict[str, Any]:
                 "values": tensor.flatten().tolist()}
     if isinstance(value, (bool, int, float)):
         return {"type": kind, "shape": [], "values": [float(value)]}
-    if hasattr(value, "to_plotly_json"):
-        import plotly.io
-
-        return {"type": "Figure", "figure": json.loads(plotly.io.to_json(value, validate=False))}
+    if hasattr(value, "to_plotly_json"):  # arrays as lists (plotly's own JSON packs them in base64)
+        plain = json.dumps(value.to_plotly_json(), default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+        return {"type": "Figure", "figure": json.loads(plain)}
     try:
         import numpy as np
 

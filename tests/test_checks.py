@@ -1,19 +1,24 @@
-"""autograder.checks on ioi-mini: right learner functions pass, each typical mistake gets its message,
-and a check writes nothing to stderr even when the learner's code does."""
+"""The hidden tests' two halves on the grading models: ``harvest`` records what a learner function
+returns (as it does inside the sandbox, here in-process), ``checks.judge`` judges the records against
+its own references. Right functions pass, each typical mistake gets its message, a mistake is named
+only when it explains every case, and hard-coded sizes or copied numbers are told apart."""
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 
 import pytest
 import torch
 
-from autograder import checks
+from autograder import checks, harvest
 from autograder.diagnose import MESSAGES
-from patchlab.metrics import logit_diff, normalise
+from patchlab.metrics import normalise
 from patchlab.patching import patch_position, reference_patching
 from patchlab.plots import heatmap, position_labels
+
+MODELS = ["ioi-mini", "ioi-mini-reshaped"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,12 +30,29 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def fails_with(check, fn, model, mistake: str) -> str:
-    with pytest.raises(AssertionError) as info:
-        check(fn, model)
-    message = str(info.value)
-    assert MESSAGES[mistake] in message, message
-    return message
+@pytest.fixture(scope="module")
+def refs() -> checks.References:
+    return checks.References(MODELS)
+
+
+@pytest.fixture(scope="module")
+def inside() -> harvest.Models:
+    """The learner kernel's models: loaded separately from the trusted references."""
+    return harvest.Models(MODELS)
+
+
+def verdict(check: str, fn, refs: checks.References, inside: harvest.Models) -> str | None:
+    records = [{"case": key, **harvest.run_case(check, key, fn, inside)} for key in harvest.cases(check, inside)]
+    return checks.judge(check, json.loads(json.dumps(records)), refs)  # as it crosses the sandbox's wall
+
+
+@pytest.fixture
+def judged(refs, inside):
+    return lambda check, fn: verdict(check, fn, refs, inside)
+
+
+def names(message: str | None, mistake: str) -> bool:
+    return message is not None and MESSAGES[mistake] in message
 
 
 # --- logit differences ----------------------------------------------------------------------------
@@ -40,72 +62,85 @@ def per_prompt(logits, answer_tokens):
     return picked[:, 0] - picked[:, 1]
 
 
-def test_per_prompt_logit_difference(model):
-    checks.check_logit_diff_per_prompt(per_prompt, model)
-    check = checks.check_logit_diff_per_prompt
-    fails_with(check, lambda lg, a: -per_prompt(lg, a), model, "sign_flipped")
-    fails_with(check, lambda lg, a: per_prompt(lg[:, :-1], a), model, "not_final_position")
-    fails_with(check, lambda lg, a: per_prompt(lg, a).mean(), model, "reduced_too_early")
-    fails_with(check, lambda lg, a: lg[:, -1, a[:, 0]] - lg[:, -1, a[:, 1]], model, "broadcast_index")
+def test_per_prompt_logit_difference(judged):
+    check = "check_logit_diff_per_prompt"
+    assert judged(check, per_prompt) is None
+    assert names(judged(check, lambda lg, a: -per_prompt(lg, a)), "sign_flipped")
+    assert names(judged(check, lambda lg, a: per_prompt(lg[:, :-1], a)), "not_final_position")
+    assert names(judged(check, lambda lg, a: per_prompt(lg, a).mean()), "reduced_too_early")
+    assert names(judged(check, lambda lg, a: lg[:, -1, a[:, 0]] - lg[:, -1, a[:, 1]]), "broadcast_index")
 
 
-def test_mean_logit_difference(model):
-    checks.check_mean_logit_diff(lambda lg, a: per_prompt(lg, a).mean(), model)
-    check = checks.check_mean_logit_diff
-    fails_with(check, lambda lg, a: per_prompt(lg, a)[0], model, "single_prompt")
-    fails_with(check, lambda lg, a: per_prompt(lg, a).sum(), model, "sum_not_mean")
-    fails_with(check, per_prompt, model, "not_reduced")
+def test_mean_logit_difference(judged):
+    check = "check_mean_logit_diff"
+    assert judged(check, lambda lg, a: per_prompt(lg, a).mean()) is None
+    assert names(judged(check, lambda lg, a: per_prompt(lg, a)[0]), "single_prompt")
+    assert names(judged(check, lambda lg, a: per_prompt(lg, a).sum()), "sum_not_mean")
+    assert names(judged(check, per_prompt), "not_reduced")
 
 
-def test_normalised_metric(model):
-    def right(lg, a, clean, corrupted):
-        return (per_prompt(lg, a).mean() - corrupted) / (clean - corrupted)
-
-    checks.check_normalised_metric(right, model)
-    check = checks.check_normalised_metric
-    fails_with(check, lambda lg, a, c, k: per_prompt(lg, a).mean(), model, "unnormalised")
-    fails_with(check, lambda lg, a, c, k: (c - per_prompt(lg, a).mean()) / (c - k), model, "normalised_backwards")
-    fails_with(check, lambda lg, a, c, k: per_prompt(lg, a).mean() / c, model, "divided_by_clean")
-    fails_with(check, lambda lg, a, c, k: normalise(per_prompt(lg, a)[0], c, k), model, "single_prompt")
+def test_a_float_is_refused_with_the_type_asked_for(judged):
+    message = judged("check_mean_logit_diff", lambda lg, a: per_prompt(lg, a).mean().item())
+    assert "must return a 0-dimensional tensor, not a float" in message
 
 
-def test_learner_errors_become_messages(model):
+def test_normalised_metric(judged):
+    check = "check_normalised_metric"
+    assert judged(check, lambda lg, a, c, k: (per_prompt(lg, a).mean() - k) / (c - k)) is None
+    assert names(judged(check, lambda lg, a, c, k: per_prompt(lg, a).mean()), "unnormalised")
+    assert names(judged(check, lambda lg, a, c, k: (c - per_prompt(lg, a).mean()) / (c - k)), "normalised_backwards")
+    assert names(judged(check, lambda lg, a, c, k: per_prompt(lg, a).mean() / c), "divided_by_clean")
+    assert names(judged(check, lambda lg, a, c, k: normalise(per_prompt(lg, a)[0], c, k)), "single_prompt")
+
+
+def test_learner_errors_become_messages(judged):
     def not_done(logits, answer_tokens):
         raise NotImplementedError()
 
-    with pytest.raises(AssertionError, match="not_done is not implemented yet"):
-        checks.check_logit_diff_per_prompt(not_done, model)
-    with pytest.raises(AssertionError, match="returned None"):
-        checks.check_logit_diff_per_prompt(lambda lg, a: None, model)
-    with pytest.raises(AssertionError, match="raised IndexError"):
-        checks.check_logit_diff_per_prompt(lambda lg, a: lg[99], model)
+    assert "not implemented yet" in judged("check_logit_diff_per_prompt", not_done)
+    assert "returned None" in judged("check_logit_diff_per_prompt", lambda lg, a: None)
+    assert "raised IndexError" in judged("check_logit_diff_per_prompt", lambda lg, a: lg[99])
+    missing = checks.judge("check_logit_diff_per_prompt", [{"error": "missing"}], None)
+    assert "not defined" in missing
+
+
+def test_a_mistake_on_some_cases_only_is_described_not_named(judged):
+    """Sign flipped on the classic prompts only: no single known mistake explains every case."""
+    def sometimes_flipped(logits, answer_tokens):
+        value = per_prompt(logits, answer_tokens)
+        return -value if logits.shape[1] == 15 else value
+
+    message = judged("check_logit_diff_per_prompt", sometimes_flipped)
+    assert not names(message, "sign_flipped")
+    assert "right on 4 of 8 checks" in message and "every prompt" in message
 
 
 # --- the patching hook ----------------------------------------------------------------------------
 
-def test_patching_hook(model):
+def test_patching_hook(judged):
+    check = "check_patch_hook"
+
     def right(resid_pre, hook, position, clean_cache):
         return patch_position(resid_pre, clean_cache[hook.name], position)
 
     def in_place_only(resid_pre, hook, position, clean_cache):
-        resid_pre[:, position] = clean_cache[hook.name][:, position]  # TransformerLens accepts None
+        resid_pre[:, position] = clean_cache[hook.name][:, position]
 
     def into_the_cache(resid_pre, hook, position, clean_cache):
         clean_cache[hook.name][:, position] = resid_pre[:, position]
         return resid_pre
 
-    checks.check_patch_hook(right, model)
-    checks.check_patch_hook(in_place_only, model)
-    check = checks.check_patch_hook
-    fails_with(check, into_the_cache, model, "cache_mutated")
-    checks.check_patch_hook(right, model)  # the check repaired the cache it lent
-    fails_with(check, lambda r, hook, position, clean_cache: patch_position(
-        clean_cache[hook.name].clone(), r, position), model, "wrong_direction")
-    fails_with(check, lambda r, hook, position, clean_cache: clean_cache[hook.name].clone(), model,
-               "patched_all_positions")
-    fails_with(check, lambda r, hook, position, clean_cache: r, model, "not_patched")
-    fails_with(check, lambda r, hook, position, clean_cache: right(r, hook, position + 1, clean_cache), model,
-               "off_by_one_position")
+    assert judged(check, right) is None
+    assert "returned None" in judged(check, in_place_only)  # the instructions ask for the activation back
+    assert names(judged(check, into_the_cache), "cache_mutated")
+    assert judged(check, right) is None  # the cache lent was repaired
+    assert names(judged(check, lambda r, hook, position, clean_cache: patch_position(
+        clean_cache[hook.name].clone(), r, position)), "wrong_direction")
+    assert names(judged(check, lambda r, hook, position, clean_cache: clean_cache[hook.name].clone()),
+                 "patched_all_positions")
+    assert names(judged(check, lambda r, hook, position, clean_cache: r), "not_patched")
+    assert names(judged(check, lambda r, hook, position, clean_cache: right(r, hook, position - 1, clean_cache)),
+                 "off_by_one_position")
 
 
 # --- the patching loop and the heatmap ------------------------------------------------------------
@@ -115,45 +150,80 @@ def loop(model, clean_tokens, corrupted_tokens, metric):
     return reference_patching(model, corrupted_tokens, clean_cache, metric, progress=True)
 
 
-def test_patching_loop_is_compared_on_two_prompt_sets_quietly(model, capfd):
+def test_patching_loop_passes_quietly(judged, capfd):
     def noisy(*args):
         print("progress", file=sys.stderr)
         warnings.warn("a learner's warning")
         return loop(*args)  # with a tqdm bar on stderr
 
-    checks.check_residual_patching(noisy, model)
+    assert judged("check_residual_patching", noisy) is None
     assert capfd.readouterr().err == ""
 
 
-def test_copied_numbers_fail_on_the_second_prompt_set(model):
-    classic = checks.prompt_sets(model)[0]
-    copied = classic.reference.clone()
-    message = fails_with(checks.check_residual_patching, lambda *args: copied, model, "uses_globals")
-    assert "second prompt set" in message
+def test_copied_numbers_fail_on_the_second_prompt_set(judged, refs):
+    copied = {}
+
+    def copies(model, clean_tokens, corrupted_tokens, metric):
+        key = model.cfg.n_layers
+        copied.setdefault(key, loop(model, clean_tokens, corrupted_tokens, metric))
+        return copied[key]
+
+    message = judged("check_residual_patching", copies)
+    assert names(message, "uses_globals") and "second prompt set" in message
 
 
-def test_patching_loop_mistakes(model):
-    check = checks.check_residual_patching
-    fails_with(check, lambda *args: loop(*args).T, model, "transposed")
-    fails_with(check, lambda m, clean, corrupted, metric: loop(m, corrupted, clean, metric), model,
-               "wrong_direction")
+def test_hard_coded_sizes_fail_on_the_second_model(judged):
+    def four_layers(model, clean_tokens, corrupted_tokens, metric):
+        _, clean_cache = model.run_with_cache(clean_tokens)
+        results = torch.zeros(4, corrupted_tokens.shape[1])
+        for layer in range(4):
+            for position in range(corrupted_tokens.shape[1]):
+                def hook(act, hook, p=position):
+                    act[:, p] = clean_cache[hook.name][:, p]
+                    return act
+                logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", hook)])
+                results[layer, position] = metric(logits)
+        return results
+
+    message = judged("check_residual_patching", four_layers)
+    assert names(message, "hard_coded_sizes") and "5 layers" in message and "(4, 15)" in message
 
 
-def test_heatmap(model):
-    def right(results, str_tokens, s2_pos, end_pos):
-        return heatmap(results, position_labels(str_tokens, s2_pos, end_pos), "title")
-
-    checks.check_heatmap(right, model)
-    fails_with(checks.check_heatmap, lambda r, t, s, e: heatmap(r.T, list(range(r.shape[0])), "t"), model,
-               "transposed")
-    with pytest.raises(AssertionError, match="label each column"):
-        checks.check_heatmap(lambda r, t, s, e: heatmap(r, [str(i) for i in range(r.shape[1])], "t"), model)
-    with pytest.raises(AssertionError, match="centre the colour scale"):
-        checks.check_heatmap(lambda r, t, s, e: right(r, t, s, e).update_traces(zmid=None, zmin=-1, zmax=2), model)
+def test_patching_loop_mistakes(judged):
+    check = "check_residual_patching"
+    assert names(judged(check, lambda *args: loop(*args).T), "transposed")
+    assert names(judged(check, lambda m, clean, corrupted, metric: loop(m, corrupted, clean, metric)),
+                 "wrong_direction")
 
 
-def test_prompt_sets_differ(model):
-    classic, second = checks.prompt_sets(model)
+def right_heatmap(results, str_tokens, s2_pos, end_pos):
+    return heatmap(results, position_labels(str_tokens, s2_pos, end_pos), "title")
+
+
+def test_heatmap(judged):
+    check = "check_heatmap"
+    assert judged(check, right_heatmap) is None
+    assert "one row per layer" in judged(check, lambda r, t, s, e: heatmap(r.T, list(range(r.shape[0])), "t"))
+    assert "S2 and END" in judged(check, lambda r, t, s, e: heatmap(r, [f"{i}: {x}" for i, x in enumerate(t)], "t"))
+    merged = judged(check, lambda r, t, s, e: heatmap(r, [x + (" (S2)" if i == s else " (END)" if i == e else "")
+                                                          for i, x in enumerate(t)], "t"))
+    assert "same label" in merged  # two " John" columns would be drawn as one
+    assert "centre the colour scale" in judged(
+        check, lambda r, t, s, e: right_heatmap(r, t, s, e).update_traces(zmid=None, zmin=-1, zmax=2))
+    reversed_rows = judged(check, lambda r, t, s, e: right_heatmap(r, t, s, e).update_traces(
+        y=[f"layer {i}" for i in reversed(range(r.shape[0]))]))
+    assert "layers in order" in reversed_rows
+
+
+def test_plotly_typed_arrays_are_read():
+    typed = {"dtype": "f4", "bdata": "AACAPwAAAEA=", "shape": "1, 2"}
+    assert checks.array(typed).tolist() == [[1.0, 2.0]]
+    with pytest.raises(ValueError):
+        checks.array({"dtype": "O", "bdata": ""})
+
+
+def test_prompt_sets_differ(refs):
+    classic, second = refs.models.prompt_sets("ioi-mini")
     assert classic.data.clean_tokens.shape != second.data.clean_tokens.shape
-    assert classic.clean_logit_diff == pytest.approx(logit_diff(classic.clean_logits,
-                                                                classic.data.answer_tokens).item())
+    other = refs.models.model("ioi-mini-reshaped").cfg
+    assert (other.n_layers, other.n_heads, other.d_model) == (5, 8, 256)
