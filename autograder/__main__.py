@@ -9,8 +9,15 @@ from pathlib import Path
 from autograder.config import CELL_TIMEOUT, NOTEBOOK_TIMEOUT, assignments
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad option value told in one line."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _release(args: argparse.Namespace) -> int:
-    from autograder.release import release, stale_exercises, stale_solutions
+    from autograder.release import ReleaseError, release, stale_exercises, stale_solutions
 
     if args.check:
         problems = stale_solutions(args.names) + stale_exercises(args.names)
@@ -19,7 +26,12 @@ def _release(args: argparse.Namespace) -> int:
         if problems:
             print("run: python -m autograder release", file=sys.stderr)
         return 1 if problems else 0
-    for path in release(args.names):
+    try:
+        written = release(args.names)
+    except ReleaseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
         print(f"wrote {path}")
     return 0
 
@@ -83,8 +95,8 @@ def seconds(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="python -m autograder", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     release = commands.add_parser("release", help="solutions/NAME/NAME.md -> NAME.ipynb -> exercises/NAME/")
     release.add_argument("names", nargs="*", help=f"assignments (default: all of {', '.join(assignments())})")
