@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR")
     grade.add_argument("--assignment", required=True, choices=assignments())
     grade.add_argument("--out", required=True, type=Path, metavar="OUT_DIR")
-    grade.add_argument("--cell-timeout", type=seconds, default=CELL_TIMEOUT, help="seconds per cell (%(default)s)")
-    grade.add_argument("--notebook-timeout", type=seconds, default=NOTEBOOK_TIMEOUT,
-                       help="seconds per notebook (%(default)s)")
+    grade.add_argument("--cell-timeout", type=seconds, help=f"seconds per cell ({CELL_TIMEOUT}; 1800 on gpt2-small)")
+    grade.add_argument("--notebook-timeout", type=seconds,
+                       help=f"seconds per notebook ({NOTEBOOK_TIMEOUT}; 5400 on gpt2-small)")
     grade.add_argument("--model", default="ioi-mini", choices=("ioi-mini", "gpt2-small"),
                        help="the model the notebooks and the hidden tests run (%(default)s; the tests also run "
                             "on a second model of another shape)")

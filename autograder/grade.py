@@ -53,6 +53,8 @@ from autograder.release import source_notebook, stale_solutions
 
 CSV_FIELDS = ("student", "score", "max_score", "status", "detail")
 GRADING_MODELS = {"ioi-mini": ["ioi-mini", "ioi-mini-reshaped"], "gpt2-small": ["gpt2-small", "ioi-mini"]}
+# Default (cell, notebook) time limits per model: GPT-2 small's patching loop is slow on a CPU.
+TIMEOUTS = {"ioi-mini": (CELL_TIMEOUT, NOTEBOOK_TIMEOUT), "gpt2-small": (1800, 5400)}
 MAX_SUBMISSION_BYTES = 20 * 1024 * 1024
 MAX_RESULT_BYTES = 5 * 1024 * 1024
 MAX_EXECUTED_BYTES = 40 * 1024 * 1024
@@ -242,6 +244,16 @@ class Grader:
                 result = self.api.generate_assignment(self.assignment, force=True, create=True)
             if not result["success"]:
                 raise GradingError(f"nbgrader could not register the assignment: {result.get('error', '')[-300:]}")
+
+    def check_models(self) -> None:
+        """Every grading model loads here (the references need them), or one line saying what to do."""
+        from patchlab.models import ModelUnavailableError
+
+        for name in self.references.models.names:
+            try:
+                self.references.models.model(name)
+            except ModelUnavailableError as err:
+                raise GradingError(f"cannot grade on {name}: {err}") from None
 
     # --- phase 1: the sandboxed run ----------------------------------------------------------
     def execute(self, sub: Submission) -> tuple[restore.Rebuilt | None, Execution]:
@@ -463,8 +475,8 @@ def grade(
     submissions: Path,
     assignment: str,
     out: Path,
-    cell_timeout: int = CELL_TIMEOUT,
-    notebook_timeout: int = NOTEBOOK_TIMEOUT,
+    cell_timeout: int | None = None,
+    notebook_timeout: int | None = None,
     model: str = "ioi-mini",
     run: bool = True,
     sandbox_kind: str = "auto",
@@ -477,7 +489,10 @@ def grade(
     nothing is executed again: grades and feedback are rewritten from the last run (after manual
     grading). Raises :class:`GradingError` (one line) when the run cannot start."""
     submissions, out = Path(submissions).resolve(), Path(out).resolve()
-    check_options(assignment, model, cell_timeout, notebook_timeout, jobs)
+    if model in TIMEOUTS:
+        cell_timeout = cell_timeout or TIMEOUTS[model][0]
+        notebook_timeout = notebook_timeout or TIMEOUTS[model][1]
+    check_options(assignment, model, cell_timeout or 0, notebook_timeout or 0, jobs)
     stale = stale_solutions([assignment])
     if stale:
         raise GradingError(f"{'; '.join(stale)}: run `python -m autograder release` first")
@@ -494,6 +509,8 @@ def grade(
         staging = folder.stage()
         grader = Grader(assignment, staging, model, kind, cell_timeout, notebook_timeout, limits)
         grader.prepare()
+        if run:
+            grader.check_models()
         grades: list[Grade] = []
         if run:
             grader.install_grader_files()
