@@ -35,6 +35,7 @@ class PublishedMaps:
     clean_logit_diff: float
     corrupted_logit_diff: float
     source: str  # notebook path, commit and how the model was loaded
+    head_scores: dict[str, np.ndarray]  # "induction", "previous_token", "duplicate_token": [layer, head]
 
     @property
     def short_source(self) -> str:
@@ -43,7 +44,7 @@ class PublishedMaps:
 
 @lru_cache(maxsize=1)
 def gpt2_small_ioi() -> PublishedMaps:
-    """GPT-2 small's resid_pre, attn_out, mlp_out and head_out maps on the 8 classic prompts."""
+    """GPT-2 small's resid_pre, attn_out, mlp_out and head_out maps on the 8 classic prompts, and head scores."""
     raw = json.loads(DATA.read_text(encoding="utf-8"))
     return PublishedMaps(
         model="gpt2-small",
@@ -55,6 +56,7 @@ def gpt2_small_ioi() -> PublishedMaps:
         corrupted_logit_diff=raw["corrupted_logit_diff"],
         source=f"{raw['source_repo']} {raw['source_path']} at commit {raw['commit'][:8]}; "
                f"{raw['model_loading']}",
+        head_scores={name: np.asarray(entry["values"], dtype=float) for name, entry in raw["head_scores"].items()},
     )
 
 

@@ -71,6 +71,8 @@ def test_published_maps_have_gpt2_small_shapes_and_source():
     assert np.abs(resid[:, : maps.s2_pos]).max() == 0  # the prompts are identical before S2
     np.testing.assert_allclose(resid.sum(axis=1), 1, atol=0.01)  # observed in GPT-2 small, not implied
     assert round(resid[:, maps.s2_pos + 1].max(), 4) == 0.0513  # " gave": the book quotes this maximum
+    induction = maps.head_scores["induction"]
+    assert induction.shape == (12, 12) and induction[5, 5] > 0.9 and induction[6, 9] > 0.9
 
 
 @pytest.mark.skipif(not REFERENCE.exists(), reason="the shared reference outputs are not on this machine")
@@ -80,6 +82,8 @@ def test_published_maps_are_the_demo_outputs_rounded():
     data = json.loads(published.DATA.read_text(encoding="utf-8"))
     for component, entry in data["maps"].items():
         np.testing.assert_allclose(entry["values"], by_title[entry["title"]], atol=5e-5, err_msg=component)
+    for name, entry in data["head_scores"].items():
+        np.testing.assert_allclose(entry["values"], by_title[entry["title"]], atol=5e-5, err_msg=name)
     assert data["commit"] == raw["commit"]
 
 

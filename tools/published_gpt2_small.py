@@ -2,7 +2,8 @@
 
 The values come from the outputs stored in TransformerLens's Exploratory Analysis Demo (run on the
 real GPT-2 small); this script keeps the four maps the book draws (resid_pre, attn_out, mlp_out by
-layer and position, head_out by layer and head), rounded to 4 decimals, with the notebook path,
+layer and position, head_out by layer and head) and the demo's previous-token, duplicate-token and
+induction scores of every head, rounded to 4 decimals, with the notebook path,
 commit and model loading they come from, and checks them against the same notebook re-run through
 TransformerBridge. Run it again only if the source changes:
 
@@ -27,12 +28,15 @@ MAPS = {
     "mlp_out": "Logit Difference From Patched MLP Layer",
     "head_out": "Logit Difference From Patched Head Output",
 }
+# Head scores of the demo's "finding induction heads" section (attention on repeated random tokens).
+SCORES = {"previous_token": "Previous Token Scores", "duplicate_token": "Duplicate Token Scores",
+          "induction": "Induction Head Scores"}
 OUT = Path(__file__).resolve().parent.parent / "patchlab" / "data" / "gpt2_small_ioi.json"
 
 
-def _maps(record: dict) -> dict[str, np.ndarray]:
+def _maps(record: dict, titles: dict[str, str] = MAPS) -> dict[str, np.ndarray]:
     by_title = {entry["title"]: np.asarray(entry["z"], dtype=float) for entry in record["heatmaps"].values()}
-    return {component: by_title[title] for component, title in MAPS.items()}
+    return {name: by_title[title] for name, title in titles.items()}
 
 
 def main() -> None:
@@ -42,7 +46,8 @@ def main() -> None:
     source = json.loads((args.reference_dir / SOURCE).read_text(encoding="utf-8"))
     check = json.loads((args.reference_dir / CHECK).read_text(encoding="utf-8"))
     maps, bridge = _maps(source), _maps(check)
-    gap = max(float(np.abs(maps[c] - bridge[c]).max()) for c in MAPS)
+    scores, bridge_scores = _maps(source, SCORES), _maps(check, SCORES)
+    gap = max(float(np.abs(a[k] - b[k]).max()) for a, b in ((maps, bridge), (scores, bridge_scores)) for k in a)
     if gap > 1e-4:
         raise SystemExit(f"the HookedTransformer and TransformerBridge runs differ by {gap:.1e}: check the source")
     tokens = [label.rsplit("_", 1)[0] for label in source["x_labels_first_prompt"]]
@@ -66,6 +71,10 @@ def main() -> None:
                         "cols": "head" if component == "head_out" else "position",
                         "values": np.round(values, 4).tolist()}
             for component, values in maps.items()
+        },
+        "head_scores": {
+            name: {"title": SCORES[name], "rows": "layer", "cols": "head", "values": np.round(values, 4).tolist()}
+            for name, values in scores.items()
         },
     }
     OUT.parent.mkdir(exist_ok=True)
