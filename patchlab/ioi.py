@@ -4,8 +4,8 @@ A prompt such as "When John and Mary went to the shops, John gave the bag to" na
 the subject (S) is named twice (S1, S2), the indirect object (IO) once, and the model should
 continue with the IO (" Mary"). The corrupted twin of a prompt has its S2 name replaced by the IO
 name, so only the S2 position differs and the correct answer flips. The ABC corruption replaces S2
-by a third name instead (Wang et al.'s "ABC" distribution), so no name is repeated and the
-corrupted prompt is not another clean prompt.
+by a third name instead (as in Wang et al.'s "ABC" prompts, which name three different people), so no
+name is repeated and the corrupted prompt is not another clean prompt.
 """
 
 from __future__ import annotations

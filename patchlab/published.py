@@ -105,7 +105,7 @@ def side_by_side(
         fig.update_xaxes(type="category", tickangle=-45, row=row, col=1)
     fig.update_xaxes(title_text="head" if by_head else "position", row=2, col=1)
     fig.update_layout(
-        title=f"patching {component}: {published.model} (published) and {computed_name}, one colour scale",
+        title=f"patching {component}: one colour scale",
         height=28 * (theirs.shape[0] + ours.shape[0]) + 320,
     )
     return fig
