@@ -1,7 +1,8 @@
 """patchlab: the library of the activation patching course (IOI on GPT-2 small or the course model).
 
 One module per course concept: ``models`` (loading), ``ioi`` (prompts), ``metrics``,
-``patching`` and ``plots``.
+``patching``, ``plots``, ``diagrams`` (drawings of the model and the circuit) and ``published``
+(GPT-2 small's published patching maps).
 """
 
 from patchlab.ioi import IOIData, IOIInputError, classic_ioi, generate_ioi

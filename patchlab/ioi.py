@@ -3,7 +3,9 @@
 A prompt such as "When John and Mary went to the shops, John gave the bag to" names two people;
 the subject (S) is named twice (S1, S2), the indirect object (IO) once, and the model should
 continue with the IO (" Mary"). The corrupted twin of a prompt has its S2 name replaced by the IO
-name, so only the S2 position differs and the correct answer flips.
+name, so only the S2 position differs and the correct answer flips. The ABC corruption replaces S2
+by a third name instead (as in Wang et al.'s "ABC" prompts, which name three different people), so no
+name is repeated and the corrupted prompt is not another clean prompt.
 """
 
 from __future__ import annotations
@@ -104,10 +106,14 @@ class IOIPrompt:
     @property
     def corrupted_text(self) -> str:
         """The prompt with the second mention of S replaced by IO (so the answer flips)."""
+        return self.with_s2(self.io)
+
+    def with_s2(self, name: str) -> str:
+        """The prompt with the second mention of S replaced by ``name`` (with its leading space)."""
         head, sep, tail = self.text.rpartition(self.s)
         if not sep:
             raise IOIInputError(f"subject {self.s!r} does not occur in {self.text!r}")
-        return head + self.io + tail
+        return head + name + tail
 
 
 def classic_prompts() -> list[IOIPrompt]:
@@ -263,6 +269,36 @@ def _s2_position(model: Any, row: list[int], prompt: IOIPrompt) -> int:
 def classic_ioi(model: Any) -> IOIData:
     """The 8 classic prompts tokenized for ``model`` (corrupted = adjacent prompts swapped)."""
     return make_ioi_data(model, classic_prompts())
+
+
+def abc_corruption(
+    prompts: Sequence[IOIPrompt], names: Sequence[str] = NAMES, seed: int = 0
+) -> list[str]:
+    """ABC corrupted twins: each prompt with S2 replaced by a third name, neither its IO nor its S.
+
+    ``names`` are bare words (no leading space), as in :data:`NAMES`; the third name of each prompt
+    is drawn from them reproducibly from ``seed``.
+    """
+    rng = random.Random(seed)
+    texts = []
+    for prompt in prompts:
+        others = [n for n in names if " " + n not in (prompt.io, prompt.s)]
+        if not others:
+            raise IOIInputError("need a third name besides each prompt's IO and S: give more names")
+        texts.append(prompt.with_s2(" " + rng.choice(others)))
+    return texts
+
+
+def abc_ioi(model: Any, prompts: Sequence[IOIPrompt] | None = None, seed: int = 0) -> IOIData:
+    """Clean prompts (default: the 8 classic ones) and their ABC twins (S2 -> a third name).
+
+    The answers stay the clean ones (IO correct, S incorrect). Unlike the classic corruption, the
+    corrupted batch is not the clean batch reordered, so noising and denoising are different runs.
+    Only names that are single tokens for ``model`` are drawn.
+    """
+    prompts = classic_prompts() if prompts is None else list(prompts)
+    names = [n for n in NAMES if len(model.to_tokens(" " + n, prepend_bos=False)[0]) == 1]
+    return make_ioi_data(model, prompts, abc_corruption(prompts, names, seed))
 
 
 def generate_ioi(

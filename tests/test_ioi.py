@@ -102,3 +102,57 @@ def test_mismatched_batch_sizes_are_rejected(model):
 def test_unknown_template_is_rejected(model):
     with pytest.raises(ioi.IOIInputError, match="unknown template"):
         ioi.generate_ioi(model, 4, template="[B] met [A]. [B] waved at [A]")
+
+
+def test_abc_corruption_puts_a_third_name_at_s2_only(model):
+    prompts = ioi.classic_prompts()
+    texts = ioi.abc_corruption(prompts, seed=0)
+    assert texts == ioi.abc_corruption(prompts, seed=0)
+    assert texts != ioi.abc_corruption(prompts, seed=1)
+    for prompt, text in zip(prompts, texts):
+        head, _, tail = prompt.text.rpartition(prompt.s)
+        assert text.startswith(head) and text.endswith(tail)
+        third = text[len(head): len(text) - len(tail)]
+        assert third.strip() in ioi.NAMES and third not in (prompt.io, prompt.s)
+    data = ioi.abc_ioi(model)
+    assert (data.clean_tokens != data.corrupted_tokens).any(0).nonzero().flatten().tolist() == [data.s2_pos]
+    assert torch.equal(data.answer_tokens, ioi.classic_ioi(model).answer_tokens)
+    clean_rows = {tuple(r) for r in data.clean_tokens.tolist()}
+    assert not clean_rows & {tuple(r) for r in data.corrupted_tokens.tolist()}, "ABC twins are no clean prompts"
+
+
+def test_abc_corruption_needs_a_third_name():
+    with pytest.raises(ioi.IOIInputError, match="third name"):
+        ioi.abc_corruption(ioi.classic_prompts()[:1], names=["John", "Mary"])
+
+
+def _head_sweep(model, run_tokens, source_cache, metric):
+    """metric of ``run_tokens`` with each head's z (all positions) from ``source_cache``: hand-written hooks."""
+    values = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+        for head in range(model.cfg.n_heads):
+            def hook(z, hook, head=head, name=name):
+                z[:, :, head] = source_cache[name][:, :, head]
+                return z
+            with torch.no_grad():
+                values[layer, head] = metric(model.run_with_hooks(run_tokens, fwd_hooks=[(name, hook)]))
+    return values
+
+
+def _denoising_minus_noising_damage(model, data):
+    from patchlab.metrics import metric_from_runs
+
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(data.clean_tokens)
+        corrupted_logits, corrupted_cache = model.run_with_cache(data.corrupted_tokens)
+    metric = metric_from_runs(clean_logits, corrupted_logits, data.answer_tokens)
+    denoising = _head_sweep(model, data.corrupted_tokens, clean_cache, metric)
+    noising_damage = 1 - _head_sweep(model, data.clean_tokens, corrupted_cache, metric)
+    return denoising - noising_damage
+
+
+def test_noising_mirrors_denoising_for_swapped_pairs_but_not_for_abc(model, classic):
+    """The book's claim: swapped pairs make noising prompt pi(i) denoising prompt i with the sign flipped."""
+    assert _denoising_minus_noising_damage(model, classic).abs().max() < 1e-5
+    assert _denoising_minus_noising_damage(model, ioi.abc_ioi(model)).abs().max() > 0.1
