@@ -186,7 +186,7 @@ def stacked_lines(
     colors = series_colors(list(series))
     for name, (x, ys) in series.items():
         if len(ys) != len(panel_titles):
-            raise ValueError(f"series {name!r} has {len(ys)} panels of values for {len(panel_titles)} panels")
+            raise ValueError(f"series {name!r} gives {len(ys)} lists of values for {len(panel_titles)} panels")
         for row, y in enumerate(ys, start=1):
             fig.add_scatter(
                 x=_values(x), y=_values(y), name=name, legendgroup=name, showlegend=row == 1,
