@@ -193,6 +193,8 @@ def stacked_lines(
                 line={"color": colors[name]}, row=row, col=1,
             )
     fig.update_xaxes(title_text=x_title, row=len(panel_titles), col=1)
+    if all(float(v).is_integer() for x, _ in series.values() for v in _values(x)):
+        fig.update_xaxes(dtick=1)  # layers: one tick each, no fractional layer numbers
     fig.update_yaxes(title_text=y_title)
     fig.update_layout(title=wrap(title), height=260 * len(panel_titles) + 40 * len(series) + 120)
     return fig

@@ -75,6 +75,9 @@ def test_stacked_lines_stack_panels_and_match_legend_colours():
     assert tuple(fig.layout.xaxis.domain) == tuple(fig.layout.xaxis2.domain)
     assert fig.layout.yaxis.domain[0] >= fig.layout.yaxis2.domain[1]
     assert list(fig.data[0].y) == [0.0, 1.0, 2.0]
+    assert fig.layout.xaxis.dtick == 1  # integer x (layers): one tick per layer
+    depth = plots.stacked_lines({"a": ([0.25, 0.75], [[1, 0], [0, 1]])}, ["at S2", "at END"], "t", "x", "y")
+    assert depth.layout.xaxis.dtick is None
     with pytest.raises(ValueError, match="2 panels"):
         plots.stacked_lines({"a": ([0], [[1]])}, ["at S2", "at END"], "t", "x", "y")
 
