@@ -9,9 +9,11 @@ from patchlab.ioi import IOIData, IOIInputError, classic_ioi, generate_ioi
 from patchlab.metrics import logit_diff, patching_metric
 from patchlab.models import ModelUnavailableError, load_model
 from patchlab.patching import agreement, attribution_patching, fast_patching, patch_ioi, reference_patching
+from patchlab import plots  # registers the course's plotly template: figures that read on any screen
 
 __all__ = [
     "IOIData", "IOIInputError", "ModelUnavailableError", "agreement", "attribution_patching", "classic_ioi",
-    "fast_patching", "generate_ioi", "load_model", "logit_diff", "patch_ioi", "patching_metric", "reference_patching",
+    "fast_patching", "generate_ioi", "load_model", "logit_diff", "patch_ioi", "patching_metric", "plots",
+    "reference_patching",
 ]
 __version__ = "0.1.0"

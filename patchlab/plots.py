@@ -1,14 +1,60 @@
-"""Plots: patching heatmaps (interactive plotly, static PNG via matplotlib) with token labels."""
+"""Plots: patching heatmaps (interactive plotly, static PNG via matplotlib) with token labels.
+
+Importing this module (``import patchlab`` does) registers the plotly template ``patchlab`` and makes
+``"plotly+patchlab"`` the default, so every plotly figure made afterwards reads on a 390 px phone as
+well as on a desktop: a small left-aligned title that may wrap (``wrap``), legends in rows below the
+plot, axis labels that push the margins instead of being cut, and a figure that fills its column.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from jaxtyping import Float
 from torch import Tensor
+
+TITLE_WIDTH = 42
+"""Characters per title line that fit a 390 px screen at the template's title size (`wrap`)."""
+
+COLORS = ["#2166ac", "#b2182b", "#1b7837", "#762a83", "#e08214", "#35978f", "#8c510a", "#525252"]
+"""Trace colours in order, also for figures whose panels repeat a trace (`series_colors`)."""
+
+TEMPLATE = go.layout.Template(
+    layout={
+        "autosize": True,
+        "font": {"size": 12},
+        "colorway": COLORS,
+        # the title sits on the plot area and, as it wraps onto more lines, pushes the top margin up
+        "title": {
+            "font": {"size": 14}, "x": 0, "xanchor": "left", "xref": "container", "y": 1, "yanchor": "bottom",
+            "yref": "paper", "automargin": True, "pad": {"t": 10, "b": 12, "l": 8},
+        },
+        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "legend": {
+            "orientation": "h", "x": 0, "xanchor": "left", "xref": "container",
+            "y": 0, "yanchor": "bottom", "yref": "container",
+        },
+        "xaxis": {"automargin": True},
+        "yaxis": {"automargin": True},
+    }
+)
+pio.templates["patchlab"] = TEMPLATE
+pio.templates.default = "plotly+patchlab"
+
+
+def wrap(text: str, width: int = TITLE_WIDTH) -> str:
+    """Break a title into lines of at most ``width`` characters (plotly's ``<br>``) at spaces."""
+    return "<br>".join(textwrap.wrap(text, width, break_long_words=False))
+
+
+def series_colors(names: Sequence[str]) -> dict[str, str]:
+    """One colour per series name, for figures that draw the same series in several panels."""
+    return {name: COLORS[i % len(COLORS)] for i, name in enumerate(names)}
 
 
 def position_labels(str_tokens: Sequence[str], s2_pos: int | None = None, end_pos: int | None = None) -> list[str]:
@@ -31,6 +77,12 @@ def _limit(arr: np.ndarray) -> float:
     return float(max(np.abs(arr).max(), 1e-6))
 
 
+def shared_limit(*values: Float[Tensor, "rows cols"] | np.ndarray) -> float:
+    """The largest |value| over several maps: pass it as ``zmax`` so that maps compared side by
+    side share one colour scale."""
+    return max(_limit(_as_array(v)) for v in values)
+
+
 def heatmap(
     values: Float[Tensor, "rows cols"] | np.ndarray,
     x_labels: Sequence[str],
@@ -38,24 +90,35 @@ def heatmap(
     y_title: str = "layer",
     x_title: str = "position",
     colorbar_title: str = "normalised<br>logit diff",
+    zmax: float | None = None,
 ) -> go.Figure:
-    """Interactive heatmap, rows (layers) on y from the top, colour scale centred at 0."""
+    """Interactive heatmap, rows (layers) on y from the top, colour scale centred at 0.
+
+    Every row and column is labelled (labels turn vertical when they do not fit side by side);
+    ``colorbar_title`` says what the colours show, ``zmax`` fixes the scale to ±zmax (default: the
+    map's own largest |value|; see `shared_limit`) and the title is wrapped to fit a phone.
+    """
     arr = _as_array(values)
     if len(x_labels) != arr.shape[1]:
         raise ValueError(f"{len(x_labels)} x labels for {arr.shape[1]} columns")
-    lim = _limit(arr)
+    lim = _limit(arr) if zmax is None else float(zmax)
+    columns, rows = list(x_labels), [str(i) for i in range(arr.shape[0])]
     fig = go.Figure(
         go.Heatmap(
-            z=arr, x=list(x_labels), y=[str(i) for i in range(arr.shape[0])],
+            z=arr, x=columns, y=rows,
             colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
-            colorbar={"title": {"text": colorbar_title}},
+            colorbar={"title": {"text": colorbar_title}, "thickness": 12},
             hovertemplate=f"{y_title} %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<extra></extra>",
         )
     )
     fig.update_layout(
-        title=title, xaxis_title=x_title, yaxis_title=y_title,
-        yaxis={"autorange": "reversed", "type": "category"}, xaxis={"type": "category", "tickangle": -45},
-        height=max(350, 28 * arr.shape[0] + 220),  # no fixed width: the figure fills its column
+        title=wrap(title), xaxis_title=x_title, yaxis_title=y_title,
+        # every position and layer gets its label: explicit ticks, never plotly's automatic thinning
+        xaxis={"type": "category", "tickmode": "array", "tickvals": columns, "ticktext": columns,
+               "tickfont": {"size": 11}},
+        yaxis={"type": "category", "tickmode": "array", "tickvals": rows, "ticktext": rows,
+               "autorange": "reversed"},
+        height=max(380, 28 * arr.shape[0] + 260),  # no fixed width: the figure fills its column
     )
     return fig
 
@@ -91,6 +154,47 @@ def save_png(
     return path
 
 
-def patching_title(model_name: str, component: str, metric: str = "normalised logit difference") -> str:
-    """A heatmap title naming the model, the patched component and the metric."""
-    return f"{model_name}: patching {component} (clean → corrupted), {metric}"
+def patching_title(model_name: str, component: str, direction: str = "clean → corrupted") -> str:
+    """A heatmap title naming the model, the patched component and the direction of the patch (the
+    metric is named by the colour bar)."""
+    return f"{model_name}: patching {component} ({direction})"
+
+
+def _values(values: Sequence[float] | Float[Tensor, " n"] | np.ndarray) -> list[float]:
+    arr = values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
+    return arr.astype(float).tolist()
+
+
+def stacked_lines(
+    series: dict[str, tuple[Sequence[float], Sequence[Sequence[float] | Float[Tensor, " n"]]]],
+    panel_titles: Sequence[str],
+    title: str,
+    x_title: str,
+    y_title: str,
+) -> go.Figure:
+    """Line charts of the same series in panels stacked one above the other (so they stay readable on
+    a phone), each series drawn in one colour in every panel and listed once in the legend.
+
+    ``series[name] = (x, [y of panel 0, y of panel 1, ...])``.
+    """
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=len(panel_titles), cols=1, shared_xaxes=True, subplot_titles=list(panel_titles),
+        vertical_spacing=0.12,
+    )
+    colors = series_colors(list(series))
+    for name, (x, ys) in series.items():
+        if len(ys) != len(panel_titles):
+            raise ValueError(f"series {name!r} gives {len(ys)} lists of values for {len(panel_titles)} panels")
+        for row, y in enumerate(ys, start=1):
+            fig.add_scatter(
+                x=_values(x), y=_values(y), name=name, legendgroup=name, showlegend=row == 1,
+                line={"color": colors[name]}, row=row, col=1,
+            )
+    fig.update_xaxes(title_text=x_title, row=len(panel_titles), col=1)
+    if all(float(v).is_integer() for x, _ in series.values() for v in _values(x)):
+        fig.update_xaxes(dtick=1)  # layers: one tick each, no fractional layer numbers
+    fig.update_yaxes(title_text=y_title)
+    fig.update_layout(title=wrap(title), height=260 * len(panel_titles) + 40 * len(series) + 120)
+    return fig

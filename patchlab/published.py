@@ -66,8 +66,10 @@ def side_by_side(
     published: PublishedMaps,
     component: str,
     x_labels: Sequence[str],
+    zmax: float | None = None,
 ) -> go.Figure:
-    """The published map above the computed one, on one colour scale centred at 0.
+    """The published map above the computed one, on one colour scale centred at 0 (±``zmax``, by
+    default the largest absolute value of the two).
 
     For [layer, position] maps both models must have the same positions (``x_labels``, one per
     column, are shared); for ``head_out`` each map gets its own head axis.
@@ -84,7 +86,7 @@ def side_by_side(
         )
     if not by_head and len(x_labels) != ours.shape[1]:
         raise ValueError(f"{len(x_labels)} x labels for {ours.shape[1]} positions")
-    limit = float(max(np.abs(ours).max(), np.abs(theirs).max(), 1e-6))
+    limit = zmax or float(max(np.abs(ours).max(), np.abs(theirs).max(), 1e-6))
     titles = (f"{published.model} (published)", f"{computed_name} (computed on this page)")
     fig = make_subplots(
         rows=2, cols=1, subplot_titles=titles, shared_xaxes=not by_head, vertical_spacing=0.12 if by_head else 0.08,

@@ -93,3 +93,31 @@ def test_offline_extension_drops_plotlys_cdn_mathjax_and_flags_other_remote_scri
     assert "unpkg.com" in html[1]
     assert [r.getMessage() for r in caplog.records if "network" in r.getMessage()] != []
     assert not any("cdnjs" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("renderer", ["notebook", "notebook_connected"])
+def test_offline_extension_keeps_figures_and_serves_plotly_js_once(renderer: str, monkeypatch, caplog) -> None:
+    """plotly's own loader of plotly.js (a 4.6 MB inline copy, or an import from its CDN) leaves the
+    page; the figure stays, for the book's one copy of plotly.js (``_static/plotly.min.js``) to draw."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    from docutils import nodes
+    from docutils.utils import new_document
+    from plotly.io import _base_renderers
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import offline_html
+
+    shown: list[str] = []
+    monkeypatch.setattr(_base_renderers.ipython_display, "display_html", lambda html, raw: shown.append(html))
+    pio.renderers[renderer].activate()  # what a kernel shows before its first figure
+    figure = pio.renderers[renderer].to_mimebundle(go.Figure(go.Bar(y=[1, 2])).to_dict())["text/html"]
+    document = new_document("page")
+    document += nodes.raw("", shown[0], format="html")
+    document += nodes.raw("", figure, format="html")
+    with caplog.at_level("WARNING"):
+        offline_html._clean_outputs(None, document)
+    html = [node.astext() for node in document.findall(nodes.raw)]
+    assert len(html) == 1 and "Plotly.newPlot" in html[0] and "plotly-graph-div" in html[0]
+    assert "cdn.plot.ly" not in html[0] and "plotly.js v" not in html[0]
+    assert not any("network" in r.getMessage() for r in caplog.records)
