@@ -12,6 +12,7 @@ explains every case that was checked; otherwise the message says in words where 
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from autograder.diagnose import MESSAGES, Candidate, diagnose, grid_mistakes, matches, mismatch_message
-from autograder.harvest import Models, PromptSet, cases, heatmap_values
+from autograder.harvest import Models, PromptSet, cases, heatmap_values, run_case
 from patchlab.metrics import logit_diff, normalise
 from patchlab.patching import hook_name, patch_position, reference_patching
 
@@ -296,3 +297,35 @@ def _centred(figure: dict[str, Any], trace: dict[str, Any]) -> bool:
     axis = figure.get("layout", {}).get("coloraxis", {}) or {}
     return axis.get("cmid") == 0 or (axis.get("cmin") is not None and axis.get("cmax")
                                      and axis["cmin"] == -axis["cmax"])
+
+
+# --- the hidden tests run in-process, for an instructor running a solution notebook by hand --------
+
+_IN_PROCESS: dict[str, Any] = {}
+
+
+def _in_process(check: str) -> Callable[[Callable[..., Any], Any], None]:
+    def run(fn: Callable[..., Any], model: Any = None) -> None:
+        """Record ``fn`` on every graded case here, as the sandbox would, and judge it; an
+        AssertionError with the learner's message when it is wrong. ``model`` is not used: the
+        grading models are."""
+        if not _IN_PROCESS:
+            _IN_PROCESS["inside"] = Models(["ioi-mini", "ioi-mini-reshaped"])
+            _IN_PROCESS["refs"] = References(["ioi-mini", "ioi-mini-reshaped"])
+        inside = _IN_PROCESS["inside"]
+        records = [{"case": key, **run_case(check, key, fn, inside)} for key in cases(check, inside)]
+        message = judge(check, json.loads(json.dumps(records)), _IN_PROCESS["refs"])
+        if message:
+            raise AssertionError(message)
+        print("Passed.")
+
+    run.__name__ = check
+    return run
+
+
+check_logit_diff_per_prompt = _in_process("check_logit_diff_per_prompt")
+check_mean_logit_diff = _in_process("check_mean_logit_diff")
+check_normalised_metric = _in_process("check_normalised_metric")
+check_patch_hook = _in_process("check_patch_hook")
+check_residual_patching = _in_process("check_residual_patching")
+check_heatmap = _in_process("check_heatmap")

@@ -369,8 +369,10 @@ class Grader:
             return [restore_error(errors[0].get("ename", "Error"), str(errors[0].get("evalue", ""))[:300])]
         data = execution.results.get(gid)
         if check is None or not isinstance(data, dict) or data.get("check") != check[0]:
-            return [restore_error("AssertionError", "this test could not record your results: run every cell "
-                                  "of the notebook in order and keep the test cells as they are")]
+            raised = next((f" (it stopped with {o.get('ename')}: {str(o.get('evalue', ''))[:200]})" for o in outputs
+                           if o.get("output_type") == "error"), "")
+            return [restore_error("AssertionError", "this test could not record your results" + raised + ": run "
+                                  "every cell of the notebook in order and keep the test cells as they are")]
         try:
             message = judge(check[0], list(data.get("records", [])), self.references)
         except Exception as err:  # malformed records from the sandbox
@@ -501,7 +503,9 @@ def grade(
         kind = sandbox.resolve_kind(sandbox_kind) if run else "none"
     except sandbox.SandboxError as err:
         raise GradingError(str(err)) from None
-    limits = limits or sandbox.Limits(wall_seconds=notebook_timeout + 120)
+    # GPT-2 small and its caches need more address space than the course model.
+    limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
+                                      wall_seconds=notebook_timeout + 120)
     subs, skipped = inventory(submissions)
     start = time.monotonic()
     with OutputFolder(out) as folder, warnings.catch_warnings():
