@@ -15,11 +15,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import notebooks  # noqa: E402  (tools/notebooks.py)
 
-COLAB = "https://colab.research.google.com/github/patchlab-course/activation-patching/blob/main/"
-INSTALL_CELL = (
-    'import sys\nif "google.colab" in sys.modules:\n'
-    '    %pip install -q "patchlab @ git+https://github.com/patchlab-course/activation-patching"'
-)
+COURSE = notebooks.load_course(ROOT)  # course.toml: where the course lives
+COLAB = COURSE.colab("")
+INSTALL_CELL = COURSE.install_cell
 
 
 def toc_pages() -> list[Path]:
@@ -39,7 +37,7 @@ def test_toc_lists_existing_pages_and_all_seven_notebook_chapters() -> None:
 
 def test_config_names_the_course_repository_and_serves_mathjax_locally() -> None:
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-    assert config["repository"]["url"] == "https://github.com/patchlab-course/activation-patching"
+    assert config["repository"]["url"] == COURSE.repository
     assert config["execute"]["execute_notebooks"] == "cache"
     mathjax = config["sphinx"]["config"]["mathjax_path"]
     assert not mathjax.startswith(("http:", "https:", "//"))

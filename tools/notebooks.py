@@ -43,7 +43,7 @@ COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\
                         r"(?P<path>[^\s)\]>\"'#]+)")
 GITHUB_LINK = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+/(?P<kind>blob|tree)/[^/\s)\]>\"']+/"
                          r"(?P<path>[^\s)\]>\"'#]+)")
-INSTALL = re.compile(r"patchlab @ git\+https://github\.com/[\w.-]+/[\w.-]+?(\.git)?(@[\w./-]+)?(?=[\"'\s]|$)")
+INSTALL = re.compile(r"patchlab @ git\+(?P<url>https://github\.com/[\w.-]+/[\w.-]+?)(\.git)?(@[\w./-]+)?(?=[\"'\s]|$)")
 CLONE = re.compile(r"git clone https://github\.com/[\w.-]+/[\w.-]+?(\.git)?\n(?P<indent>[ \t]*)cd [\w.-]+")
 CONFIG_URL = re.compile(r"^(?P<head>repository:[ \t]*\n(?:[ \t]+.*\n)*?[ \t]+url:[ \t]*)\S+", re.M)
 
@@ -192,26 +192,39 @@ def linked_files(root: Path = ROOT) -> list[Path]:
     return sorted({p for pattern in LINKED_FILES for p in root.glob(pattern) if p.is_file()})
 
 
-def repointed(text: str, course: Course, root: Path = ROOT) -> str:
-    """``text`` with every install line, Colab or GitHub link to a file of ``root``, clone command
-    and Jupyter Book repository URL pointing at ``course``. Links to other repositories' files
-    (a path that is not in ``root``) are left alone."""
-    def ours(path: str) -> bool:
-        return (root / path).exists()
+def course_urls(texts: list[str], course: Course) -> set[str]:
+    """The repository addresses the files give the course: the setting's, and those their install
+    lines and _config.yml still hold (so a bare link to the old address is found and moved too)."""
+    urls = {course.repository}
+    for text in texts:
+        urls |= {m["url"] for m in INSTALL.finditer(text)}
+        urls |= {m[0].split()[-1] for m in CONFIG_URL.finditer(text)}
+    return urls
+
+
+def repointed(text: str, course: Course, root: Path = ROOT, known: set[str] = frozenset()) -> str:
+    """``text`` with every install line, Colab or GitHub link to a file of ``root``, clone command,
+    Jupyter Book repository URL and bare link to one of the ``known`` course addresses pointing at
+    ``course``. Links to other repositories' files (a path that is not in ``root``) are left alone."""
+    def ours(path: str) -> bool:  # a file of root, or the notebook of one of its .md
+        return (root / path).exists() or (path.endswith(".ipynb") and (root / path).with_suffix(".md").exists())
 
     text = COLAB_LINK.sub(lambda m: course.colab(m["path"]) if ours(m["path"]) else m[0], text)
     text = GITHUB_LINK.sub(lambda m: course.github(m["path"], m["kind"]) if ours(m["path"]) else m[0], text)
     text = INSTALL.sub(course.install, text)
     text = CLONE.sub(lambda m: f"git clone {course.repository}\n{m['indent']}cd {course.slug.split('/')[1]}", text)
-    return CONFIG_URL.sub(lambda m: m["head"] + course.repository, text)
+    text = CONFIG_URL.sub(lambda m: m["head"] + course.repository, text)
+    bare = "|".join(re.escape(url) for url in sorted(known | {course.repository}))
+    return re.sub(rf"(?<![\w/+])(?:{bare})(?![\w/.@-])", course.repository, text)
 
 
 def disagreeing(root: Path = ROOT) -> list[str]:
     """One line per file whose links or install line differ from course.toml (empty when all agree)."""
     course = load_course(root)
+    texts = {p: p.read_text(encoding="utf-8") for p in linked_files(root)}
+    known = course_urls(list(texts.values()), course)
     problems = [f"{p.relative_to(root)}: links or install line differ from {COURSE_FILE}"
-                for p in linked_files(root) if repointed(p.read_text(encoding="utf-8"), course, root)
-                != p.read_text(encoding="utf-8")]
+                for p, text in texts.items() if repointed(text, course, root, known) != text]
     for exercise in sorted(root.glob("exercises/*/*.ipynb")):
         code = [c for c in nbformat.read(exercise, as_version=4).cells if c.cell_type == "code"]
         if not code or f'%pip install -q "{course.install}"' not in code[0].source:
@@ -223,11 +236,12 @@ def repoint(root: Path = ROOT, release: bool = True) -> list[Path]:
     """Rewrite every linked file from course.toml, regenerate the notebooks and (``release``) the
     learner notebooks in exercises/ (``python -m autograder release``); return the files rewritten."""
     course = load_course(root)
+    texts = {p: p.read_text(encoding="utf-8") for p in linked_files(root)}
+    known = course_urls(list(texts.values()), course)
     written = []
-    for path in linked_files(root):
-        text = path.read_text(encoding="utf-8")
-        if repointed(text, course, root) != text:
-            path.write_text(repointed(text, course, root), encoding="utf-8")
+    for path, text in texts.items():
+        if repointed(text, course, root, known) != text:
+            path.write_text(repointed(text, course, root, known), encoding="utf-8")
             written.append(path)
     written += sync(notebook_sources(root, FOLDERS))
     if release and (root / "exercises").is_dir():
