@@ -22,8 +22,8 @@ import nbformat
 from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
 
-from autograder.config import (CELL_TIMEOUT, KERNEL_NAME, NOTEBOOK_TIMEOUT, assignments, environment, kernel_spec,
-                               nbgrader_config)
+from autograder.config import (CELL_TIMEOUT, KERNEL_NAME, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
+                               kernel_spec, nbgrader_config)
 from autograder.execute import CELL_TIMEOUT_ERROR, DEAD_KERNEL_ERROR, NOTEBOOK_TIMEOUT_ERROR
 from autograder.feedback import hidden_test_lines, leaks
 from autograder.release import source_notebook, stale_solutions
@@ -74,6 +74,8 @@ def kernel_environment(course: Path, model: str) -> dict[str, str]:
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore",
         "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg", "PLOTLY_RENDERER": "notebook_connected",
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        # the hidden tests import autograder.checks from the repository (it is not in patchlab's wheel)
+        "PYTHONPATH": str(REPO_ROOT),
     }
 
 
