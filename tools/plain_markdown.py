@@ -70,7 +70,6 @@ def _authors(field_text: str) -> str:
     names = [n.strip() for n in re.split(r"\s+and\s+", field_text.strip()) if n.strip()]
     surnames = []
     for name in names:
-        name = name.strip()
         if name.startswith("{") and name.endswith("}"):
             surnames.append(name[1:-1])  # a corporate author: {TransformerLens contributors}
         elif "," in name:
@@ -91,16 +90,16 @@ def _bib_fields(body: str) -> dict[str, str]:
         if not match:
             return fields
         name, i = match.group(1).lower(), match.end()
-        if i < len(body) and body[i] in "{\"":
-            close, depth, j = "}" if body[i] == "{" else "\"", 0, i
+        if body[i:i + 1] == "{":
+            depth, j = 0, i
             while j < len(body):
-                if body[j] == "{":
-                    depth += 1
-                elif body[j] == "}":
-                    depth -= 1
-                if (close == "}" and depth == 0) or (close == "\"" and j > i and body[j] == "\"" and depth == 0):
+                depth += {"{": 1, "}": -1}.get(body[j], 0)
+                if depth == 0:
                     break
                 j += 1
+            fields[name], i = body[i + 1:j], j + 1
+        elif body[i:i + 1] == "\"":
+            j = body.index("\"", i + 1)
             fields[name], i = body[i + 1:j], j + 1
         else:
             value = re.compile(r"[^,}\s]+").match(body, i)
