@@ -39,10 +39,12 @@ def test_repoint_moves_every_link_of_a_copy_and_the_check_fails_until_it_runs(tm
         for path in ROOT.glob(pattern):
             (tmp_path / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, tmp_path / path.relative_to(ROOT))
-    # a Colab link to another repository's notebook must survive the rewrite
+    # links to another repository's files survive the rewrite, even to a path this repository has too
     other = "https://colab.research.google.com/github/TransformerLensOrg/TransformerLens/blob/main/demos/Main_Demo.ipynb"
+    other_readme = "https://github.com/TransformerLensOrg/TransformerLens/blob/main/README.md"
     readme = tmp_path / "README.md"
-    readme.write_text(readme.read_text(encoding="utf-8") + f"\n[demo]({other})\n", encoding="utf-8")
+    readme.write_text(readme.read_text(encoding="utf-8") + f"\n[demo]({other}), [TL]({other_readme})\n",
+                      encoding="utf-8")
     old = notebooks.load_course(ROOT)
     assert notebooks.disagreeing(tmp_path) == []
 
@@ -66,7 +68,7 @@ def test_repoint_moves_every_link_of_a_copy_and_the_check_fails_until_it_runs(tm
     assert f'%pip install -q "patchlab @ git+https://github.com/Someone/fork@{new.ref}"' in welcome
     assert "git clone https://github.com/Someone/fork\ncd fork" in welcome
     assert "url: https://github.com/Someone/fork" in (tmp_path / "_config.yml").read_text(encoding="utf-8")
-    assert other in readme.read_text(encoding="utf-8")
+    assert other in readme.read_text(encoding="utf-8") and other_readme in readme.read_text(encoding="utf-8")
     cells = nbformat.read(tmp_path / "book" / "welcome.ipynb", as_version=4).cells
     assert "https://someone.github.io/fork/book/references.html" in cells[0].source
 

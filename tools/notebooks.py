@@ -39,9 +39,9 @@ COURSE_FILE = "course.toml"
 # The text files whose links and install lines follow course.toml (the .ipynb follow their .md).
 LINKED_FILES = ("README.md", "_config.yml", "book/*.md", "solutions/*/*.md")
 
-COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[^/\s)\]>\"']+/"
+COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/(?P<slug>[\w.-]+/[\w.-]+)/blob/[^/\s)\]>\"']+/"
                         r"(?P<path>[^\s)\]>\"'#]+)")
-GITHUB_LINK = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+/(?P<kind>blob|tree)/[^/\s)\]>\"']+/"
+GITHUB_LINK = re.compile(r"(?P<repo>https://github\.com/[\w.-]+/[\w.-]+)/(?P<kind>blob|tree)/[^/\s)\]>\"']+/"
                          r"(?P<path>[^\s)\]>\"'#]+)")
 INSTALL = re.compile(r"patchlab @ git\+(?P<url>https://github\.com/[\w.-]+/[\w.-]+?)(\.git)?(@[\w./-]+)?(?=[\"'\s]|$)")
 CLONE = re.compile(r"git clone https://github\.com/[\w.-]+/[\w.-]+?(\.git)?\n(?P<indent>[ \t]*)cd [\w.-]+")
@@ -202,19 +202,18 @@ def course_urls(texts: list[str], course: Course) -> set[str]:
     return urls
 
 
-def repointed(text: str, course: Course, root: Path = ROOT, known: set[str] = frozenset()) -> str:
-    """``text`` with every install line, Colab or GitHub link to a file of ``root``, clone command,
-    Jupyter Book repository URL and bare link to one of the ``known`` course addresses pointing at
-    ``course``. Links to other repositories' files (a path that is not in ``root``) are left alone."""
-    def ours(path: str) -> bool:  # a file of root, or the notebook of one of its .md
-        return (root / path).exists() or (path.endswith(".ipynb") and (root / path).with_suffix(".md").exists())
-
-    text = COLAB_LINK.sub(lambda m: course.colab(m["path"]) if ours(m["path"]) else m[0], text)
-    text = GITHUB_LINK.sub(lambda m: course.github(m["path"], m["kind"]) if ours(m["path"]) else m[0], text)
+def repointed(text: str, course: Course, known: set[str] = frozenset()) -> str:
+    """``text`` with every install line, clone command, Jupyter Book repository URL, and every Colab,
+    GitHub or bare link to one of the ``known`` course addresses (or the setting's) pointing at
+    ``course``. Links to other repositories are left alone."""
+    ours = known | {course.repository}
+    slugs = {url.removeprefix("https://github.com/") for url in ours}
+    text = COLAB_LINK.sub(lambda m: course.colab(m["path"]) if m["slug"] in slugs else m[0], text)
+    text = GITHUB_LINK.sub(lambda m: course.github(m["path"], m["kind"]) if m["repo"] in ours else m[0], text)
     text = INSTALL.sub(course.install, text)
     text = CLONE.sub(lambda m: f"git clone {course.repository}\n{m['indent']}cd {course.slug.split('/')[1]}", text)
     text = CONFIG_URL.sub(lambda m: m["head"] + course.repository, text)
-    bare = "|".join(re.escape(url) for url in sorted(known | {course.repository}))
+    bare = "|".join(re.escape(url) for url in sorted(ours))
     return re.sub(rf"(?<![\w/+])(?:{bare})(?![\w/.@-])", course.repository, text)
 
 
@@ -224,7 +223,7 @@ def disagreeing(root: Path = ROOT) -> list[str]:
     texts = {p: p.read_text(encoding="utf-8") for p in linked_files(root)}
     known = course_urls(list(texts.values()), course)
     problems = [f"{p.relative_to(root)}: links or install line differ from {COURSE_FILE}"
-                for p, text in texts.items() if repointed(text, course, root, known) != text]
+                for p, text in texts.items() if repointed(text, course, known) != text]
     for exercise in sorted(root.glob("exercises/*/*.ipynb")):
         code = [c for c in nbformat.read(exercise, as_version=4).cells if c.cell_type == "code"]
         if not code or f'%pip install -q "{course.install}"' not in code[0].source:
@@ -240,8 +239,8 @@ def repoint(root: Path = ROOT, release: bool = True) -> list[Path]:
     known = course_urls(list(texts.values()), course)
     written = []
     for path, text in texts.items():
-        if repointed(text, course, root, known) != text:
-            path.write_text(repointed(text, course, root, known), encoding="utf-8")
+        if repointed(text, course, known) != text:
+            path.write_text(repointed(text, course, known), encoding="utf-8")
             written.append(path)
     written += sync(notebook_sources(root, FOLDERS))
     if release and (root / "exercises").is_dir():
