@@ -7,12 +7,14 @@ year; torch 2.8 already there). Its packages are written into a fresh venv as in
 (their real ``Requires-Dist``, fetched by pip from the index without the wheels): pip resolves
 against installed metadata, so ``pip install --dry-run --report`` sees what it would see in Colab,
 without downloading gigabytes. torch stands for Colab's own build with its dependencies in place,
-so its requirements are not restated. Needs the package index (PyPI); slow.
+so its requirements are not restated. The venv runs this interpreter's Python (Colab's was 3.12).
+Needs the package index (PyPI); slow.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,11 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +60,21 @@ def package_source(tmp: Path) -> Path:
     shutil.copytree(ROOT / "patchlab", src / "patchlab", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "autograder", src / "autograder", ignore=shutil.ignore_patterns("__pycache__"))
     return src
+
+
+def test_package_declares_ranges_that_ci_pins_and_uses_every_dependency() -> None:
+    dependencies = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    pins = {canonicalize_name(name): Version(version) for name, version in pins.items()}
+    sources = "\n".join(p.read_text(encoding="utf-8") for pattern in ("patchlab/*.py", "book/*.md", "solutions/*/*.md")
+                        for p in ROOT.glob(pattern))
+    for requirement in dependencies:
+        name = canonicalize_name(requirement.name)
+        assert not any(spec.operator in ("==", "===") for spec in requirement.specifier), f"{name} is pinned"
+        assert name in pins and pins[name] in requirement.specifier, f"constraints.txt pins no allowed {name}"
+        module = {"transformer-lens": "transformer_lens"}.get(name, name.replace("-", "_"))
+        assert re.search(rf"^\s*(import|from) {module}\b", sources, re.M), f"{name} is declared but never imported"
 
 
 def test_learner_wheel_holds_patchlab_and_its_course_model_but_not_the_grader(tmp_path: Path) -> None:
