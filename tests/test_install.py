@@ -1,19 +1,21 @@
 """The learner's install: a wheel of patchlab alone, and in a Colab-like environment the first cell's
 ``pip install`` changes only what the course's requirements force it to change.
 
-The Colab-like set (``COLAB``) resembles Google Colab's runtime of 2025 (August 2025: Python 3.12,
-numpy 2.0.2, pandas 2.2.2; plotly, matplotlib and the Hugging Face stack at the versions of that
-year; torch 2.8 already there). Its packages are written into a fresh venv as installed metadata
+The Colab-like set (``COLAB``) resembles Google Colab's runtime of mid-2025: Python 3.12, numpy
+2.0.2 and pandas 2.2.2 as reported for August 2025 (github.com/tulip-lab/sit742/pull/80); plotly,
+matplotlib, torch 2.8 and the Hugging Face stack chosen at releases of that summer (not read off a
+Colab machine). Its packages are written into a fresh venv as installed metadata
 (their real ``Requires-Dist``, fetched by pip from the index without the wheels): pip resolves
 against installed metadata, so ``pip install --dry-run --report`` sees what it would see in Colab,
 without downloading gigabytes. torch stands for Colab's own build with its dependencies in place,
 so its requirements are not restated. The venv runs this interpreter's Python (Colab's was 3.12).
-Needs the package index (PyPI); slow.
+Needs the package index (PyPI): skipped without it, except in CI (CI=true). Slow.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -48,6 +50,9 @@ KEPT = ["torch", "numpy", "pandas", "plotly", "matplotlib", "tqdm"]  # Colab's: 
 def pip(*args: str, python: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), *args, "-q"],
                             capture_output=True, text=True)
+    offline = re.search(r"NewConnectionError|NameResolutionError|Could not fetch URL|No matching distribution", result.stderr)
+    if result.returncode and offline and os.environ.get("CI") != "true":
+        pytest.skip("needs the package index (PyPI); required in CI")
     assert result.returncode == 0, result.stderr[-3000:]
 
 
