@@ -1,22 +1,37 @@
-# The course's three commands (see README.md). PYTHON is the interpreter that creates the venv.
+# The course's commands (see README.md). `make book` and `make test` set up the venv on first use
+# (and again when pyproject.toml, requirements.txt or constraints.txt change); `make setup` alone
+# does only that. PYTHON is the interpreter that creates the venv.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU torch comes from PyTorch's CPU index (PyPI's Linux torch is the CUDA build, over 2 GB with its
+# nvidia-* packages). Set TORCH_INDEX= (empty) to take torch from PyPI or your own index instead.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # auto = GPT-2 small when it can be loaded, else the course model ioi-mini.
 PATCHLAB_MODEL ?=
+# The notebooks readers get, run by nbval in `make test`: the chapters and the released exercises.
+READER_NOTEBOOKS = book/*.ipynb exercises/*/*.ipynb
 # OpenMP threads sleep instead of spinning while they wait: on a busy machine spinning made small
 # torch operations 10-100 times slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup book test
 
-setup:
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install --no-deps -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
 	$(BIN)/pip install -r requirements.txt
+	touch $@
 
-book:
+book: $(STAMP)
 	PATCHLAB_MODEL=$(PATCHLAB_MODEL) PLOTLY_RENDERER=notebook $(BIN)/jupyter-book build . -W -n --keep-going
 
-test:
+# The test suite, then every reader notebook executed as learners get it (offline, course model).
+test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	PATCHLAB_MODEL=ioi-mini HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		--nbval-lax --nbval-current-env $(READER_NOTEBOOKS)

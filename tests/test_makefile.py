@@ -1,0 +1,43 @@
+"""`make book` and `make test` set up the venv when it is missing, once (a stamp file), and `make
+test` runs the reader notebooks through nbval. Checked with make's dry run (nothing is executed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def dry_run(target: str, venv: Path) -> str:
+    result = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("target", ["book", "test", "setup"])
+def test_each_command_sets_up_a_missing_venv_then_reuses_it(target: str, tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    fresh = dry_run(target, venv)
+    assert f"-m venv {venv}" in fresh and "pip install -r requirements.txt" in fresh
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu torch" in fresh  # CPU torch first
+
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed").touch()
+    newer = max(os.stat(ROOT / name).st_mtime for name in ("pyproject.toml", "requirements.txt", "constraints.txt"))
+    os.utime(venv / ".installed", (newer + 10, newer + 10))
+    again = dry_run(target, venv)
+    assert "-m venv" not in again and "pip install" not in again
+
+
+def test_make_test_runs_the_suite_and_nbval_over_the_reader_notebooks(tmp_path: Path) -> None:
+    commands = dry_run("test", tmp_path / "venv")
+    assert "-m pytest -q\n" in commands
+    nbval = next(line for line in commands.replace("\\\n", " ").splitlines() if "--nbval-lax" in line)
+    assert "PATCHLAB_MODEL=ioi-mini" in nbval and "book/*.ipynb exercises/*/*.ipynb" in nbval
