@@ -112,7 +112,7 @@ def learner_id(name: str) -> str | None:
 
 def inventory(folder: Path) -> tuple[list[Submission], list[Grade]]:
     """The submissions of ``folder`` and a ``skipped`` row for everything else in it."""
-    subs, skipped = [], []
+    subs, skipped, seen = [], [], set()
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         name = entry.name
         why = ""
@@ -124,6 +124,8 @@ def inventory(folder: Path) -> tuple[list[Submission], list[Grade]]:
             why = "not a notebook (.ipynb)"
         elif learner_id(name) is None:
             why = "the file name is not a usable learner id (letters, digits, ._@+-; not starting with . or -)"
+        elif learner_id(name).casefold() in seen:
+            why = "another file has the same learner id (names differing only in case or accents' encoding)"
         if not why:
             try:
                 fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
@@ -136,6 +138,7 @@ def inventory(folder: Path) -> tuple[list[Submission], list[Grade]]:
                     why = f"larger than {MAX_SUBMISSION_BYTES // 2**20} MiB: clear its outputs and submit again"
                 else:
                     subs.append(Submission(learner_id(name), data))
+                    seen.add(learner_id(name).casefold())
         if why:
             skipped.append(Grade(name, None, None, "skipped", why))
     return subs, skipped
@@ -263,7 +266,11 @@ class Grader:
             nbformat.validate(nb)
         except Exception as err:  # any unreadable file: reported, the others go on
             return None, Execution(None, problem=f"not a readable notebook ({type(err).__name__})")
-        rebuilt = restore.rebuild(nb, self.release, self.source)
+        try:
+            rebuilt = restore.rebuild(nb, self.release, self.source)
+        except Exception as err:  # metadata no editor writes: report it, go on with the others
+            return None, Execution(None, problem=f"its cells could not be matched to the assignment's "
+                                                 f"({type(err).__name__})")
         work = self.staging / "work" / hashlib.sha256(sub.student.encode()).hexdigest()[:16]
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -286,15 +293,13 @@ class Grader:
         else:
             execution.problem = "the notebook could not be run" + (f": {result.output.strip()[-300:]}"
                                                                     if not result.killed else "")
-        results = work / "results"
-        if results.is_dir() and not results.is_symlink():
-            for path in results.glob("*.json"):
-                if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_RESULT_BYTES:
-                    try:
-                        data = json.loads(path.read_text(encoding="utf-8"))
-                        execution.results[path.stem] = data
-                    except (ValueError, UnicodeDecodeError):
-                        pass
+        for gid in {restore.grade_id(rebuilt.notebook.cells[i]) for i in rebuilt.checks}:
+            path = work / "results" / f"{gid}.json"  # only the test cells' own files are read
+            if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_RESULT_BYTES:
+                try:
+                    execution.results[gid] = json.loads(path.read_text(encoding="utf-8"))
+                except Exception:  # anything the learner wrote there: not a record
+                    pass
         shutil.rmtree(work, ignore_errors=True)
         self.note(f"{sub.student}: ran in {result.seconds:.1f} s in sandbox '{self.sandbox_kind}'"
                   + (f", killed: {result.killed}" if result.killed else ""))

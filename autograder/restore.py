@@ -23,12 +23,15 @@ HARVEST_MODULE = "autograder_harvest"
 
 
 def grade_id(cell: NotebookNode) -> str | None:
+    """The cell's nbgrader grade id; None when it has none (or anything but a string)."""
     meta = cell.get("metadata", {}).get("nbgrader", {})
-    return meta.get("grade_id") if isinstance(meta, dict) else None
+    gid = meta.get("grade_id") if isinstance(meta, dict) else None
+    return gid if isinstance(gid, str) else None
 
 
 def _meta(cell: NotebookNode) -> dict:
-    return cell.metadata.get("nbgrader", {})
+    meta = cell.metadata.get("nbgrader", {})
+    return meta if isinstance(meta, dict) else {}
 
 
 def is_test(cell: NotebookNode) -> bool:

@@ -22,7 +22,7 @@ import os
 import time
 
 import nbformat
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_output
@@ -61,10 +61,10 @@ def save(nb: nbformat.NotebookNode, path: str) -> None:
 
 def execute(nb: nbformat.NotebookNode, out: str, cell_timeout: int, notebook_timeout: int, max_output: int) -> None:
     deadline = time.monotonic() + notebook_timeout
-    km = KernelManager(kernel_name="python3", transport="ipc")
+    km = AsyncKernelManager(kernel_name="python3", transport="ipc")  # async: a silent kernel cannot block it
     client = NotebookClient(nb, km=km, timeout=cell_timeout, allow_errors=True, kernel_name="python3",
                             startup_timeout=min(120, notebook_timeout), record_timing=False,
-                            interrupt_on_timeout=True)
+                            interrupt_on_timeout=True, coalesce_streams=True)
     stopped: nbformat.NotebookNode | None = None
     try:
         with client.setup_kernel():
@@ -81,8 +81,13 @@ def execute(nb: nbformat.NotebookNode, out: str, cell_timeout: int, notebook_tim
                     cell.outputs = [stopped]
                     continue
                 client.timeout = max(1, min(cell_timeout, math.ceil(left)))
+                started = time.monotonic()
                 try:
                     client.execute_cell(cell, index)
+                    interrupted = any(o.get("ename") == "KeyboardInterrupt" for o in cell.outputs)
+                    if interrupted and time.monotonic() - started >= client.timeout:  # nbclient interrupted it
+                        cell.outputs.append(error_output("CellTimeoutError",
+                                                         f"the cell ran past its {client.timeout} s limit"))
                 except CellTimeoutError:
                     cell.outputs.append(error_output("CellTimeoutError",
                                                      f"the cell ran past its {client.timeout} s limit"))

@@ -97,6 +97,7 @@ def _system_binds() -> list[str]:
 
 
 GRADER_DIR = "/grader"  # where the sandbox sees the grader's own in-kernel modules
+TMP_BYTES = 512 * 1024 * 1024  # the private /tmp is memory: capped
 
 
 def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader: Path, env: dict[str, str]
@@ -105,7 +106,7 @@ def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader:
     folder, read-write), ``grader`` as ``/grader`` and each of ``read_only`` at its own path."""
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", "1000", "--gid", "1000", "--hostname", "sandbox", *_system_binds(),
-            "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+            "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
     for path in dict.fromkeys(Path(p).resolve() for p in read_only):
         args += ["--ro-bind", str(path), str(path)]
     args += ["--ro-bind", str(grader), GRADER_DIR, "--bind", str(scratch), "/submission", "--chdir", "/submission",
