@@ -416,7 +416,7 @@ def format_table(record: dict[str, Any]) -> str:
         lines += ["", f"heads (ioi workload, {heads['batch']} prompts x {heads['seq_len']} tokens); path patching "
                       f"to the queries of {', '.join(f'{l}.{h}' for l, h in heads['receivers'])}"
                       + ("" if heads["head_cells"] is None else
-                         f"; * TransformerLens timed on {heads['head_cells']} evenly spread cells, scaled to all"),
+                         f"; * timed on {heads['head_cells']} evenly spread cells (senders), scaled to all"),
                   f"{'sweep':<22}{'method':<17}{'seconds':>9}{'speed-up':>10}{'vs':>18}{'max|diff|':>11}{'peak MiB':>10}"]
         for r in heads["rows"]:
             peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"

@@ -27,8 +27,8 @@ class FastPatchingFallback(UserWarning):
     """``fast_patching`` could not handle a model or metric and ran the reference loop instead."""
 
 
-class _Unsupported(Exception):
-    """Raised inside ``fast_patching`` when it must fall back to the reference loop."""
+class Unsupported(Exception):
+    """Raised inside the fast methods when they must fall back to their reference."""
 
 
 def _final_position_evaluator(
@@ -49,9 +49,9 @@ def _final_position_evaluator(
         full = metric(corrupted_logits).item()
         last = metric(corrupted_logits[:, -1:]).item()
     except Exception as err:  # the metric indexes positions other than the last one
-        raise _Unsupported(f"the metric fails on final-position logits ({type(err).__name__}: {err})") from None
+        raise Unsupported(f"the metric fails on final-position logits ({type(err).__name__}: {err})") from None
     if not math.isclose(full, last, rel_tol=1e-6, abs_tol=1e-7):
-        raise _Unsupported(f"the metric reads more than the final position ({full} on all positions, "
+        raise Unsupported(f"the metric reads more than the final position ({full} on all positions, "
                            f"{last} on the last one)")
     return None, lambda logits: metric(logits[:, None]).item()
 
@@ -178,27 +178,27 @@ class CorruptedRun:
 
     The model's run gives the activations named ``names`` (to compare with the clean ones) and the
     logits that unpatched cells reuse; the kernel's :class:`Trace` gives the keys, values and residuals
-    that patched runs resume from. Raises ``_Unsupported`` when the kernel cannot run the model or
+    that patched runs resume from. Raises ``Unsupported`` when the kernel cannot run the model or
     does not reproduce its logits, or when ``metric`` reads more than the final position.
     """
 
     def __init__(self, model: Any, corrupted_tokens: Tensor, names: list[str], metric: Metric) -> None:
         reason = kernel_unsupported(model.cfg)
         if reason:
-            raise _Unsupported(f"the model is not a GPT-2-style transformer ({reason})")
+            raise Unsupported(f"the model is not a GPT-2-style transformer ({reason})")
         logits, self.cache = model.run_with_cache(
             corrupted_tokens, names_filter=lambda name: name in names or name == "blocks.0.hook_resid_pre")
         self.columns, self.evaluate = _final_position_evaluator(metric, logits)
         try:
             self.kernel = Kernel(model)
         except (KeyError, AttributeError, TypeError) as err:
-            raise _Unsupported(f"its weights are not laid out as GPT-2's ({type(err).__name__}: {err})") from None
+            raise Unsupported(f"its weights are not laid out as GPT-2's ({type(err).__name__}: {err})") from None
         self.trace = self.kernel.trace(self.cache["blocks.0.hook_resid_pre"])
         base = logits[:, -1]
         self.base = base if self.columns is None else base.gather(-1, self.columns)
         error = (self.logits(self.trace.resid_pre[-1][:, -1]) - self.base).abs().max().item()
         if error > SELF_CHECK_RTOL * max(1.0, self.base.abs().max().item()):
-            raise _Unsupported(f"the fast kernel does not reproduce the model's logits (max difference {error:.2g})")
+            raise Unsupported(f"the fast kernel does not reproduce the model's logits (max difference {error:.2g})")
 
     def logits(self, final_resid: Float[Tensor, "rows d_model"], prompts: Tensor | None = None) -> Tensor:
         """The logits the metric reads, from final residuals (of ``prompts``, default all)."""
@@ -264,7 +264,7 @@ def fast_patching(
     check_batch(corrupted_tokens, clean_cache, hook_name(component, 0))
     try:
         return _fast(model, corrupted_tokens, clean_cache, metric, spec, progress)
-    except _Unsupported as reason:
+    except Unsupported as reason:
         warnings.warn(f"fast_patching: falling back to the reference loop because {reason}",
                       FastPatchingFallback, stacklevel=2)
         return reference_patching(model, corrupted_tokens, clean_cache, metric, component, progress)

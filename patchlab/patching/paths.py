@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from patchlab.metrics import Metric
 from patchlab.patching.components import check_batch, hook_name
-from patchlab.patching.fast import CorruptedRun, FastPatchingFallback, _Unsupported
+from patchlab.patching.fast import CorruptedRun, FastPatchingFallback, Unsupported
 from patchlab.patching.kernel import Kernel, Trace
 
 Receivers = Sequence[tuple[int, int]]
@@ -205,7 +205,7 @@ def fast_path_patching(
     pairs = _check(model, corrupted_tokens, clean_cache, receivers, receiver_input)
     try:
         return _fast_paths(model, corrupted_tokens, clean_cache, metric, pairs, receiver_input, progress)
-    except _Unsupported as reason:
+    except Unsupported as reason:
         warnings.warn(f"fast_path_patching: falling back to the reference because {reason}",
                       FastPatchingFallback, stacklevel=2)
         return reference_path_patching(model, corrupted_tokens, clean_cache, metric, receivers, receiver_input,
