@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 from patchlab.models import MODEL_NAMES
-from patchlab.patching import COMPONENTS, METHODS
+from patchlab.patching import COMPONENTS, METHODS, component
+
+# The components whose table is one heatmap ([n_layers, n_pos] or [n_layers, n_heads]).
+HEATMAP_COMPONENTS = tuple(name for name in COMPONENTS if len(component(name).axes) == 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +44,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     result = patch_ioi(model, data, args.component, args.method, progress=True)
     seconds = time.perf_counter() - start
     name = model_label(model)
-    if args.component == "head_out":
+    if component(args.component).axes == ("head",):
         x_labels, x_title = [f"head {h}" for h in range(model.cfg.n_heads)], "head"
     else:
         x_labels, x_title = plots.position_labels(data.str_tokens, data.s2_pos, data.end_pos), "position"
@@ -77,7 +80,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         print(f"patchlab: error: --out {args.out} exists and is not a folder", file=sys.stderr)
         return 2
-    return bench.main(args.out, quick=args.quick, device=args.device)
+    if args.head_cells is not None and args.head_cells < 1:
+        print("patchlab: error: --head-cells must be a positive number of cells", file=sys.stderr)
+        return 2
+    return bench.main(args.out, quick=args.quick, device=args.device, parts=tuple(args.part or bench.PARTS),
+                      head_cells=args.head_cells)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,17 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     patch = sub.add_parser("patch", help="patch one component over layers x positions on the 8 classic prompts")
     patch.add_argument("--model", default="auto", choices=MODEL_NAMES)
-    patch.add_argument("--component", default="resid_pre", choices=COMPONENTS)
+    patch.add_argument("--component", default="resid_pre", choices=HEATMAP_COMPONENTS)
     patch.add_argument("--method", default="fast", choices=sorted(METHODS),
                        help="reference (one pass per cell), fast (exact, default) or attribution (gradients)")
     patch.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     patch.add_argument("--out", required=True, help="folder for COMPONENT.json, .html and .png")
     patch.set_defaults(func=cmd_patch)
-    bench = sub.add_parser("bench", help="time TransformerLens's patching sweep against reference, fast and "
-                                         "attribution patching")
+    bench = sub.add_parser("bench", help="time TransformerLens's patching sweeps against reference, fast, "
+                                         "attribution and path patching")
     bench.add_argument("--out", default=None, help="folder for bench.json (default: only print the tables)")
     bench.add_argument("--quick", action="store_true", help="a small setting on ioi-mini (for CI)")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    bench.add_argument("--part", action="append", choices=("resid", "heads"),
+                       help="measure only this part (repeatable): resid (the resid_pre sweeps) or heads (head "
+                            "sweeps, attribution of heads, path patching); default both")
+    bench.add_argument("--head-cells", type=int, default=None,
+                       help="time TransformerLens's head sweeps and the path patching reference on this many "
+                            "evenly spread cells each, scaled to all (default: 48, --quick 16)")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -1,4 +1,4 @@
-"""Benchmark: TransformerLens's patching sweep against the reference loop, fast exact and attribution patching.
+"""Benchmark: TransformerLens's patching sweeps against the reference loop, fast exact and attribution patching.
 
 ``python -m patchlab bench --out DIR`` times a residual-stream sweep (every layer x position) four
 ways on the same model, prompts and clean cache, in one process, one method after the other:
@@ -12,6 +12,15 @@ shows how each method's cost grows. Peak memory is the resident memory (CPU) or 
 memory a method needs at its peak beyond what was in use just before it ran (model, prompts, clean
 cache); see :class:`PeakMemory`. It also counts the token-layer passes each method runs
 (:func:`token_layers`): the hardware-independent measure of work.
+
+The heads part times, on the IOI workload, each attention-head sweep (outputs, queries, keys, values,
+patterns; at all positions and by position) by TransformerLens's own function and by fast patching,
+attribution patching of every head's output against exact head patching, and path patching (to the
+final residual stream and to receivers' queries) by the hook-based reference and by the fast method.
+Every TransformerLens sweep costs one identical full forward pass per cell (and the path patching
+reference one or two per sender), so a run may time them on an evenly spread sample of their cells
+(``Settings.head_cells``; TransformerLens's own ``index_df``, the reference's ``senders``) and scale
+the time to all cells; the table says when it did.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
@@ -33,9 +42,25 @@ from jaxtyping import Int
 from torch import Tensor
 
 from patchlab.metrics import PatchingMetric, metric_from_runs
-from patchlab.patching import attribution_patching, fast_patching, reference_patching
+from patchlab.patching import (
+    attribution_patching, component, fast_path_patching, fast_patching, reference_path_patching, reference_patching,
+)
 
 BENCH_METHODS = ("transformer_lens", "reference", "fast", "attribution")
+# Each head sweep and TransformerLens's function for it.
+TL_HEAD_FUNCTIONS = {
+    "head_out": "get_act_patch_attn_head_out_all_pos",
+    "head_out_by_pos": "get_act_patch_attn_head_out_by_pos",
+    "head_q": "get_act_patch_attn_head_q_all_pos",
+    "head_q_by_pos": "get_act_patch_attn_head_q_by_pos",
+    "head_k": "get_act_patch_attn_head_k_all_pos",
+    "head_k_by_pos": "get_act_patch_attn_head_k_by_pos",
+    "head_v": "get_act_patch_attn_head_v_all_pos",
+    "head_v_by_pos": "get_act_patch_attn_head_v_by_pos",
+    "head_pattern": "get_act_patch_attn_head_pattern_all_pos",
+    "head_pattern_by_pos": "get_act_patch_attn_head_pattern_by_pos",
+}
+PARTS = ("resid", "heads")
 
 
 @dataclass(frozen=True)
@@ -49,10 +74,15 @@ class Settings:
     scaling_batch: int
     ioi_prompts: int = 8  # the first prompts of the 8 classic ones
     seed: int = 0
+    receivers: tuple[tuple[int, int], ...] = ()  # path patching's receiver heads (their queries)
+    head_cells: int | None = None  # TransformerLens head sweeps and path references timed on this many cells (None: all)
 
 
-FULL = Settings("gpt2-small-random", batch=8, general_seq_len=15, scaling_seq_lens=(15, 30, 60), scaling_batch=1)
-QUICK = Settings("ioi-mini", batch=2, general_seq_len=8, scaling_seq_lens=(6, 12), scaling_batch=1, ioi_prompts=2)
+# Receivers: the S-inhibition heads Wang et al. (2022) found in GPT-2 small (7.3, 7.9, 8.6, 8.10).
+FULL = Settings("gpt2-small-random", batch=8, general_seq_len=15, scaling_seq_lens=(15, 30, 60), scaling_batch=1,
+                receivers=((7, 3), (7, 9), (8, 6), (8, 10)), head_cells=48)
+QUICK = Settings("ioi-mini", batch=2, general_seq_len=8, scaling_seq_lens=(6, 12), scaling_batch=1, ioi_prompts=2,
+                 receivers=((1, 0), (2, 3)), head_cells=16)
 
 
 @dataclass
@@ -191,19 +221,25 @@ def _runners(progress: bool) -> dict[str, Callable[[Any, Workload], Tensor]]:
             "fast": ours(fast_patching), "attribution": ours(attribution_patching)}
 
 
-def measure(model: Any, workload: Workload, method: str, progress: bool = True) -> tuple[float, Tensor, float | None]:
-    """Run one method on one workload: (seconds, values on the CPU, peak memory in MiB)."""
-    run = _runners(progress)[method]
+def _timed(model: Any, run: Callable[[], Any]) -> tuple[float, Any, float | None]:
+    """(seconds, result, peak MiB) of ``run()``."""
     device = torch.device(model.cfg.device)
     with PeakMemory(device) as memory:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        values = run(model, workload)
+        result = run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-    return seconds, values.detach().float().cpu(), memory.mb
+    return seconds, result, memory.mb
+
+
+def measure(model: Any, workload: Workload, method: str, progress: bool = True) -> tuple[float, Tensor, float | None]:
+    """Run one method on one workload: (seconds, values on the CPU, peak memory in MiB)."""
+    run = _runners(progress)[method]
+    seconds, values, peak = _timed(model, lambda: run(model, workload))
+    return seconds, values.detach().float().cpu(), peak
 
 
 def _bench_workload(model: Any, workload: Workload, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
@@ -230,28 +266,86 @@ def _bench_workload(model: Any, workload: Workload, progress: bool, log: Callabl
             "methods": results}
 
 
+def _tl_head_sweep(model: Any, w: Workload, name: str, cells: int | None) -> tuple[Tensor, Tensor | None, float]:
+    """TransformerLens's sweep ``name``: (values, the flat indices of the cells it ran or None for all,
+    how many times more cells the full sweep has)."""
+    import pandas as pd
+    from transformer_lens import patching as tl_patching
+
+    sweep = getattr(tl_patching, TL_HEAD_FUNCTIONS[name])
+    spec = component(name)
+    shape = (model.cfg.n_layers, *spec.sizes(model, w.corrupted_tokens.shape[1]))
+    total = int(torch.tensor(shape).prod())
+    if cells is None or cells >= total:
+        return sweep(model, w.corrupted_tokens, w.clean_cache, w.metric), None, 1.0
+    flat = torch.linspace(0, total - 1, cells).round().long().unique()
+    index_df = pd.DataFrame(torch.stack(torch.unravel_index(flat, shape), 1).tolist(),
+                            columns=list(sweep.keywords["index_axis_names"]))
+    values = sweep.func(model, w.corrupted_tokens, w.clean_cache, w.metric,
+                        patch_setter=sweep.keywords["patch_setter"],
+                        activation_name=sweep.keywords["activation_name"], index_df=index_df)
+    return values, flat, total / len(flat)
+
+
+def bench_heads(model: Any, w: Workload, settings: Settings, progress: bool,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """Head sweeps (TransformerLens against fast, attribution of head outputs) and path patching."""
+    rows: list[dict[str, Any]] = []
+
+    def add(sweep: str, method: str, seconds: float, peer: str, peer_seconds: float, diff: float | None,
+            peak: float | None, scaled: float = 1.0) -> None:
+        log(f"[heads] {sweep} {method}: {seconds:.2f} s")
+        rows.append({"sweep": sweep, "method": method, "seconds": round(seconds, 3), "peer": peer,
+                     "speedup_vs_peer": round(peer_seconds / seconds, 2),
+                     "max_abs_diff_vs_peer": diff, "peak_mem_mb": peak, "tl_cells_scale": round(scaled, 3)})
+
+    args = (w.corrupted_tokens, w.clean_cache, w.metric)
+    for name in TL_HEAD_FUNCTIONS:
+        log(f"[heads] {name} transformer_lens ...")
+        seconds, (tl_values, flat, scale), peak = _timed(model, lambda: _tl_head_sweep(model, w, name, settings.head_cells))
+        tl_seconds = seconds * scale
+        add(name, "transformer_lens", tl_seconds, "transformer_lens", tl_seconds, 0.0, peak, scale)
+        tl_values = tl_values.detach().float().cpu().flatten()
+        methods = {"fast": fast_patching} | ({"attribution": attribution_patching} if name == "head_out" else {})
+        for method, run in methods.items():
+            seconds, values, peak = _timed(model, lambda: run(model, *args, name, progress))
+            values = values.detach().float().cpu().flatten()
+            values = values if flat is None else values[flat]
+            add(name, method, seconds, "transformer_lens", tl_seconds, float((values - tl_values).abs().max()), peak)
+            if method == "attribution":
+                fast_row = next(r for r in rows if r["sweep"] == name and r["method"] == "fast")
+                rows[-1]["speedup_vs_fast"] = round(fast_row["seconds"] / seconds, 2)
+    n_senders = model.cfg.n_layers * model.cfg.n_heads
+    flat = torch.linspace(0, n_senders - 1, min(settings.head_cells or n_senders, n_senders)).round().long().unique()
+    senders = [divmod(int(i), model.cfg.n_heads) for i in flat]  # each costs the same passes: time a sample
+    for sweep, receivers in (("path_to_final", None), ("path_to_receivers_q", list(settings.receivers))):
+        log(f"[heads] {sweep} reference ...")
+        ref_seconds, reference, peak = _timed(
+            model, lambda: reference_path_patching(model, *args, receivers, "q", progress, senders))
+        scale = n_senders / len(senders)
+        add(sweep, "reference", ref_seconds * scale, "reference", ref_seconds * scale, 0.0, peak, scale)
+        seconds, fast, peak = _timed(model, lambda: fast_path_patching(model, *args, receivers, "q", progress))
+        diff = (fast.cpu().flatten()[flat] - reference.flatten()[flat]).abs().max()
+        add(sweep, "fast", seconds, "reference", ref_seconds * scale, float(diff), peak)
+    return {"batch": int(w.clean_tokens.shape[0]), "seq_len": int(w.clean_tokens.shape[1]),
+            "head_cells": settings.head_cells, "receivers": [list(r) for r in settings.receivers], "rows": rows}
+
+
+
 def run_benchmark(settings: Settings, device: str | None = None, progress: bool = True,
-                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
-    """Measure every method on both workloads and over sequence lengths; return the ``bench.json`` record."""
+                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+                  parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """Measure the ``parts`` (``resid``: every method on both workloads and over sequence lengths;
+    ``heads``: :func:`bench_heads`); return the ``bench.json`` record."""
     from patchlab.models import load_model, model_label
 
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown benchmark part {sorted(unknown)[0]!r}: choose from {', '.join(PARTS)}")
     model = load_model(settings.model, device=device, verbose=False)
     torch.manual_seed(settings.seed)
-    workloads = {
-        "ioi": _bench_workload(model, ioi_workload(model, settings.ioi_prompts), progress, log),
-        "general": _bench_workload(
-            model, general_workload(model, settings.batch, settings.general_seq_len, settings.seed), progress, log),
-    }
-    scaling = []
-    for seq_len in settings.scaling_seq_lens:
-        workload = general_workload(model, settings.scaling_batch, seq_len, settings.seed)
-        for method in BENCH_METHODS:
-            log(f"[scaling seq_len={seq_len}] {method} ...")
-            seconds, _, _ = measure(model, workload, method, progress)
-            log(f"[scaling seq_len={seq_len}] {method}: {seconds:.2f} s")
-            scaling.append({"seq_len": seq_len, "method": method, "seconds": round(seconds, 3)})
     device_obj = torch.device(model.cfg.device)
-    return {
+    record: dict[str, Any] = {
         "model": model_label(model),
         "device": _describe_device(device_obj),
         "torch_threads": torch.get_num_threads(),
@@ -260,14 +354,30 @@ def run_benchmark(settings: Settings, device: str | None = None, progress: bool 
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "settings": {"batch": settings.batch, "general_seq_len": settings.general_seq_len,
                      "scaling_batch": settings.scaling_batch, "scaling_seq_lens": list(settings.scaling_seq_lens),
-                  "ioi_prompts": settings.ioi_prompts},
+                     "ioi_prompts": settings.ioi_prompts, "head_cells": settings.head_cells,
+                     "receivers": [list(r) for r in settings.receivers]},
         "peak_mem_note": (
             "MiB a method needs at its peak beyond what was in use before it ran (model, prompts, clean "
             "cache): " + ("max CUDA memory allocated" if device_obj.type == "cuda"
                           else "peak resident set size (VmHWM, reset before each method)")),
-        "workloads": workloads,
-        "scaling": scaling,
     }
+    if "resid" in parts:
+        record["workloads"] = {
+            "ioi": _bench_workload(model, ioi_workload(model, settings.ioi_prompts), progress, log),
+            "general": _bench_workload(
+                model, general_workload(model, settings.batch, settings.general_seq_len, settings.seed), progress, log),
+        }
+        record["scaling"] = []
+        for seq_len in settings.scaling_seq_lens:
+            workload = general_workload(model, settings.scaling_batch, seq_len, settings.seed)
+            for method in BENCH_METHODS:
+                log(f"[scaling seq_len={seq_len}] {method} ...")
+                seconds, _, _ = measure(model, workload, method, progress)
+                log(f"[scaling seq_len={seq_len}] {method}: {seconds:.2f} s")
+                record["scaling"].append({"seq_len": seq_len, "method": method, "seconds": round(seconds, 3)})
+    if "heads" in parts:
+        record["heads"] = bench_heads(model, ioi_workload(model, settings.ioi_prompts), settings, progress, log)
+    return record
 
 
 def _describe_device(device: torch.device) -> str:
@@ -286,7 +396,7 @@ def _describe_device(device: torch.device) -> str:
 def format_table(record: dict[str, Any]) -> str:
     """The benchmark as plain-text tables."""
     lines = [f"model {record['model']} on {record['device']}"]
-    for name, w in record["workloads"].items():
+    for name, w in record.get("workloads", {}).items():
         lines += ["", f"{name} workload: {w['batch']} prompts x {w['seq_len']} tokens, resid_pre sweep "
                       f"(least work of an exact method: {w['minimum_token_layers']:,} token-layers)",
                   f"{'method':<17}{'seconds':>9}{'vs TL':>8}{'max|diff| vs TL':>17}{'peak MiB':>10}{'token-layers':>14}"]
@@ -294,18 +404,35 @@ def format_table(record: dict[str, Any]) -> str:
             peak = "n/a" if m["peak_mem_mb"] is None else f"{m['peak_mem_mb']:.0f}"
             lines.append(f"{method:<17}{m['seconds']:>9.2f}{m['speedup_vs_tl']:>7.1f}x"
                          f"{m['max_abs_diff_vs_tl']:>17.1e}{peak:>10}{m['token_layers']:>14,}")
-    seq_lens = sorted({row["seq_len"] for row in record["scaling"]})
-    lines += ["", f"scaling (general workload, {record['settings']['scaling_batch']} prompt(s)): seconds by sequence length",
-              f"{'method':<17}" + "".join(f"{n:>10}" for n in seq_lens)]
-    for method in BENCH_METHODS:
-        row = {r["seq_len"]: r["seconds"] for r in record["scaling"] if r["method"] == method}
-        lines.append(f"{method:<17}" + "".join(f"{row[n]:>10.2f}" for n in seq_lens))
+    if "scaling" in record:
+        seq_lens = sorted({row["seq_len"] for row in record["scaling"]})
+        lines += ["", f"scaling (general workload, {record['settings']['scaling_batch']} prompt(s)): seconds by "
+                      "sequence length", f"{'method':<17}" + "".join(f"{n:>10}" for n in seq_lens)]
+        for method in BENCH_METHODS:
+            row = {r["seq_len"]: r["seconds"] for r in record["scaling"] if r["method"] == method}
+            lines.append(f"{method:<17}" + "".join(f"{row[n]:>10.2f}" for n in seq_lens))
+    if "heads" in record:
+        heads = record["heads"]
+        lines += ["", f"heads (ioi workload, {heads['batch']} prompts x {heads['seq_len']} tokens); path patching "
+                      f"to the queries of {', '.join(f'{l}.{h}' for l, h in heads['receivers'])}"
+                      + ("" if heads["head_cells"] is None else
+                         f"; * timed on {heads['head_cells']} evenly spread cells (senders), scaled to all"),
+                  f"{'sweep':<22}{'method':<17}{'seconds':>9}{'speed-up':>10}{'vs':>18}{'max|diff|':>11}{'peak MiB':>10}"]
+        for r in heads["rows"]:
+            peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
+            seconds = f"{r['seconds']:.2f}" + ("*" if r["tl_cells_scale"] != 1 else "")
+            lines.append(f"{r['sweep']:<22}{r['method']:<17}{seconds:>9}{r['speedup_vs_peer']:>9.1f}x"
+                         f"{r['peer']:>18}{r['max_abs_diff_vs_peer']:>11.1e}{peak:>10}")
     return "\n".join(lines)
 
 
-def main(out: str | None, quick: bool, device: str | None, progress: bool = True) -> int:
+def main(out: str | None, quick: bool, device: str | None, progress: bool = True,
+         parts: tuple[str, ...] = PARTS, head_cells: int | None = None) -> int:
     """Run the benchmark, print the tables and write ``OUT/bench.json`` when ``out`` is given."""
-    record = run_benchmark(QUICK if quick else FULL, device=device, progress=progress)
+    settings = QUICK if quick else FULL
+    if head_cells is not None:
+        settings = replace(settings, head_cells=head_cells)
+    record = run_benchmark(settings, device=device, progress=progress, parts=parts)
     print(format_table(record))
     if out is not None:
         path = Path(out)

@@ -8,6 +8,7 @@ a separate autograd path.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,17 @@ TL_FUNCTIONS = {
     "attn_out": tl_patching.get_act_patch_attn_out,
     "mlp_out": tl_patching.get_act_patch_mlp_out,
     "head_out": tl_patching.get_act_patch_attn_head_out_all_pos,
+    "head_out_by_pos": tl_patching.get_act_patch_attn_head_out_by_pos,
+    "head_q": tl_patching.get_act_patch_attn_head_q_all_pos,
+    "head_q_by_pos": tl_patching.get_act_patch_attn_head_q_by_pos,
+    "head_k": tl_patching.get_act_patch_attn_head_k_all_pos,
+    "head_k_by_pos": tl_patching.get_act_patch_attn_head_k_by_pos,
+    "head_v": tl_patching.get_act_patch_attn_head_v_all_pos,
+    "head_v_by_pos": tl_patching.get_act_patch_attn_head_v_by_pos,
+    "head_pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
+    "head_pattern_by_pos": tl_patching.get_act_patch_attn_head_pattern_by_pos,
 }
+assert set(TL_FUNCTIONS) == set(COMPONENTS)
 
 
 @dataclass
@@ -179,7 +190,7 @@ def test_fast_falls_back_for_an_unsupported_model(tiny: Any, monkeypatch: pytest
 
 def test_fast_checks_its_kernel_against_the_model(tiny: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     setup = random_setup(tiny, batch=2, n_pos=5, differ="every position", seed=5)
-    monkeypatch.setitem(patching._ACTIVATIONS, "gelu_new", F.relu)  # a kernel that computes the wrong thing
+    monkeypatch.setitem(patching.kernel.ACTIVATIONS, "gelu_new", F.relu)  # a kernel that computes the wrong thing
     with pytest.warns(FastPatchingFallback, match="does not reproduce the model's logits"):
         fast = setup.run(fast_patching, "attn_out")
     assert torch.equal(fast, setup.run(reference_patching, "attn_out"))
@@ -193,19 +204,17 @@ def test_fast_rejects_bad_input(tiny: Any) -> None:
         fast_patching(tiny, setup.corrupted[:1], setup.cache, setup.metric, progress=False)
 
 
-def alpha_gradient(setup: Setup, component: str, layer: int, index: int) -> float:
+def alpha_gradient(setup: Setup, component: str, layer: int, index: tuple[int, ...]) -> float:
     """metric + d metric / d alpha at alpha = 0, patching ``corrupted + alpha * (clean - corrupted)``
-    into one cell (a position, or a head at every position), through its own forward pass."""
+    into one cell (a position, a head at every position, or a head at one position), through its own
+    forward pass."""
     name = hook_name(component, layer)
     alpha = torch.zeros((), requires_grad=True)
     clean = setup.cache[name]
 
     def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
         where = torch.zeros_like(activation)
-        if component == "head_out":
-            where[:, :, index] = 1
-        else:
-            where[:, index] = 1
+        where[patching.component(component).selector(index)] = 1
         return activation + alpha * where * (clean - activation)
 
     with torch.enable_grad():
@@ -218,10 +227,11 @@ def alpha_gradient(setup: Setup, component: str, layer: int, index: int) -> floa
 def test_attribution_is_the_gradient_times_the_difference(tiny: Any, component: str) -> None:
     setup = random_setup(tiny, batch=2, n_pos=5, differ="from a different position per prompt", seed=6)
     attribution = setup.run(attribution_patching, component)
-    n_cols = tiny.cfg.n_heads if component == "head_out" else 5
-    assert attribution.shape == (tiny.cfg.n_layers, n_cols)
-    expected = torch.tensor([[alpha_gradient(setup, component, layer, col) for col in range(n_cols)]
-                             for layer in range(tiny.cfg.n_layers)])
+    sizes = patching.component(component).sizes(tiny, 5)
+    assert attribution.shape == (tiny.cfg.n_layers, *sizes)
+    cells = list(itertools.product(range(tiny.cfg.n_layers), *(range(size) for size in sizes)))
+    expected = torch.tensor([alpha_gradient(setup, component, layer, tuple(index)) for layer, *index in cells])
+    expected = expected.view(attribution.shape)
     assert torch.allclose(attribution, expected, rtol=1e-4, atol=1e-4)
     assert expected.std() > 1e-3
 

@@ -6,13 +6,36 @@ import pytest
 import torch
 import transformer_lens.patching as tl_patching
 
-from patchlab.patching import hook_name, reference_head_patching, reference_patching
+from patchlab.patching import COMPONENTS, hook_name, reference_head_patching, reference_patching
 
 TL_FUNCTIONS = {
     "resid_pre": tl_patching.get_act_patch_resid_pre,
     "attn_out": tl_patching.get_act_patch_attn_out,
     "mlp_out": tl_patching.get_act_patch_mlp_out,
+    "head_out_by_pos": tl_patching.get_act_patch_attn_head_out_by_pos,
+    "head_q": tl_patching.get_act_patch_attn_head_q_all_pos,
+    "head_q_by_pos": tl_patching.get_act_patch_attn_head_q_by_pos,
+    "head_k": tl_patching.get_act_patch_attn_head_k_all_pos,
+    "head_k_by_pos": tl_patching.get_act_patch_attn_head_k_by_pos,
+    "head_v": tl_patching.get_act_patch_attn_head_v_all_pos,
+    "head_v_by_pos": tl_patching.get_act_patch_attn_head_v_by_pos,
+    "head_pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
+    "head_pattern_by_pos": tl_patching.get_act_patch_attn_head_pattern_by_pos,
 }
+# [n_layers, *shape] of each component's table on the classic prompts (15 tokens) of ioi-mini (4 heads).
+SHAPES = {"pos": (15,), "head": (4,), "by_pos": (15, 4), "pattern_by_pos": (4, 15)}
+
+
+def expected_shape(component: str) -> tuple[int, ...]:
+    if component.endswith("pattern_by_pos"):
+        return SHAPES["pattern_by_pos"]
+    if component.endswith("_by_pos"):
+        return SHAPES["by_pos"]
+    return SHAPES["head"] if component.startswith("head_") else SHAPES["pos"]
+
+
+def test_every_component_is_checked_against_transformer_lens():
+    assert set(TL_FUNCTIONS) | {"head_out"} == set(COMPONENTS)
 
 
 @pytest.mark.parametrize("component", sorted(TL_FUNCTIONS))
@@ -20,8 +43,10 @@ def test_reference_equals_transformer_lens(model, classic, classic_run, componen
     _, cache, _, metric = classic_run
     ours = reference_patching(model, classic.corrupted_tokens, cache, metric, component, progress=False)
     theirs = TL_FUNCTIONS[component](model, classic.corrupted_tokens, cache, metric)
-    assert ours.shape == (model.cfg.n_layers, classic.clean_tokens.shape[1])
+    assert ours.shape == (model.cfg.n_layers, *expected_shape(component))
     assert torch.allclose(ours, theirs.cpu().float(), atol=1e-5, rtol=0)
+    # Some patch changes the metric, so the comparison can fail (keys matter least on ioi-mini: ~2e-3).
+    assert ours.abs().max() > 1e-3
 
 
 def test_reference_head_patching_equals_transformer_lens(model, classic, classic_run):
