@@ -112,6 +112,20 @@ def reader_notebooks() -> list[Path]:
     return chapters + solutions
 
 
+# Cells added around each notebook to record the CPU seconds of each cell in the kernel (with one
+# thread, what one core would take however busy the machine is); removed before the checks.
+TIMER_SETUP = """
+import time as _t
+_cpu = []
+get_ipython().events.register("pre_run_cell", lambda *a: _cpu.append(("pre", _t.process_time())))
+get_ipython().events.register("post_run_cell", lambda *a: _cpu.append(("post", _t.process_time())))
+"""
+TIMER_REPORT = """
+import json as _j
+print(_j.dumps([b[1] - a[1] for a, b in zip(_cpu, _cpu[1:]) if (a[0], b[0]) == ("pre", "post")]))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", reader_notebooks(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_notebook_runs_on_gpt2_offline(notebook: Path, gpt2_hub: Path, monkeypatch) -> None:
@@ -120,9 +134,12 @@ def test_notebook_runs_on_gpt2_offline(notebook: Path, gpt2_hub: Path, monkeypat
     for key, value in offline_env(gpt2_hub).items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(notebook, as_version=4)
+    nb.cells = [nbformat.v4.new_code_cell(TIMER_SETUP), *nb.cells, nbformat.v4.new_code_cell(TIMER_REPORT)]
     start = time.perf_counter()
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
     seconds = time.perf_counter() - start
+    report = nb.cells.pop()
+    nb.cells.pop(0)
     stderr = [
         (index, "".join(out.get("text", "")))
         for index, cell in enumerate(nb.cells) if cell.cell_type == "code"
@@ -131,4 +148,8 @@ def test_notebook_runs_on_gpt2_offline(notebook: Path, gpt2_hub: Path, monkeypat
     assert stderr == [], f"cells wrote to stderr: {stderr}"
     first = next(out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", []))
     assert "gpt2-small" in "".join(first.get("text", "")), "the page did not run on GPT-2 small"
-    print(f"{notebook.relative_to(ROOT)}: {seconds:.0f} s on {gpt2_offline.shape_from_env()} GPT-2")
+    cpu = json.loads(report.outputs[0]["text"])  # CPU seconds of each code cell, in order
+    code_cells = [index for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    slowest = max(range(len(cpu)), key=cpu.__getitem__)
+    print(f"\n{notebook.relative_to(ROOT)} on the {gpt2_offline.shape_from_env()} GPT-2: {seconds:.0f} s wall, "
+          f"{sum(cpu):.0f} CPU s in its cells, slowest cell {cpu[slowest]:.0f} CPU s (cell {code_cells[slowest]})")

