@@ -38,16 +38,15 @@ def device_name(device: torch.device | str) -> str:
 def runtime_note(model: Any, cpu_minutes: float, slow_cells: str | None = None) -> str:
     """Which device runs ``model``, and on a CPU with a GPT-2-sized model, what the page costs there.
 
-    ``cpu_minutes``: how long the page's code takes with GPT-2 small on a two-core CPU (Colab's free
-    CPU runtime), measured; ``slow_cells``: which cells take most of it (``None``: no cell is slow,
-    no GPU is needed).
+    ``cpu_minutes``: how long the page's code takes with GPT-2 small on one CPU core, measured;
+    ``slow_cells``: which cells take most of it (``None``: no cell is slow, no GPU is needed).
     """
     device = torch.device(model.cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
     lines = [f"Running on {device_name(device)}."]
     if device.type == "cpu" and n_params >= SLOW_ON_CPU_PARAMS:
         duration = "a minute" if cpu_minutes <= 1 else f"{cpu_minutes:g} minutes"
-        cost = f"On a two-core CPU this page takes about {duration} with GPT-2 small"
+        cost = f"On a CPU this page takes about {duration} with GPT-2 small (measured on one core)"
         if slow_cells is None:
             lines.append(f"{cost}; no GPU needed.")
         else:

@@ -150,6 +150,6 @@ def test_notebook_runs_on_gpt2_offline(notebook: Path, gpt2_hub: Path, monkeypat
     assert "gpt2-small" in "".join(first.get("text", "")), "the page did not run on GPT-2 small"
     cpu = json.loads(report.outputs[0]["text"])  # CPU seconds of each code cell, in order
     code_cells = [index for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
-    slowest = max(range(len(cpu)), key=cpu.__getitem__)
+    slow = ", ".join(f"cell {code_cells[i]}: {cpu[i]:.0f} s" for i in range(len(cpu)) if cpu[i] >= 20) or "none"
     print(f"\n{notebook.relative_to(ROOT)} on the {gpt2_offline.shape_from_env()} GPT-2: {seconds:.0f} s wall, "
-          f"{sum(cpu):.0f} CPU s in its cells, slowest cell {cpu[slowest]:.0f} CPU s (cell {code_cells[slowest]})")
+          f"{sum(cpu):.0f} CPU s in its cells; cells of 20 CPU s or more: {slow}")
