@@ -1,7 +1,7 @@
 """patchlab: the library of the activation patching course (IOI on GPT-2 small or the course model).
 
 One module per course concept: ``models`` (loading), ``ioi`` (prompts), ``metrics``,
-``patching`` and ``plots``.
+``patching``, ``plots`` and ``runtime`` (the device, the cost of slow cells, progress bars on stdout).
 """
 
 from patchlab.ioi import IOIData, IOIInputError, classic_ioi, generate_ioi
