@@ -1,8 +1,9 @@
 """patchlab: the library of the activation patching course (IOI on GPT-2 small or the course model).
 
 One module per course concept: ``models`` (loading), ``ioi`` (prompts), ``metrics``,
-``patching``, ``plots``, ``diagrams`` (drawings of the model and the circuit) and ``published``
-(GPT-2 small's published patching maps).
+``patching``, ``plots``, ``diagrams`` (drawings of the model and the circuit), ``published``
+(GPT-2 small's published patching maps) and ``runtime`` (the device, the cost of slow cells, progress
+bars on stdout).
 """
 
 from patchlab.ioi import IOIData, IOIInputError, classic_ioi, generate_ioi

