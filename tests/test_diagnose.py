@@ -109,7 +109,7 @@ def test_unknown_mistake_says_where_without_giving_the_values(grid):
     wrong[2, 5] = 0.5
     found = grid_diagnosis(wrong, grid)
     assert found.name == "mismatch"
-    assert "layer=2, position=5" in found.message and "1 of 28" in found.message
+    assert "layer 2; position 5" in found.message and "1 of 28" in found.message
     assert "0.93" not in found.message
 
 
