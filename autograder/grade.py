@@ -56,7 +56,7 @@ GRADING_MODELS = {"ioi-mini": ["ioi-mini", "ioi-mini-reshaped"], "gpt2-small": [
 # Default (cell, notebook) time limits per model: GPT-2 small's patching loop is slow on a CPU.
 TIMEOUTS = {"ioi-mini": (CELL_TIMEOUT, NOTEBOOK_TIMEOUT), "gpt2-small": (1800, 5400)}
 MAX_SUBMISSION_BYTES = 20 * 1024 * 1024
-MAX_RESULT_BYTES = 5 * 1024 * 1024
+MAX_RESULT_BYTES = 60 * 1024 * 1024  # a test's records (GPT-2 small's activations in JSON: ~10 MB)
 MAX_EXECUTED_BYTES = 40 * 1024 * 1024
 MAX_OUTPUT_CHARS = 20_000  # per output of a cell, in the feedback
 STATE = ("nbgrader", "feedback")  # the folders a run replaces as a whole
@@ -510,7 +510,7 @@ def grade(
         raise GradingError(str(err)) from None
     # GPT-2 small and its caches need more address space than the course model.
     limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
-                                      wall_seconds=notebook_timeout + 120)
+                                      cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120)
     subs, skipped = inventory(submissions)
     start = time.monotonic()
     with OutputFolder(out) as folder, warnings.catch_warnings():
