@@ -64,7 +64,7 @@ def execute(nb: nbformat.NotebookNode, out: str, cell_timeout: int, notebook_tim
     km = AsyncKernelManager(kernel_name="python3", transport="ipc")  # async: a silent kernel cannot block it
     client = NotebookClient(nb, km=km, timeout=cell_timeout, allow_errors=True, kernel_name="python3",
                             startup_timeout=min(120, notebook_timeout), record_timing=False,
-                            interrupt_on_timeout=True, coalesce_streams=True)
+                            interrupt_on_timeout=True)
     stopped: nbformat.NotebookNode | None = None
     try:
         with client.setup_kernel():

@@ -89,7 +89,7 @@ def side_by_side(
     limit = zmax or float(max(np.abs(ours).max(), np.abs(theirs).max(), 1e-6))
     titles = (f"{published.model} (published)", f"{computed_name} (computed on this page)")
     fig = make_subplots(
-        rows=2, cols=1, subplot_titles=titles, shared_xaxes=not by_head, vertical_spacing=0.12 if by_head else 0.08,
+        rows=2, cols=1, subplot_titles=titles, vertical_spacing=0.12,
         row_heights=[theirs.shape[0], ours.shape[0]],
     )
     for row, values in ((1, theirs), (2, ours)):
@@ -104,7 +104,8 @@ def side_by_side(
             row=row, col=1,
         )
         fig.update_yaxes(title_text="layer", autorange="reversed", type="category", row=row, col=1)
-        fig.update_xaxes(type="category", tickangle=-45, row=row, col=1)
+        # every column labelled in both panels (a shared axis would leave the upper one bare)
+        fig.update_xaxes(type="category", tickangle=-45, tickmode="array", tickvals=x, ticktext=x, row=row, col=1)
     fig.update_xaxes(title_text="head" if by_head else "position", row=2, col=1)
     fig.update_layout(
         title=f"patching {component}: one colour scale",
