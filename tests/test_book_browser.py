@@ -193,11 +193,17 @@ MEASURE = r"""((vw) => {  // vw: the screen's width (a phone widens its viewport
       const t = box(title), m = box(modebar);
       if (m.w > 0 && t.l < m.r && m.l < t.r && t.t < m.b && m.t < t.b) outside.push('the title runs under the mode bar');
     }
+    // each heatmap's own subplot (stacked panels have one each), its ticks counted there
+    const ticks = (t, axis) => {
+      const id = (axis === 'x' ? t.xaxis : t.yaxis) || axis;  // x, x2, ...: plotly's tick class is id + 'tick'
+      const sub = gd.querySelector('.subplot.' + (t.xaxis || 'x') + (t.yaxis || 'y')) || gd;
+      return Array.from(sub.querySelectorAll('.' + axis + 'axislayer-above .' + id + 'tick text'))
+        .filter(e => e.textContent.trim()).length;
+    };
     const heatmaps = gd._fullData.filter(t => t.type === 'heatmap').map(t => ({
       rows: t.z.length, columns: t.z[0].length, zmin: t.zmin, zmax: t.zmax,
       colorbar: t.colorbar && t.colorbar.title && t.colorbar.title.text,
-      xticks: Array.from(gd.querySelectorAll('.xaxislayer-above .xtick text')).filter(e => e.textContent.trim()).length,
-      yticks: Array.from(gd.querySelectorAll('.yaxislayer-above .ytick text')).filter(e => e.textContent.trim()).length,
+      xticks: ticks(t, 'x'), yticks: ticks(t, 'y'),
     }));
     const colours = {};
     for (const t of gd._fullData) {
