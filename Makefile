@@ -32,6 +32,6 @@ book: $(STAMP)
 
 # The test suite, then every reader notebook executed as learners get it (offline, course model).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 	PATCHLAB_MODEL=ioi-mini HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
 		--nbval-lax --nbval-current-env $(READER_NOTEBOOKS)

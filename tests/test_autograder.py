@@ -35,7 +35,9 @@ _spec = importlib.util.spec_from_file_location("submission_fixtures", ROOT / "te
 fixtures = sys.modules["submission_fixtures"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixtures)
 
-ENV = {**os.environ, "PATCHLAB_MODEL": "ioi-mini", "OMP_NUM_THREADS": "1"}
+# `python -m autograder` runs from the repository (it is not in the installed package), here from a temporary folder.
+ENV = {**os.environ, "PATCHLAB_MODEL": "ioi-mini", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 LIMITS = ("--cell-timeout", "240", "--notebook-timeout", "900", "--jobs", "2")
 SHORT_LIMITS = ("--cell-timeout", "20", "--notebook-timeout", "300")
 HAS_BWRAP = shutil.which("bwrap") is not None

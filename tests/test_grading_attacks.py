@@ -41,7 +41,9 @@ fixtures = attacks.fixtures
 
 pytestmark = pytest.mark.slow
 
-ENV = {**os.environ, "PATCHLAB_MODEL": "ioi-mini", "OMP_NUM_THREADS": "1"}
+# `python -m autograder` runs from the repository (it is not in the installed package), here from a temporary folder.
+ENV = {**os.environ, "PATCHLAB_MODEL": "ioi-mini", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 OPTIONS = ("--sandbox", "bwrap", "--jobs", "2", "--cell-timeout", "60", "--notebook-timeout", "240")
 MAX_PAGE_BYTES = 2 * 2**20
 GRADER_FILES = {".lock", "grades.csv", "grading.log", "run.json", "feedback", "nbgrader"}
