@@ -60,6 +60,8 @@ MAX_RESULT_BYTES = 60 * 1024 * 1024  # a test's records (GPT-2 small's activatio
 MAX_EXECUTED_BYTES = 40 * 1024 * 1024
 MAX_OUTPUT_CHARS = 20_000  # per output of a cell, in the feedback
 STATE = ("nbgrader", "feedback")  # the folders a run replaces as a whole
+# Errors the runner writes into a cell where the run stopped (the kernel died, a time limit).
+STOP_ERRORS = ("DeadKernelError", "NotebookTimeoutError", "CellTimeoutError")
 
 
 class GradingError(RuntimeError):
@@ -223,6 +225,7 @@ class Grader:
         self.release = nbformat.read(release_notebook(assignment), as_version=4)
         self.hidden = hidden_test_lines(self.source)
         self.references = References(GRADING_MODELS[model])
+        self.pages_due: list[Grade] = []  # scored, their feedback page to write (write_feedback)
 
     def note(self, line: str) -> None:
         with self._log_lock:
@@ -333,12 +336,15 @@ class Grader:
         return env
 
     def install_grader_files(self) -> None:
-        """The two modules the sandbox runs, copied where it can read them (and nothing else of ours)."""
+        """The two modules the sandbox runs and the stand-ins of ``sandbox_path/``, copied where it can
+        read them (and nothing else of ours)."""
         grader_dir = self.staging / "work" / "grader"
         grader_dir.mkdir(parents=True, exist_ok=True)
         here = Path(__file__).parent
         shutil.copy(here / "runner.py", grader_dir / "runner.py")
         shutil.copy(here / "harvest.py", grader_dir / f"{restore.HARVEST_MODULE}.py")
+        for module in (here / "sandbox_path").glob("*.py"):
+            shutil.copy(module, grader_dir / module.name)
 
     # --- phase 2: trusted scoring -------------------------------------------------------------
     def score(self, sub: Submission, rebuilt: restore.Rebuilt | None, execution: Execution) -> Grade:
@@ -355,9 +361,7 @@ class Grader:
             outputs = [o for o in ran.get("outputs", []) if isinstance(o, dict)]
             if restore.is_test(cell):
                 cell.outputs = self.verdict(cell, rebuilt.checks.get(index), execution, outputs)
-                names = {o.get("ename") for o in outputs if o.get("output_type") == "error"}
-                if names & {"DeadKernelError", "NotebookTimeoutError", "CellTimeoutError"} and not stopped:
-                    stopped = ("crashed" if "DeadKernelError" in names else "timed_out")
+                stopped = stopped or stopped_by(outputs)
             else:
                 cell.outputs = [nbformat.from_dict(o) for o in outputs]
         if execution.killed and not stopped:
@@ -368,8 +372,7 @@ class Grader:
                 outputs: list[dict]) -> list[nbformat.NotebookNode]:
         """The test cell's output, decided here: a pass line, or an error with the diagnosis."""
         gid = restore.grade_id(cell)
-        errors = [o for o in outputs if o.get("output_type") == "error" and o.get("ename") in
-                  ("DeadKernelError", "NotebookTimeoutError", "CellTimeoutError")]
+        errors = [o for o in outputs if o.get("output_type") == "error" and o.get("ename") in STOP_ERRORS]
         if errors:
             return [restore_error(errors[0].get("ename", "Error"), str(errors[0].get("evalue", ""))[:300])]
         data = execution.results.get(gid)
@@ -393,7 +396,7 @@ class Grader:
         scores = record.save(self.db, self.course, self.assignment, student, graded, self.note)
         grade = self.grade_of(student, scores, stopped)
         grade.seconds = execution.seconds
-        self.write_feedback(grade)
+        self.pages_due.append(grade)
         return grade
 
     def grade_of(self, student: str, scores: record.Scores, stopped: str) -> Grade:
@@ -415,9 +418,7 @@ class Grader:
         stopped = ""
         for cell in graded.cells:
             if restore.is_test(cell):
-                names = {o.get("ename") for o in cell.get("outputs", []) if o.get("output_type") == "error"}
-                if names & {"DeadKernelError", "NotebookTimeoutError", "CellTimeoutError"} and not stopped:
-                    stopped = "crashed" if "DeadKernelError" in names else "timed_out"
+                stopped = stopped or stopped_by(cell.get("outputs", []))
         return self.finish(student, graded, stopped, Execution(graded))
 
     def not_run(self, student: str, detail: str, killed: str = "") -> Grade:
@@ -427,17 +428,25 @@ class Grader:
         return grade
 
     # --- feedback -----------------------------------------------------------------------------
-    def write_feedback(self, grade: Grade) -> None:
+    def write_feedback(self) -> None:
+        """The page of every scored submission, from one nbgrader run over the gradebook (its HTML
+        templates compiled once, not once per learner: that took 1-3 s a page); a page nbgrader could
+        not write, or one quoting a hidden test, is replaced by a plain one."""
+        if not self.pages_due:
+            return
+        shutil.rmtree(self.course / "feedback", ignore_errors=True)  # only pages of this run are read
         with environment():
-            result = self.api.generate_feedback(self.assignment, grade.student, force=True)
-        page = self.course / "feedback" / grade.student / self.assignment / f"{self.assignment}.html"
-        text = page.read_text(encoding="utf-8") if result["success"] and page.exists() else ""
-        leaked = leaks(text, self.hidden)
-        if not text or leaked:
-            self.note(f"{grade.student}: feedback replaced: " + ("it quoted hidden tests" if leaked else
-                                                                  "nbgrader wrote none"))
-            text = self.fallback_page(grade)
-        self.write_page(grade.student, text)
+            self.api.generate_feedback(self.assignment, force=True)  # a learner's failure spares the others
+        for grade in self.pages_due:
+            page = self.course / "feedback" / grade.student / self.assignment / f"{self.assignment}.html"
+            text = page.read_text(encoding="utf-8") if page.is_file() else ""
+            leaked = leaks(text, self.hidden)
+            if not text or leaked:
+                self.note(f"{grade.student}: feedback replaced: " + ("it quoted hidden tests" if leaked else
+                                                                      "nbgrader wrote none"))
+                text = self.fallback_page(grade)
+            self.write_page(grade.student, text)
+        self.pages_due = []
 
     def write_page(self, student: str, text: str) -> None:
         atomic_write(self.staging / "feedback" / f"{student}.html", text)
@@ -449,6 +458,14 @@ class Grader:
         return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head><body>"
                 f"<h1>{title}</h1><p>Status: <b>{grade.status}</b></p><p>Score: {score}{total}</p>"
                 f"<p>{html.escape(grade.detail)}</p></body></html>\n")
+
+
+def stopped_by(outputs: list[dict]) -> str:
+    """``crashed`` or ``timed_out`` when a test cell's outputs say the run stopped there, else ''."""
+    names = {o.get("ename") for o in outputs if o.get("output_type") == "error"}
+    if not names & set(STOP_ERRORS):
+        return ""
+    return "crashed" if "DeadKernelError" in names else "timed_out"
 
 
 def restore_error(ename: str, evalue: str) -> nbformat.NotebookNode:
@@ -543,12 +560,14 @@ def grade(
             pool.shutdown()
             for sub, (rebuilt, execution) in zip(subs, executions):
                 grades.append(grader.score(sub, rebuilt, execution))
+            grader.write_feedback()
         else:
             for sub in subs:
                 if grader.autograded(sub.student).exists():
                     grades.append(grader.collect(sub.student))
                 else:
                     grades.append(Grade(sub.student, None, None, "skipped", "not graded yet: grade without --no-run"))
+            grader.write_feedback()
         grades += skipped
         grades.sort(key=lambda g: g.student)
         buffer = io.StringIO()
