@@ -44,6 +44,8 @@ from pathlib import Path
 import nbformat
 from nbgrader.apps import NbGraderAPI
 
+import patchlab
+
 from autograder import record, restore, sandbox
 from autograder.checks import References, judge
 from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
@@ -320,7 +322,9 @@ class Grader:
         """The sandbox's whole environment: the grading models, offline, one thread, nothing on stderr."""
         env = {
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
-            "PYTHONPATH": "{grader}", "PATCHLAB_MODEL": self.model, "JUPYTER_PLATFORM_DIRS": "1",
+            # patchlab from the folder the references use (bound read-only), whatever the venv points at
+            "PYTHONPATH": os.pathsep.join(["{grader}", str(Path(patchlab.__file__).resolve().parent.parent)]),
+            "PATCHLAB_MODEL": self.model, "JUPYTER_PLATFORM_DIRS": "1",
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime", "IPYTHONDIR": "/tmp/ipython", "MPLCONFIGDIR": "/tmp/mpl",
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TQDM_DISABLE": "1",
             "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg",

@@ -107,8 +107,14 @@ def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader:
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", "1000", "--gid", "1000", "--hostname", "sandbox", *_system_binds(),
             "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
-    for path in dict.fromkeys(Path(p).resolve() for p in read_only):
+    bound = list(dict.fromkeys(Path(p).resolve() for p in read_only))
+    for path in bound:
         args += ["--ro-bind", str(path), str(path)]
+    # A path reached through a symbolic link (a venv that is a link, as sys.executable names it) is the
+    # same link inside, unless a bound folder already holds it.
+    for path in dict.fromkeys(Path(os.path.abspath(p)) for p in read_only):
+        if path not in bound and not any(folder in path.parents for folder in bound):
+            args += ["--symlink", str(path.resolve()), str(path)]
     args += ["--ro-bind", str(grader), GRADER_DIR, "--bind", str(scratch), "/submission", "--chdir", "/submission",
              "--clearenv"]
     for key, value in env.items():
