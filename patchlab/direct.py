@@ -188,14 +188,10 @@ def ranked_heads(values: Float[Tensor, "layer head"], descending: bool = True) -
     return [divmod(index, n_heads) for index in order]
 
 
-def largest_share(values: Float[Tensor, "layer head"], share: float = 0.5) -> list[tuple[int, int]]:
-    """The fewest heads, largest first, whose values add up to ``share`` of the sum of the positive
-    values (at least one head): the heads that do most of the positive work."""
+def leading_heads(values: Float[Tensor, "layer head"], fraction: float = 0.1) -> list[tuple[int, int]]:
+    """The heads, largest first, whose value is at least ``fraction`` of the sum of the positive
+    values (at least the largest head): for direct effects, the heads that write the answer."""
     positive = values.clamp(min=0).sum().item()
-    chosen, running = [], 0.0
-    for layer, head in ranked_heads(values):
-        chosen.append((layer, head))
-        running += values[layer, head].item()
-        if positive <= 0 or running >= share * positive:
-            break
-    return chosen
+    ranked = ranked_heads(values)
+    chosen = [(l, h) for l, h in ranked if positive > 0 and values[l, h].item() >= fraction * positive]
+    return chosen or ranked[:1]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from patchlab.direct import (
-    direct_effects, final_scale, largest_share, logit_diff_constant, logit_diff_directions, logit_lens, ranked_heads,
+    direct_effects, final_scale, leading_heads, logit_diff_constant, logit_diff_directions, logit_lens, ranked_heads,
 )
 from patchlab.metrics import logit_diff
 
@@ -100,6 +100,6 @@ def test_parts_sum_on_a_model_of_another_shape():
 def test_ranking_helpers():
     values = torch.tensor([[0.1, 3.0], [-2.0, 1.0]])
     assert ranked_heads(values) == [(0, 1), (1, 1), (0, 0), (1, 0)]
-    assert largest_share(values, 0.5) == [(0, 1)]
-    assert largest_share(values, 0.9) == [(0, 1), (1, 1)]
-    assert largest_share(-values.abs(), 0.5) == [(0, 0)]  # no positive value: the largest one alone
+    assert leading_heads(values, 0.3) == [(0, 1)]  # 1.0 < 0.3 * 4.1
+    assert leading_heads(values, 0.1) == [(0, 1), (1, 1)]  # 0.1 < 0.41
+    assert leading_heads(-values.abs()) == [(0, 0)]  # no positive value: the largest one alone
