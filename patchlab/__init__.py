@@ -1,9 +1,10 @@
 """patchlab: the library of the activation patching course (IOI on GPT-2 small or the course model).
 
 One module per course concept: ``models`` (loading), ``ioi`` (prompts), ``metrics``,
-``patching``, ``plots``, ``diagrams`` (drawings of the model and the circuit), ``published``
-(GPT-2 small's published patching maps) and ``runtime`` (the device, the cost of slow cells, progress
-bars on stdout).
+``patching``, ``direct`` (direct logit attribution, logit lens), ``ablation`` (mean ablation of
+heads), ``circuits`` (faithfulness, completeness, minimality), ``plots``, ``diagrams`` (drawings
+of the model and the circuit), ``published`` (GPT-2 small's published patching maps) and
+``runtime`` (the device, the cost of slow cells, progress bars on stdout).
 """
 
 from patchlab.ioi import IOIData, IOIInputError, classic_ioi, generate_ioi
