@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from autograder.diagnose import MESSAGES, Candidate, diagnose, grid_mistakes, matches, mismatch_message
-from autograder.harvest import Models, PromptSet, cases, heatmap_values, run_case
+from autograder.harvest import HEAD_INPUTS, Models, PromptSet, cases, head_map_values, heatmap_values, run_case
 from patchlab.metrics import logit_diff, normalise
-from patchlab.patching import hook_name, patch_position, reference_patching
+from patchlab.patching import fast_patching, hook_name, patch_position, reference_patching
 
 # Logit differences are O(1-10) logits; the normalised metric is O(1) but divides by
 # (clean - corrupted), which amplifies float32 rounding when that gap is small.
@@ -39,7 +39,38 @@ RETURNS = {
     "check_patch_hook": "the patched activation, a tensor of shape [batch, pos, d_model]",
     "check_residual_patching": "a tensor of shape [n_layers, n_positions]",
     "check_heatmap": "a plotly Figure",
+    "check_head_hook": "the patched activation, a tensor of shape [batch, pos, head_index, d_head]",
+    "check_head_by_pos": "a tensor of shape [n_layers, n_positions, n_heads]",
+    "check_head_inputs": "a tensor of shape [n_layers, n_heads]",
+    "check_top_heads": "a list of k (layer, head) pairs",
 }
+# The checks of patching grids (their candidate mistakes other than a transposition keep the shape).
+GRIDS = ("check_residual_patching", "check_head_by_pos", "check_head_inputs")
+# Checks whose cases exercise separate branches of the learner's code (``which`` = q, k, v, pattern):
+# a mistake is named when it explains every wrong case; the right ones need not show it (e.g. the
+# head indexed on axis 2 is right for q, k, v and wrong for the pattern only).
+SEPARATE_BRANCHES = ("check_head_inputs",)
+# The types each check accepts back (a list of pairs is read as a [k, 2] table).
+ACCEPTED = {"check_top_heads": ("Tensor", "list", "tuple", "ndarray")}
+
+
+def loop_patching(model: Any, tokens: Tensor, source_cache: Any, metric: Callable[[Tensor], Tensor], hook: str,
+                  sizes: tuple[int, ...], where: Callable[..., tuple]) -> Tensor:
+    """A patching loop as a learner may write it, right or not: for every layer and every index of
+    ``sizes``, run ``tokens`` with ``activation[where(*index)]`` taken from ``source_cache`` at
+    ``hook.format(layer=...)``; the metric of each run, ``[n_layers, *sizes]``."""
+    import itertools
+
+    results = torch.zeros(model.cfg.n_layers, *sizes)
+    for layer, *index in itertools.product(range(model.cfg.n_layers), *(range(n) for n in sizes)):
+        name, selector = hook.format(layer=layer), where(*index)
+
+        def patch(activation: Tensor, hook: Any) -> Tensor:
+            activation[selector] = source_cache[name][selector]
+            return activation
+
+        results[(layer, *index)] = metric(model.run_with_hooks(tokens, fwd_hooks=[(name, patch)])).item()
+    return results
 
 
 class References:
@@ -77,6 +108,40 @@ class References:
                                             index_axis_names=("layer", "pos"))
         return self.cached((key["model"], key["set"], variant), compute)
 
+    def head_grid(self, key: dict[str, Any], component: str, variant: str = "reference") -> Tensor:
+        """A head-patching result (``head_out_by_pos``, ``head_q``, ...) of a prompt set, or what a
+        known mistake gives: ``wrong_direction``, ``all_heads`` (every head of the layer at once),
+        ``head_axis`` (the index taken on the wrong axis of the activation)."""
+        ps = self.prompt_set(key)
+        model, n_heads, n_pos = ps.model, ps.model.cfg.n_heads, ps.data.clean_tokens.shape[1]
+        kind = component.removeprefix("head_").removesuffix("_by_pos")
+        hook = f"blocks.{{layer}}.attn.hook_{'z' if kind == 'out' else kind}"
+        by_pos = component.endswith("_by_pos")
+        run = (ps.data.corrupted_tokens, ps.clean_cache, ps.metric)
+
+        def compute() -> Tensor:
+            # patchlab's fast exact patching: reference_patching's numbers (tests/test_fast_patching.py), in
+            # a fraction of the ~50 ms per forward pass that a loop over heads and positions costs.
+            if variant == "reference":
+                return fast_patching(model, *run, component, progress=False)
+            if variant == "wrong_direction":
+                return fast_patching(model, ps.data.clean_tokens, ps.corrupted_cache, ps.metric, component,
+                                     progress=False)
+            if variant == "all_heads":  # [n_layers, n_pos] or [n_layers], spread over the heads
+                if by_pos:
+                    grid = loop_patching(model, *run, hook, (n_pos,), lambda p: (slice(None), p))
+                    return grid[:, :, None].expand(-1, -1, n_heads).clone()
+                grid = loop_patching(model, *run, hook, (), lambda: (slice(None),))
+                return grid[:, None].expand(-1, n_heads).clone()
+            if variant == "head_axis":  # z, q, k, v: d_head (dim 3); pattern: the destination (dim 2)
+                if by_pos:
+                    return loop_patching(model, *run, hook, (n_pos, n_heads),
+                                         lambda p, h: (slice(None), p, slice(None), h))
+                axis = 2 if kind == "pattern" else 3
+                return loop_patching(model, *run, hook, (n_heads,), lambda h: (slice(None),) * axis + (h,))
+            raise ValueError(variant)
+        return self.cached((key["model"], key["set"], component, variant), compute)
+
 
 def decode(record: dict[str, Any], check: str) -> tuple[Tensor | None, str | None]:
     """The value a learner function returned, as a float tensor, or the message saying what is wrong
@@ -92,8 +157,9 @@ def decode(record: dict[str, Any], check: str) -> tuple[Tensor | None, str | Non
     kind = record.get("type")
     if kind == "None":
         return None, f"it returned None: did you forget the `return` statement? It must return {expected}."
-    if kind not in ("Tensor",):
-        return None, f"it must return {expected}, not a {kind}."
+    if kind not in ACCEPTED.get(check, ("Tensor",)) or "values" not in record:
+        return None, f"it must return {expected}, not a {kind}" + (
+            f" ({record['repr']})." if kind in ACCEPTED.get(check, ()) and "repr" in record else ".")
     try:
         values = np.asarray(record["values"], dtype=float).reshape(record["shape"])
     except (KeyError, TypeError, ValueError):
@@ -140,6 +206,58 @@ def _expected(check: str, key: dict[str, Any], refs: References) -> tuple[Tensor
         candidates += [("off_by_one_position", patch_position(corrupted.clone(), clean, p))
                        for p in (position - 1, position + 1) if 0 <= p < corrupted.shape[1]]
         return patch_position(corrupted.clone(), clean, position), candidates, {"atol": ATOL_ACTIVATION}
+    if check == "check_head_hook":
+        name, head, position = hook_name("head_out", key["layer"]), key["head"], key["position"]
+        clean, corrupted = ps.clean_cache[name].cpu(), ps.corrupted_cache[name].cpu()
+
+        def patched(base: Tensor, source: Tensor, *where: Any) -> Tensor:
+            base = base.clone()
+            base[where] = source[where]
+            return base
+
+        every = slice(None)
+        return patched(corrupted, clean, every, position, head), [
+            ("wrong_direction", patched(clean, corrupted, every, position, head)),
+            ("wrong_head_axis", patched(corrupted, clean, every, position, every, head)),
+            ("patched_all_heads", patched(corrupted, clean, every, position)),
+            ("head_all_positions", patched(corrupted, clean, every, every, head)),
+            ("head_not_patched", corrupted),
+        ], {"atol": ATOL_ACTIVATION}
+    if check == "check_top_heads":
+        values = head_map_values(ps.model.cfg.n_layers, ps.model.cfg.n_heads, key["set"])
+        n_heads, k = values.shape[1], key["k"]
+
+        def pairs(flat: Tensor) -> Tensor:
+            return torch.stack([flat // n_heads, flat % n_heads], dim=1).float()
+
+        reference = pairs(values.flatten().abs().argsort(descending=True)[:k])
+        return reference, [
+            ("top_heads_signed", pairs(values.flatten().argsort(descending=True)[:k])),
+            ("top_heads_swapped", reference.flip(1)),
+        ], {"atol": 0.0, "axis_names": ("rank", "(layer, head)")}
+    if check in ("check_head_by_pos", "check_head_inputs"):
+        component = "head_out_by_pos" if check == "check_head_by_pos" else f"head_{key['which']}"
+        reference = refs.head_grid(key, component)
+        _, *metric_mistakes = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
+        mistakes: list[tuple[str, Candidate]] = [
+            ("head_transposed_by_pos", reference.permute(0, 2, 1)) if check == "check_head_by_pos" else
+            ("head_transposed", reference.T),
+            ("wrong_direction", lambda: refs.head_grid(key, component, "wrong_direction")),
+            ("patched_all_heads", lambda: refs.head_grid(key, component, "all_heads")),
+            ("wrong_head_axis", lambda: refs.head_grid(key, component, "head_axis")),
+        ]
+        # A loop that skips the first or the last layer (named even where that layer's heads do nothing).
+        for skipped in (0, -1):
+            short = reference.clone()
+            short[skipped] = 0
+            mistakes.append(("head_off_by_one_layer", short))
+        if check == "check_head_inputs":
+            mistakes += [("patched_head_output", lambda: refs.head_grid(key, "head_out"))]
+            mistakes += [("wrong_input", lambda other=other: refs.head_grid(key, f"head_{other}"))
+                         for other in HEAD_INPUTS if other != key["which"]]
+        axis_names = ("layer", "position", "head") if check == "check_head_by_pos" else ("layer", "head")
+        return reference, mistakes + metric_mistakes, {
+            "off_by_one_axes": {0: "head_off_by_one_layer"}, "axis_names": axis_names, "atol": ATOL_METRIC}
     reference = refs.grid(key)
     transposed, *metric_mistakes = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
     return reference, [
@@ -171,20 +289,23 @@ def judge(check: str, records: list[dict[str, Any]], refs: References) -> str | 
         if record.get("cache_mutated"):
             return f"on {_where(key, refs)}: {MESSAGES['cache_mutated']}"
         reference, candidates, options = _expected(check, key, refs)
-        if check == "check_residual_patching" and got.shape != reference.shape:
-            candidates = [c for c in candidates if c[0] == "transposed"]  # the others keep the shape
+        if check in GRIDS and got.shape != reference.shape:  # only a transposition changes a grid's shape
+            candidates = [c for c in candidates if "transposed" in c[0]]
         diagnosis = diagnose(got, reference, candidates, rtol=RTOL, **options)
         outcomes.append((key, got, reference, candidates, options, diagnosis))
     if all(o[-1] is None for o in outcomes):
         return None
-    return summarise(outcomes, records, refs)
+    return summarise(outcomes, records, refs, check)
 
 
-def summarise(outcomes: list[tuple], records: list[dict[str, Any]], refs: References) -> str:
+def summarise(outcomes: list[tuple], records: list[dict[str, Any]], refs: References, check: str = "") -> str:
     """One message for all cases: a known mistake is named only when the learner's values match it on
-    every case checked (right cases included); otherwise where the values are off, in words."""
+    every case checked (right cases included, except in ``SEPARATE_BRANCHES``); otherwise where the
+    values are off, in words."""
     common: set[str] | None = None
     for key, got, reference, candidates, options, diagnosis in outcomes:
+        if diagnosis is None and check in SEPARATE_BRANCHES:
+            continue
         here = set(diagnosis.name.split("+")) if diagnosis else set(matches(got, candidates, options["atol"], RTOL))
         common = here if common is None else common & here
     common = (common or set()) - {"mismatch"}
@@ -329,3 +450,7 @@ check_normalised_metric = _in_process("check_normalised_metric")
 check_patch_hook = _in_process("check_patch_hook")
 check_residual_patching = _in_process("check_residual_patching")
 check_heatmap = _in_process("check_heatmap")
+check_head_hook = _in_process("check_head_hook")
+check_head_by_pos = _in_process("check_head_by_pos")
+check_head_inputs = _in_process("check_head_inputs")
+check_top_heads = _in_process("check_top_heads")

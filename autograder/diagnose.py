@@ -97,6 +97,54 @@ MESSAGES: dict[str, str] = {
         "(model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model, tokens.shape[1]) instead of numbers "
         "written into your code."
     ),
+    "head_transposed_by_pos": (
+        "Axes in the wrong order: the result must be [n_layers, n_positions, n_heads] (TransformerLens's "
+        "order, as in the chapter); yours is [n_layers, n_heads, n_positions]. Store each value at "
+        "results[layer, position, head]."
+    ),
+    "head_transposed": (
+        "Axes transposed: the result must be [n_layers, n_heads] (one row per layer, one column per head); "
+        "yours is [n_heads, n_layers]. Store each value at results[layer, head]."
+    ),
+    "wrong_head_axis": (
+        "Wrong head axis: you indexed another axis of the activation than the heads'. In hook_z, hook_q, "
+        "hook_k and hook_v, [batch, pos, head_index, d_head], the head is axis 2 (the last axis is d_head); "
+        "in hook_pattern, [batch, head_index, dest_pos, src_pos], it is axis 1."
+    ),
+    "patched_all_heads": (
+        "Patched every head of the layer: your patch overwrote all heads at once (the whole attention "
+        "layer), so every head of a layer gets the same value. Overwrite only head `head`: index the head "
+        "axis too."
+    ),
+    "head_all_positions": (
+        "Patched the head at every position: your hook replaced head `head` everywhere. Overwrite it only "
+        "at `position`: z[:, position, head] = clean[:, position, head]."
+    ),
+    "head_not_patched": (
+        "Nothing patched: your hook returned the activation unchanged. Overwrite head `head` at `position` "
+        "with the clean activation (clean_cache[hook.name]) and return the activation."
+    ),
+    "head_off_by_one_layer": (
+        "Off by one layer: your rows are right except at one end (or shifted by one layer). Loop over "
+        "range(model.cfg.n_layers), patch blocks.{layer}.attn.hook_... of that layer and store at "
+        "results[layer, ...]."
+    ),
+    "patched_head_output": (
+        "Patched the heads' output (hook_z) instead of the input `which` names: patch "
+        "blocks.{layer}.attn.hook_{which} (hook_q, hook_k, hook_v or hook_pattern)."
+    ),
+    "wrong_input": (
+        "Patched another input of the heads than `which` names (e.g. the keys when asked for the queries): "
+        "patch blocks.{layer}.attn.hook_{which}, with `which` one of 'q', 'k', 'v', 'pattern'."
+    ),
+    "top_heads_signed": (
+        "Ranked by signed value: a head whose patch lowers the metric matters as much as one that raises "
+        "it. Rank the heads by the magnitude of their effect, results.abs()."
+    ),
+    "top_heads_swapped": (
+        "(head, layer) pairs returned: return each head as (layer, head), the layer first, as "
+        "results[layer, head] indexes it."
+    ),
     "uses_globals": (
         "Right on the notebook's prompts but wrong on a new prompt set: your function must use only its "
         "arguments, not notebook variables (data, clean_cache, metric, ...) or numbers copied from an "
@@ -159,7 +207,7 @@ def grid_mistakes(
     reference = _as_float(reference)
     gap = clean_logit_diff - corrupted_logit_diff
     return [
-        ("transposed", reference.T),
+        ("transposed", reference.transpose(0, 1)),
         ("sign_flipped", -reference),
         ("unnormalised", reference * gap + corrupted_logit_diff),
         ("normalised_backwards", 1 - reference),
@@ -221,7 +269,7 @@ def diagnose(
     numbers (on this model and these prompts) both are named: ``"a+b"``, "... Or: ..."."""
     if close(learner, reference, atol, rtol):
         return None
-    names = matches(learner, candidates, atol, rtol)
+    names = list(dict.fromkeys(matches(learner, candidates, atol, rtol)))  # a mistake may have several forms
     if not names:
         names = [mistake for axis, mistake in (off_by_one_axes or {}).items()
                  if off_by_one(learner, reference, axis, atol, rtol)][:1]

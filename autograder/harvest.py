@@ -94,6 +94,12 @@ class PromptSet:
         n_layers = self.model.cfg.n_layers
         return [(min(1, n_layers - 1), self.data.s2_pos), (n_layers - 1, self.data.end_pos)]
 
+    def head_hooks(self) -> list[tuple[int, int, int]]:
+        """The (layer, head, position) a head-patching hook is checked at: not head 0, so that a hook
+        that patches every head, or the wrong axis, cannot pass by chance."""
+        n_layers, n_heads = self.model.cfg.n_layers, self.model.cfg.n_heads
+        return [(0, n_heads - 1, self.data.s2_pos), (n_layers - 1, 1, self.data.end_pos)]
+
 
 class Models:
     """The models the checks run on, loaded once, each with its two prompt sets: the classic prompts
@@ -130,7 +136,7 @@ class Models:
 # They run the second prompt set on the first model only: three cases, not four, and still one that
 # tells results copied from the notebook (the second set) from sizes fixed in the code (the second
 # model) apart.
-LOOPS = ("check_residual_patching",)
+LOOPS = ("check_residual_patching", "check_head_by_pos")
 
 
 def cases(check: str, models: Models) -> list[dict[str, Any]]:
@@ -147,11 +153,34 @@ def cases(check: str, models: Models) -> list[dict[str, Any]]:
                 keys += [{**base, "logits": which} for which in ("clean", "corrupted", "halfway")]
             elif check == "check_patch_hook":
                 keys += [{**base, "layer": layer, "position": pos} for layer, pos in ps.hook_layers()]
-            elif check in ("check_residual_patching", "check_heatmap"):
+            elif check in ("check_residual_patching", "check_heatmap", "check_head_by_pos"):
                 keys.append(base)
+            elif check == "check_head_hook":
+                keys += [{**base, "layer": layer, "head": head, "position": pos}
+                         for layer, head, pos in ps.head_hooks()]
+            elif check == "check_head_inputs":
+                keys += [{**base, "which": which} for which in HEAD_INPUTS]
+            elif check == "check_top_heads":
+                keys.append({**base, "k": TOP_K[index % len(TOP_K)]})
             else:
                 raise ValueError(f"unknown check {check}")
     return keys
+
+HEAD_INPUTS = ("q", "k", "v", "pattern")  # what check_head_inputs patches, by hook_{which}
+TOP_K = (3, 5)  # how many heads check_top_heads asks for, on the first and the second prompt set
+
+
+def head_map_values(n_layers: int, n_heads: int, seed: int) -> torch.Tensor:
+    """A [n_layers, n_heads] map a top-k function is checked with: distinct magnitudes, the largest
+    ones of both signs, so that ranking by value and by magnitude disagree."""
+    n = n_layers * n_heads
+    generator = torch.Generator().manual_seed(seed)
+    magnitudes = torch.linspace(0.05, 1.0, n)[torch.randperm(n, generator=generator)]
+    signs = torch.where(torch.arange(n) % 3 == 1, -1.0, 1.0)[torch.randperm(n, generator=generator)]
+    values = magnitudes * signs
+    top = values.abs().argsort(descending=True)
+    values[top[0]], values[top[1]] = -values[top[0]].abs(), values[top[1]].abs()  # the largest is negative
+    return values.reshape(n_layers, n_heads)
 
 
 def heatmap_values(n_layers: int, n_pos: int) -> torch.Tensor:
@@ -176,6 +205,13 @@ def encode(value: Any) -> dict[str, Any]:
                 "values": tensor.flatten().tolist()}
     if isinstance(value, (bool, int, float)):
         return {"type": kind, "shape": [], "values": [float(value)]}
+    if isinstance(value, (list, tuple)):  # e.g. [(layer, head), ...]: numbers, if they are
+        try:
+            rows = [[float(x) for x in row] if isinstance(row, (list, tuple)) else float(row) for row in value]
+            tensor = torch.tensor(rows, dtype=torch.float64)
+            return {"type": kind, "shape": list(tensor.shape), "values": tensor.flatten().tolist()}
+        except (TypeError, ValueError, RuntimeError):
+            return {"type": kind, "repr": repr(value)[:MAX_REPR]}
     if hasattr(value, "to_plotly_json"):  # arrays as lists (plotly's own JSON packs them in base64)
         plain = json.dumps(value.to_plotly_json(), default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
         return {"type": "Figure", "figure": json.loads(plain)}
@@ -222,6 +258,24 @@ def run_case(check: str, key: dict[str, Any], fn: Callable[..., Any], models: Mo
         record = _call(fn, (ps.model, ps.data.clean_tokens.clone(), ps.data.corrupted_tokens.clone(), ps.metric), {})
         ps.model.reset_hooks()
         return record
+    if check == "check_head_hook":
+        name = f"blocks.{key['layer']}.attn.hook_z"
+        clean = ps.clean_cache[name]
+        before = clean.clone()
+        record = _call(fn, (ps.corrupted_cache[name].clone(),), {
+            "hook": hook_point(ps.model, name), "head": key["head"], "position": key["position"],
+            "clean_cache": ps.clean_cache})
+        record["cache_mutated"] = not torch.equal(clean, before)
+        clean.copy_(before)
+        return record
+    if check in ("check_head_by_pos", "check_head_inputs"):
+        args = (ps.model, ps.data.clean_tokens.clone(), ps.data.corrupted_tokens.clone(), ps.metric)
+        record = _call(fn, args + ((key["which"],) if check == "check_head_inputs" else ()), {})
+        ps.model.reset_hooks()
+        return record
+    if check == "check_top_heads":
+        cfg = ps.model.cfg
+        return _call(fn, (head_map_values(cfg.n_layers, cfg.n_heads, key["set"]), key["k"]), {})
     values = heatmap_values(ps.model.cfg.n_layers, ps.data.clean_tokens.shape[1])
     return _call(fn, (values, list(ps.data.str_tokens), ps.data.s2_pos, ps.data.end_pos), {})
 

@@ -1,8 +1,8 @@
 """End to end: `python -m autograder grade` on the submission fixtures, through the real sandbox.
 
-The fixtures (tests/fixtures/submissions/build.py) are graded in four runs (`--jobs 2`, bubblewrap):
-logit_difference (with entries that must be skipped, and a relative --out), residual_patching, an
-endless loop with a short cell timeout, and a residual_patching class graded, given a manual grade,
+The fixtures (tests/fixtures/submissions/build.py) are graded in five runs (`--jobs 2`, bubblewrap):
+logit_difference (with entries that must be skipped, and a relative --out), residual_patching,
+attention_heads, an endless loop with a short cell timeout, and a residual_patching class graded, given a manual grade,
 reported again (--no-run), and regraded after a learner changed the scored answer. Then the
 lifecycle: a second run into a held folder, Ctrl-C and kill -9 in the middle of a run, a changed
 assignment source, bad options, a failed release. The hostile submissions are in
@@ -108,6 +108,7 @@ def graded(tmp_path_factory):
     # Relative paths, as the instructors' guide prints them.
     grade(Path("submissions/logit_difference"), "logit_difference", Path("out/logit_difference"), *LIMITS, cwd=base)
     grade(folders["residual_patching"], "residual_patching", out["residual_patching"], *LIMITS)
+    grade(folders["attention_heads"], "attention_heads", out["attention_heads"], *LIMITS)
     grade(folders["logit_difference_endless"], "logit_difference", out["logit_difference_endless"], *SHORT_LIMITS)
 
     rerun, rerun_out = folders["residual_rerun"], out["residual_rerun"]
@@ -136,8 +137,10 @@ def graded(tmp_path_factory):
     return {"folders": folders, "out": out, "before": before, "after": after, "rerun": runs}
 
 
-ONCE = [(group, f) for group in ("logit_difference", "logit_difference_endless", "residual_patching")
-        for f in fixtures.GROUPS[group]]
+ONCE = [(group, f) for group in ("logit_difference", "logit_difference_endless", "residual_patching",
+                                  "attention_heads") for f in fixtures.GROUPS[group]]
+# Each assignment's points: automatic and manual together.
+MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10}
 
 
 @pytest.mark.slow
@@ -148,7 +151,7 @@ def test_each_submission_gets_its_grade_status_and_diagnosis(graded, group, fixt
     assert row["status"] == fixture.status, row
     expected = "" if fixture.score is None else f"{fixture.score:g}"
     assert row["score"] == expected, row
-    assert float(row["max_score"]) == (5 if fixture.assignment == "logit_difference" else 8)
+    assert float(row["max_score"]) == MAX_SCORES[fixture.assignment]
     text = page_text(graded["out"][group] / "feedback" / f"{fixture.name}.html")
     for name in fixture.diagnoses:
         assert " ".join(MESSAGES[name].split()) in text, f"diagnosis {name!r} missing from the feedback"
@@ -178,14 +181,14 @@ def test_the_run_records_its_sandbox(graded):
 @needs_sandbox
 def test_submitted_files_are_never_changed(graded):
     assert graded["after"] == graded["before"] or set(graded["after"]) == set(graded["before"])
-    for group in ("logit_difference", "residual_patching", "logit_difference_endless"):
+    for group in ("logit_difference", "residual_patching", "logit_difference_endless", "attention_heads"):
         assert graded["after"][group] == graded["before"][group], group
 
 
 @pytest.mark.slow
 @needs_sandbox
 def test_no_feedback_page_holds_hidden_test_source_or_a_big_output(graded):
-    for assignment in ("logit_difference", "residual_patching"):
+    for assignment in MAX_SCORES:
         hidden = hidden_test_lines(nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", 4))
         assert hidden
         for group, out in graded["out"].items():
@@ -338,7 +341,7 @@ def test_a_failed_release_keeps_the_committed_notebooks_and_names_the_line(tmp_p
 
 
 def test_released_notebooks_hold_no_solution_and_no_hidden_test():
-    for assignment in ("logit_difference", "residual_patching"):
+    for assignment in MAX_SCORES:
         source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", 4)
         released = (ROOT / "exercises" / assignment / f"{assignment}.ipynb").read_text(encoding="utf-8")
         for marker in ("BEGIN SOLUTION", "HIDDEN TESTS", "MARK SCHEME", "autograder"):

@@ -15,7 +15,7 @@ import torch
 from autograder import checks, harvest
 from autograder.diagnose import MESSAGES
 from patchlab.metrics import normalise
-from patchlab.patching import patch_position, reference_patching
+from patchlab.patching import fast_patching, patch_position, reference_patching
 from patchlab.plots import heatmap, position_labels
 
 MODELS = ["ioi-mini", "ioi-mini-reshaped"]
@@ -227,3 +227,110 @@ def test_prompt_sets_differ(refs):
     assert classic.data.clean_tokens.shape != second.data.clean_tokens.shape
     other = refs.models.model("ioi-mini-reshaped").cfg
     assert (other.n_layers, other.n_heads, other.d_model) == (5, 8, 256)
+
+
+# --- attention heads -------------------------------------------------------------------------------
+
+def head_hook(z, hook, head, position, clean_cache):
+    z[:, position, head] = clean_cache[hook.name][:, position, head]
+    return z
+
+
+def test_head_hook(judged):
+    check = "check_head_hook"
+
+    def patched(base, source, *where):
+        base = base.clone()
+        base[where] = source[where]
+        return base
+
+    def into_the_cache(z, hook, head, position, clean_cache):
+        clean_cache[hook.name][:, position, head] = z[:, position, head]
+        return z
+
+    every = slice(None)
+    assert judged(check, head_hook) is None
+    assert names(judged(check, into_the_cache), "cache_mutated")
+    assert judged(check, head_hook) is None  # the cache lent was repaired
+    assert names(judged(check, lambda z, hook, head, position, clean_cache: patched(
+        clean_cache[hook.name], z, every, position, head)), "wrong_direction")
+    assert names(judged(check, lambda z, hook, head, position, clean_cache: patched(
+        z, clean_cache[hook.name], every, position, every, head)), "wrong_head_axis")
+    assert names(judged(check, lambda z, hook, head, position, clean_cache: patched(
+        z, clean_cache[hook.name], every, position)), "patched_all_heads")
+    assert names(judged(check, lambda z, hook, head, position, clean_cache: patched(
+        z, clean_cache[hook.name], every, every, head)), "head_all_positions")
+    assert names(judged(check, lambda z, hook, head, position, clean_cache: z), "head_not_patched")
+
+
+def head_loop(component):
+    def run(model, clean_tokens, corrupted_tokens, metric, which=None):
+        _, clean_cache = model.run_with_cache(clean_tokens)
+        name = component if which is None else f"head_{which}"
+        return fast_patching(model, corrupted_tokens, clean_cache, metric, name, progress=False)
+    return run
+
+
+def test_head_by_position(judged):
+    check = "check_head_by_pos"
+    right = head_loop("head_out_by_pos")
+    assert judged(check, right) is None
+    assert names(judged(check, lambda *args: right(*args).permute(0, 2, 1)), "head_transposed_by_pos")
+    assert names(judged(check, lambda m, clean, corrupted, metric: right(m, corrupted, clean, metric)),
+                 "wrong_direction")
+
+    def shifted(*args):
+        results = right(*args)
+        results[0] = 0  # a loop over range(1, n_layers)
+        return results
+
+    assert names(judged(check, shifted), "head_off_by_one_layer")
+
+    def every_head(model, clean_tokens, corrupted_tokens, metric):
+        _, cache = model.run_with_cache(clean_tokens)
+        grid = checks.loop_patching(model, corrupted_tokens, cache, metric, "blocks.{layer}.attn.hook_z",
+                                    (corrupted_tokens.shape[1],), lambda p: (slice(None), p))
+        return grid[:, :, None].expand(-1, -1, model.cfg.n_heads)
+
+    assert names(judged(check, every_head), "patched_all_heads")
+
+    def four_heads(model, clean_tokens, corrupted_tokens, metric):
+        _, cache = model.run_with_cache(clean_tokens)
+        return checks.loop_patching(model, corrupted_tokens, cache, metric, "blocks.{layer}.attn.hook_z",
+                                    (corrupted_tokens.shape[1], 4), lambda p, h: (slice(None), p, h))
+
+    message = judged(check, four_heads)
+    assert names(message, "hard_coded_sizes") and "8 heads" in message
+
+
+def test_head_inputs(judged):
+    check = "check_head_inputs"
+    right = head_loop(None)
+    assert judged(check, right) is None
+    assert names(judged(check, lambda *args: right(*args).T), "head_transposed")
+    assert names(judged(check, lambda m, clean, corrupted, metric, which: right(m, clean, corrupted, metric, "q")),
+                 "wrong_input")
+    assert names(judged(check, lambda *args: head_loop("head_out")(*args[:4])), "patched_head_output")
+
+    def pattern_on_dest_axis(model, clean_tokens, corrupted_tokens, metric, which):
+        if which != "pattern":
+            return right(model, clean_tokens, corrupted_tokens, metric, which)
+        _, cache = model.run_with_cache(clean_tokens)
+        return checks.loop_patching(model, corrupted_tokens, cache, metric, "blocks.{layer}.attn.hook_pattern",
+                                    (model.cfg.n_heads,), lambda h: (slice(None), slice(None), h))
+
+    assert names(judged(check, pattern_on_dest_axis), "wrong_head_axis")
+
+
+def top_heads(results, k):
+    flat = results.abs().flatten().argsort(descending=True)[:k]
+    return [(int(i) // results.shape[1], int(i) % results.shape[1]) for i in flat]
+
+
+def test_top_heads(judged):
+    check = "check_top_heads"
+    assert judged(check, top_heads) is None
+    assert judged(check, lambda r, k: torch.tensor(top_heads(r, k))) is None
+    assert names(judged(check, lambda r, k: top_heads(r.clamp(min=0), k)), "top_heads_signed")
+    assert names(judged(check, lambda r, k: [(h, layer) for layer, h in top_heads(r, k)]), "top_heads_swapped")
+    assert "not a set" in judged(check, lambda r, k: set(top_heads(r, k)))
