@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformer_lens.patching as tl_patching
 
-from patchlab.patching import COMPONENTS, hook_name, reference_head_patching, reference_patching
+from patchlab.patching import COMPONENTS, hook_name, reference_cells, reference_head_patching, reference_patching
 
 TL_FUNCTIONS = {
     "resid_pre": tl_patching.get_act_patch_resid_pre,
@@ -81,3 +81,17 @@ def test_bad_component_and_mismatched_batch(model, classic, classic_run):
         reference_patching(model, classic.corrupted_tokens, cache, metric, "resid_middle", progress=False)
     with pytest.raises(ValueError, match="batches must match"):
         reference_patching(model, classic.corrupted_tokens[:3], cache, metric, progress=False)
+
+
+@pytest.mark.parametrize("component", ["head_out_by_pos", "head_pattern_by_pos", "resid_pre"])
+def test_reference_cells_are_transformer_lenss_cells(model, classic, classic_run, component):
+    """A spot check of some cells equals TransformerLens's whole sweep at those cells."""
+    _, clean_cache, _, metric = classic_run
+    with torch.no_grad():
+        expected = TL_FUNCTIONS[component](model, classic.corrupted_tokens, clean_cache, metric)
+    generator = torch.Generator().manual_seed(0)
+    flat = torch.randperm(expected.numel(), generator=generator)[:6]
+    cells = [tuple(int(i) for i in torch.unravel_index(f, expected.shape)) for f in flat]
+    with torch.no_grad():
+        got = reference_cells(model, classic.corrupted_tokens, clean_cache, metric, component, cells)
+    torch.testing.assert_close(got, torch.stack([expected[c].float().cpu() for c in cells]), atol=1e-5, rtol=1e-4)

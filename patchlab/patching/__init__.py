@@ -35,13 +35,13 @@ from patchlab.patching.components import (
 )
 from patchlab.patching.fast import FastPatchingFallback, fast_patching
 from patchlab.patching.paths import fast_path_patching, reference_path_patching
-from patchlab.patching.reference import reference_head_patching, reference_patching
+from patchlab.patching.reference import reference_cells, reference_head_patching, reference_patching
 
 __all__ = [
     "COMPONENTS", "COMPONENT_HOOKS", "HEAD_HOOK", "METHODS", "PATH_METHODS", "Component", "FastPatchingFallback",
     "PatchingResult", "agreement", "attribution_patching", "component", "fast_path_patching", "fast_patching",
     "hook_name", "patch_ioi", "patch_position", "reference_head_patching", "reference_path_patching",
-    "reference_patching",
+    "reference_cells", "reference_patching",
 ]
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from patchlab.runtime import progress as progress_bar
 
 from patchlab.metrics import Metric, PatchingMetric
 from patchlab.patching.components import Component, check_batch, component as get_component, hook_name
@@ -161,7 +161,7 @@ def _resume_patched(
     shift = 0 if spec.name == "resid_pre" else 1  # the other components finish their block in _seed
     cells = differs.nonzero()  # [rows, 3]: layer, col, prompt
     starts = first[differs]
-    for first_pos in tqdm(starts.unique().tolist(), desc=f"fast patching {spec.name}", disable=not progress):
+    for first_pos in progress_bar(starts.unique().tolist(), desc=f"fast patching {spec.name}", disable=not progress):
         group = cells[starts == first_pos]
         group = group[group[:, 0].argsort(stable=True)]
         for rows in group.split(max(1, _TOKENS_PER_CHUNK // (n_pos - first_pos))):

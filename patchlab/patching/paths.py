@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from patchlab.runtime import progress as progress_bar
 
 from patchlab.metrics import Metric
 from patchlab.patching.components import check_batch, hook_name
@@ -74,7 +74,7 @@ def reference_path_patching(
     results = torch.full((n_layers, n_heads), float("nan"))
     if senders is None:
         senders = list(itertools.product(range(n_layers), range(n_heads)))
-    for sender_layer, sender_head in tqdm(senders, desc="path patching", disable=not progress):
+    for sender_layer, sender_head in progress_bar(senders, desc="path patching", disable=not progress):
 
         def freeze(z: Tensor, hook: Any) -> Tensor:
             """Every head's corrupted output, except the sender's clean one."""
@@ -166,7 +166,7 @@ def _fast_paths(
         final = trace.resid_pre.new_zeros(n_layers, n_heads, *changed.shape[2:], trace.resid_pre.shape[-1])
         cells = changed.nonzero()  # [rows, 3]: layer, head, prompt
         starts = first[changed]
-        for first_pos in tqdm(starts.unique().tolist(), desc="fast path patching", disable=not progress):
+        for first_pos in progress_bar(starts.unique().tolist(), desc="fast path patching", disable=not progress):
             group = cells[starts == first_pos]
             layers, heads, prompts = group[group[:, 0].argsort(stable=True)].unbind(1)
             if pairs is None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from patchlab.metrics import Metric
 from patchlab.patching.components import check_batch, component as get_component, hook_name
+from patchlab.runtime import progress as progress_bar
 
 
 def reference_patching(
@@ -31,13 +31,28 @@ def reference_patching(
     n_heads]`` by position (``head_out_by_pos``, ...), and ``[n_layers, n_heads, n_pos]`` for
     ``head_pattern_by_pos`` (the shapes of TransformerLens's functions).
     """
-    spec = get_component(component)
-    n_layers = model.cfg.n_layers
+    sizes = get_component(component).sizes(model, corrupted_tokens.shape[1])
+    cells = list(itertools.product(range(model.cfg.n_layers), *(range(size) for size in sizes)))
+    values = reference_cells(model, corrupted_tokens, clean_cache, metric, component, cells, progress)
+    return values.reshape(model.cfg.n_layers, *sizes)
+
+
+def reference_cells(
+    model: Any,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: Any,
+    metric: Metric,
+    component: str,
+    cells: Sequence[tuple[int, ...]],
+    progress: bool = False,
+) -> Float[Tensor, " n_cells"]:
+    """The reference loop over some ``cells`` only (indices into :func:`reference_patching`'s result,
+    layer first): a spot check of a sweep too large to run whole, e.g. by head and position on GPT-2
+    small on a CPU (2,160 forward passes)."""
     check_batch(corrupted_tokens, clean_cache, hook_name(component, 0))
-    sizes = spec.sizes(model, corrupted_tokens.shape[1])
-    results = torch.zeros(n_layers, *sizes)
-    cells = list(itertools.product(range(n_layers), *(range(size) for size in sizes)))
-    for layer, *index in tqdm(cells, desc=f"patching {component}", disable=not progress):
+    spec = get_component(component)
+    values = torch.zeros(len(cells))
+    for i, (layer, *index) in enumerate(progress_bar(cells, desc=f"patching {component}", disable=not progress)):
         name = hook_name(component, layer)
         where = spec.selector(tuple(index))
 
@@ -47,8 +62,8 @@ def reference_patching(
 
         with torch.no_grad():
             logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
-        results[(layer, *index)] = metric(logits).item()
-    return results
+        values[i] = metric(logits).item()
+    return values
 
 
 def reference_head_patching(
