@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from patchlab.runtime import COLAB_GPU_ADVICE, progress, runtime_note
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def fake_model(n_params: int, device: str = "cpu") -> SimpleNamespace:
@@ -38,3 +43,17 @@ def test_on_a_gpu_only_the_device_is_named(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     note = runtime_note(fake_model(124_439_808, "cuda"), cpu_minutes=4, slow_cells="the patching loop")
     assert note == "Running on GPU (Tesla T4)."
+
+
+PAGES = sorted([*ROOT.glob("book/*.md"), *ROOT.glob("solutions/*/*.md")])
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_page_says_its_device_and_cost_where_it_loads_the_model(page: Path) -> None:
+    """The cell that loads the model also prints ``runtime_note`` (the exercises' notebooks are
+    generated from the solutions' sources)."""
+    cells = re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+    loading = [cell for cell in cells if "load_model(" in cell]
+    if not loading:
+        pytest.skip("loads no model")
+    assert "runtime_note(" in loading[0], f"{page.name}: the cell that loads the model prints no runtime_note"
