@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import transformer_lens.patching as tl_patching
+from tl_functions import TL_FUNCTIONS  # tests/tl_functions.py
 
 from patchlab import patching
 from patchlab.metrics import PatchingMetric, logit_diff, patching_metric
@@ -28,22 +28,6 @@ from patchlab.patching import (
 )
 
 TOLERANCE = 1e-4  # max |fast - reference| of the normalised metric
-TL_FUNCTIONS = {
-    "resid_pre": tl_patching.get_act_patch_resid_pre,
-    "attn_out": tl_patching.get_act_patch_attn_out,
-    "mlp_out": tl_patching.get_act_patch_mlp_out,
-    "head_out": tl_patching.get_act_patch_attn_head_out_all_pos,
-    "head_out_by_pos": tl_patching.get_act_patch_attn_head_out_by_pos,
-    "head_q": tl_patching.get_act_patch_attn_head_q_all_pos,
-    "head_q_by_pos": tl_patching.get_act_patch_attn_head_q_by_pos,
-    "head_k": tl_patching.get_act_patch_attn_head_k_all_pos,
-    "head_k_by_pos": tl_patching.get_act_patch_attn_head_k_by_pos,
-    "head_v": tl_patching.get_act_patch_attn_head_v_all_pos,
-    "head_v_by_pos": tl_patching.get_act_patch_attn_head_v_by_pos,
-    "head_pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
-    "head_pattern_by_pos": tl_patching.get_act_patch_attn_head_pattern_by_pos,
-}
-assert set(TL_FUNCTIONS) == set(COMPONENTS)
 
 
 @dataclass

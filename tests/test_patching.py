@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformer_lens.patching as tl_patching
+from tl_functions import TL_FUNCTIONS  # tests/tl_functions.py
 
 from patchlab.patching import COMPONENTS, hook_name, reference_cells, reference_head_patching, reference_patching
 
-TL_FUNCTIONS = {
-    "resid_pre": tl_patching.get_act_patch_resid_pre,
-    "attn_out": tl_patching.get_act_patch_attn_out,
-    "mlp_out": tl_patching.get_act_patch_mlp_out,
-    "head_out_by_pos": tl_patching.get_act_patch_attn_head_out_by_pos,
-    "head_q": tl_patching.get_act_patch_attn_head_q_all_pos,
-    "head_q_by_pos": tl_patching.get_act_patch_attn_head_q_by_pos,
-    "head_k": tl_patching.get_act_patch_attn_head_k_all_pos,
-    "head_k_by_pos": tl_patching.get_act_patch_attn_head_k_by_pos,
-    "head_v": tl_patching.get_act_patch_attn_head_v_all_pos,
-    "head_v_by_pos": tl_patching.get_act_patch_attn_head_v_by_pos,
-    "head_pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
-    "head_pattern_by_pos": tl_patching.get_act_patch_attn_head_pattern_by_pos,
-}
+# head_out is reference_head_patching's component, checked on its own below.
+SWEPT = sorted(set(TL_FUNCTIONS) - {"head_out"})
+
 # [n_layers, *shape] of each component's table on the classic prompts (15 tokens) of ioi-mini (4 heads).
 SHAPES = {"pos": (15,), "head": (4,), "by_pos": (15, 4), "pattern_by_pos": (4, 15)}
 
@@ -35,10 +24,10 @@ def expected_shape(component: str) -> tuple[int, ...]:
 
 
 def test_every_component_is_checked_against_transformer_lens():
-    assert set(TL_FUNCTIONS) | {"head_out"} == set(COMPONENTS)
+    assert set(SWEPT) | {"head_out"} == set(COMPONENTS)
 
 
-@pytest.mark.parametrize("component", sorted(TL_FUNCTIONS))
+@pytest.mark.parametrize("component", SWEPT)
 def test_reference_equals_transformer_lens(model, classic, classic_run, component):
     _, cache, _, metric = classic_run
     ours = reference_patching(model, classic.corrupted_tokens, cache, metric, component, progress=False)
@@ -52,7 +41,7 @@ def test_reference_equals_transformer_lens(model, classic, classic_run, componen
 def test_reference_head_patching_equals_transformer_lens(model, classic, classic_run):
     _, cache, _, metric = classic_run
     ours = reference_head_patching(model, classic.corrupted_tokens, cache, metric, progress=False)
-    theirs = tl_patching.get_act_patch_attn_head_out_all_pos(model, classic.corrupted_tokens, cache, metric)
+    theirs = TL_FUNCTIONS["head_out"](model, classic.corrupted_tokens, cache, metric)
     assert ours.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert torch.allclose(ours, theirs.cpu().float(), atol=1e-5, rtol=0)
 
