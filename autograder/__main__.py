@@ -8,6 +8,10 @@ from pathlib import Path
 
 from autograder.config import CELL_TIMEOUT, NOTEBOOK_TIMEOUT, assignments
 
+# As in the sandbox (sandbox_path/rfc3987_syntax.py): jsonschema, imported with nbformat, skips its IRI
+# checks instead of building some 40 lark grammars (seconds of CPU in every grading run).
+sys.modules.setdefault("rfc3987_syntax", None)
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, with a bad option value told in one line."""

@@ -23,7 +23,8 @@ def test_patch_writes_three_files(tmp_path, model, classic, classic_run):
     proc = run_cli("patch", "--model", "ioi-mini", "--component", "resid_pre", "--method", "reference",
                    "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert "patching resid_pre" in proc.stderr  # the progress bar
+    assert "patching resid_pre" in proc.stdout  # the progress bar (stdout, as in notebooks)
+    assert proc.stderr == "", proc.stderr
     record = json.loads((tmp_path / "resid_pre.json").read_text())
     for key in ("model", "component", "str_tokens", "clean_tokens", "corrupted_tokens", "answer_tokens",
                 "clean_logit_diff", "corrupted_logit_diff", "values"):
