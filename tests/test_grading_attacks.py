@@ -17,34 +17,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
-import hashlib
 import html
-import importlib.util
 import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("submission_attacks", ROOT / "tests/fixtures/submissions/attacks.py")
-attacks = sys.modules["submission_attacks"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(attacks)
+import grading  # tests/grading.py
+from grading import load_module, read_grades, snapshot
+
+attacks = load_module("submission_attacks", "tests/fixtures/submissions/attacks.py")
 fixtures = attacks.fixtures
 
 pytestmark = pytest.mark.slow
 
-# `python -m autograder` runs from the repository (it is not in the installed package), here from a temporary folder.
-ENV = {**os.environ, "PATCHLAB_MODEL": "ioi-mini", "OMP_NUM_THREADS": "1",
-       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-OPTIONS = ("--sandbox", "bwrap", "--jobs", "2", "--cell-timeout", "60", "--notebook-timeout", "240")
+OPTIONS = ("--jobs", "2", "--cell-timeout", "60", "--notebook-timeout", "240")
 MAX_PAGE_BYTES = 2 * 2**20
 GRADER_FILES = {".lock", "grades.csv", "grading.log", "run.json", "feedback", "nbgrader"}
 
@@ -68,25 +61,7 @@ def needs_bwrap():
 
 
 def grade(submissions: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autograder", "grade", str(submissions), "--assignment",
-                           attacks.LD, "--out", str(out), *OPTIONS], env=ENV, capture_output=True, text=True,
-                          timeout=900)
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every entry under ``folder`` (links not followed): a file's sha256, a link's target, "dir"."""
-    found = {}
-    for top, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = Path(top, name)
-            key = str(path.relative_to(folder))
-            if path.is_symlink():
-                found[key] = "link " + os.readlink(path)
-            elif path.is_dir():
-                found[key] = "dir"
-            else:
-                found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
+    return grading.grade(submissions, attacks.LD, out, *OPTIONS, check=False)
 
 
 def marked_processes(marker: str) -> list[str]:
@@ -103,12 +78,8 @@ def marked_processes(marker: str) -> list[str]:
     return found
 
 
-def read_grades(out: Path) -> dict[str, dict[str, str]]:
-    with open(out / "grades.csv", newline="", encoding="utf-8") as handle:
-        return {row["student"]: row for row in csv.DictReader(handle)}
-
-
 def page_text(page: str) -> str:
+    """The page's text, its lines kept."""
     return html.unescape(re.sub(r"<[^>]+>", " ", page))
 
 
