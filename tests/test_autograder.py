@@ -109,6 +109,7 @@ def graded(tmp_path_factory):
     grade(Path("submissions/logit_difference"), "logit_difference", Path("out/logit_difference"), *LIMITS, cwd=base)
     grade(folders["residual_patching"], "residual_patching", out["residual_patching"], *LIMITS)
     grade(folders["attention_heads"], "attention_heads", out["attention_heads"], *LIMITS)
+    grade(folders["attribution_patching"], "attribution_patching", out["attribution_patching"], *LIMITS)
     grade(folders["logit_difference_endless"], "logit_difference", out["logit_difference_endless"], *SHORT_LIMITS)
 
     rerun, rerun_out = folders["residual_rerun"], out["residual_rerun"]
@@ -138,9 +139,9 @@ def graded(tmp_path_factory):
 
 
 ONCE = [(group, f) for group in ("logit_difference", "logit_difference_endless", "residual_patching",
-                                  "attention_heads") for f in fixtures.GROUPS[group]]
+                                  "attention_heads", "attribution_patching") for f in fixtures.GROUPS[group]]
 # Each assignment's points: automatic and manual together.
-MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10}
+MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10, "attribution_patching": 8}
 
 
 @pytest.mark.slow
@@ -181,7 +182,8 @@ def test_the_run_records_its_sandbox(graded):
 @needs_sandbox
 def test_submitted_files_are_never_changed(graded):
     assert graded["after"] == graded["before"] or set(graded["after"]) == set(graded["before"])
-    for group in ("logit_difference", "residual_patching", "logit_difference_endless", "attention_heads"):
+    for group in ("logit_difference", "residual_patching", "logit_difference_endless", "attention_heads",
+                  "attribution_patching"):
         assert graded["after"][group] == graded["before"][group], group
 
 

@@ -67,6 +67,7 @@ def test_chapter_names_its_model_in_its_first_output_and_runs_without_the_book_t
 @pytest.mark.parametrize("stem, exercise", [
     ("logit_difference", "exercises/logit_difference/logit_difference.ipynb"),
     ("residual_patching", "exercises/residual_patching/residual_patching.ipynb"),
+    ("attribution_patching", "exercises/attribution_patching/attribution_patching.ipynb"),
 ])
 def test_chapter_ends_with_its_exercise(stem: str, exercise: str) -> None:
     text = (ROOT / "book" / f"{stem}.md").read_text(encoding="utf-8")

@@ -30,7 +30,9 @@ from torch import Tensor
 
 from patchlab.ioi import IOIData
 from patchlab.metrics import metric_from_runs
-from patchlab.patching.attribution import agreement, attribution_patching, attribution_patching_qk_fix
+from patchlab.patching.attribution import (
+    agreement, attribution_patching, attribution_patching_qk_fix, attribution_terms,
+)
 from patchlab.patching.components import (
     COMPONENT_HOOKS, COMPONENTS, HEAD_HOOK, Component, component, hook_name, patch_position,
 )
@@ -40,7 +42,7 @@ from patchlab.patching.reference import reference_cells, reference_head_patching
 
 __all__ = [
     "COMPONENTS", "COMPONENT_HOOKS", "HEAD_HOOK", "METHODS", "PATH_METHODS", "Component", "FastPatchingFallback",
-    "PatchingResult", "agreement", "attribution_patching", "attribution_patching_qk_fix", "component", "fast_path_patching", "fast_patching",
+    "PatchingResult", "agreement", "attribution_patching", "attribution_patching_qk_fix", "attribution_terms", "component", "fast_path_patching", "fast_patching",
     "hook_name", "patch_ioi", "patch_position", "reference_head_patching", "reference_path_patching",
     "reference_cells", "reference_patching",
 ]

@@ -59,6 +59,23 @@ def _gradients(
     return value.detach(), {name: a.detach() for name, a in activations.items()}, list(grads)
 
 
+def attribution_terms(
+    model: Any,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: Any,
+    metric: Metric,
+    component: str = "resid_pre",
+) -> tuple[Float[Tensor, ""], Float[Tensor, "layer batch ..."]]:
+    """The metric of the corrupted run and, for every layer, ``(clean - corrupted) * ∂metric/∂activation``
+    entry by entry (the activation's own shape, e.g. ``[batch, pos, d_model]``), the gradient taken at
+    the corrupted run. :func:`attribution_patching` sums these terms over each patched slice."""
+    spec = get_component(component)
+    names = [spec.hook.format(layer=layer) for layer in range(model.cfg.n_layers)]
+    check_batch(corrupted_tokens, clean_cache, names[0])
+    value, activations, grads = _gradients(model, corrupted_tokens, metric, names)
+    return value, torch.stack([(clean_cache[name] - activations[name]) * grad for name, grad in zip(names, grads)])
+
+
 def attribution_patching(
     model: Any,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -76,16 +93,10 @@ def attribution_patching(
     and result shape as :func:`reference_patching`; ``progress`` is accepted for the common signature
     (there is no loop).
     """
-    spec = get_component(component)
-    names = [spec.hook.format(layer=layer) for layer in range(model.cfg.n_layers)]
-    check_batch(corrupted_tokens, clean_cache, names[0])
-    value, activations, grads = _gradients(model, corrupted_tokens, metric, names)
-    rows = []
-    for name, grad in zip(names, grads):
-        delta = (clean_cache[name] - activations[name]) * grad
-        summed = [dim for dim in range(delta.ndim) if dim not in spec.dims]  # batch and the rest
-        rows.append(delta.sum(dim=summed))  # the patched axes (``spec.dims`` are in the axes' order)
-    return (value + torch.stack(rows)).float().cpu()
+    value, terms = attribution_terms(model, corrupted_tokens, clean_cache, metric, component)
+    kept = [dim + 1 for dim in get_component(component).dims]  # the patched axes, after the layer axis
+    summed = [dim for dim in range(1, terms.ndim) if dim not in kept]  # batch and the rest
+    return (value + terms.sum(dim=summed)).float().cpu()  # ``dims`` are in the axes' order
 
 
 def _score_changes(
