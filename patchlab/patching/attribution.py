@@ -1,8 +1,10 @@
 """Attribution patching (Nanda): the first-order estimate of exact patching, one forward and one backward pass.
 
-:func:`attribution_patching_qk_fix` adds the QK fix of AtP* (Kramár et al. 2024) for head outputs: the
-change a head causes in later heads' attention scores is still linearised, but the softmax that turns
-scores into attention weights is computed exactly, so that saturated attention is not linearised.
+:func:`attribution_patching_qk_fix` adds the QK fix of AtP* (Kramár et al. 2024) for heads' queries,
+keys and outputs: the softmax that turns attention scores into weights is computed exactly, so that
+saturated attention is not linearised; only the step from the weights to the metric (and, for
+outputs, the change of later heads' scores) stays first-order. :func:`attribution_terms` gives the
+terms of plain attribution patching before they are summed.
 """
 
 from __future__ import annotations
