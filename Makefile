@@ -12,7 +12,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PATCHLAB_MODEL ?=
 # The notebooks readers get, run by nbval in `make test`: the chapters and the released exercises.
 READER_NOTEBOOKS = book/*.ipynb exercises/*/*.ipynb
-# `make test` runs this many pytest workers (pytest-xdist), one test file each at a time, with one
+# `make test` runs this many pytest workers (pytest-xdist), each on one test file or class at a time, with one
 # torch thread each: most tests wait on one single-threaded process (a kernel, a grading run).
 TEST_WORKERS ?= 2
 # OpenMP threads sleep instead of spinning while they wait: on a busy machine spinning made small
@@ -35,6 +35,6 @@ book: $(STAMP)
 
 # The test suite, then every reader notebook executed as learners get it (offline, course model).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=25
 	OMP_NUM_THREADS=1 PATCHLAB_MODEL=ioi-mini HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
-		-n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env $(READER_NOTEBOOKS)
+		-n $(TEST_WORKERS) --dist loadscope --nbval-lax --nbval-current-env $(READER_NOTEBOOKS)

@@ -20,9 +20,11 @@ import torch
 from torch import Tensor
 
 from autograder.diagnose import MESSAGES, Candidate, diagnose, grid_mistakes, matches, mismatch_message
-from autograder.harvest import HEAD_INPUTS, Models, PromptSet, cases, head_map_values, heatmap_values, run_case
+from autograder.harvest import ATTRIBUTION, HEAD_INPUTS, Models, PromptSet, cases, head_map_values, heatmap_values, run_case
 from patchlab.metrics import logit_diff, normalise
-from patchlab.patching import fast_patching, hook_name, patch_position, reference_patching
+from patchlab.patching import (
+    attribution_patching, attribution_terms, fast_patching, hook_name, patch_position, reference_patching,
+)
 
 # Logit differences are O(1-10) logits; the normalised metric is O(1) but divides by
 # (clean - corrupted), which amplifies float32 rounding when that gap is small.
@@ -43,6 +45,8 @@ RETURNS = {
     "check_head_by_pos": "a tensor of shape [n_layers, n_positions, n_heads]",
     "check_head_inputs": "a tensor of shape [n_layers, n_heads]",
     "check_top_heads": "a list of k (layer, head) pairs",
+    "check_attribution_resid": "a tensor of shape [n_layers, n_positions]",
+    "check_attribution_heads": "a tensor of shape [n_layers, n_heads]",
 }
 # The checks of patching grids (their candidate mistakes other than a transposition keep the shape).
 GRIDS = ("check_residual_patching", "check_head_by_pos", "check_head_inputs")
@@ -141,6 +145,31 @@ class References:
                 return loop_patching(model, *run, hook, (n_heads,), lambda h: (slice(None),) * axis + (h,))
             raise ValueError(variant)
         return self.cached((key["model"], key["set"], component, variant), compute)
+
+
+    def attribution(self, key: dict[str, Any], component: str, variant: str = "reference") -> Tensor:
+        """Attribution patching of ``resid_pre`` or ``head_out`` on a prompt set, or what a known mistake
+        gives: ``grad_at_clean`` (the expansion around the clean run's gradient), ``terms`` (the
+        per-entry terms summed over the batch only: ``[n_layers, *activation axes]``) or ``exact``."""
+        ps = self.prompt_set(key)
+        model, metric = ps.model, ps.metric
+
+        def compute() -> Tensor:
+            if variant == "reference":
+                return attribution_patching(model, ps.data.corrupted_tokens, ps.clean_cache, metric, component,
+                                            progress=False)
+            if variant == "grad_at_clean":  # metric(corrupted) + (clean - corrupted) · gradient at the clean run
+                from_clean = attribution_patching(model, ps.data.clean_tokens, ps.corrupted_cache, metric,
+                                                  component, progress=False)  # metric(clean) - that term
+                return metric(ps.corrupted_logits) + metric(ps.clean_logits) - from_clean
+            if variant == "terms":
+                value, terms = attribution_terms(model, ps.data.corrupted_tokens, ps.clean_cache, metric, component)
+                return value + terms.sum(dim=1)
+            if variant == "exact":
+                return fast_patching(model, ps.data.corrupted_tokens, ps.clean_cache, metric, component,
+                                     progress=False)
+            raise ValueError(variant)
+        return self.cached((key["model"], key["set"], "attribution", component, variant), compute)
 
 
 def decode(record: dict[str, Any], check: str) -> tuple[Tensor | None, str | None]:
@@ -258,6 +287,29 @@ def _expected(check: str, key: dict[str, Any], refs: References) -> tuple[Tensor
         axis_names = ("layer", "position", "head") if check == "check_head_by_pos" else ("layer", "head")
         return reference, mistakes + metric_mistakes, {
             "off_by_one_axes": {0: "head_off_by_one_layer"}, "axis_names": axis_names, "atol": ATOL_METRIC}
+    if check in ATTRIBUTION:
+        component = "resid_pre" if check == "check_attribution_resid" else "head_out"
+        reference = refs.attribution(key, component)
+        start = ps.metric(ps.corrupted_logits).item()  # the corrupted run's metric, where the expansion starts
+        n_prompts = ps.data.clean_tokens.shape[0]
+        terms = lambda: refs.attribution(key, component, "terms")  # noqa: E731  [layer, pos, d_model] / [layer, pos, head, d_head]
+        mistakes = [
+            ("transposed" if component == "resid_pre" else "head_transposed", reference.T),
+            ("attribution_backwards", 2 * start - reference),
+            ("attribution_grad_at_clean", lambda: refs.attribution(key, component, "grad_at_clean")),
+            # the same, started from the clean run's metric instead of the corrupted run's
+            ("attribution_grad_at_clean", lambda: refs.attribution(key, component, "grad_at_clean")
+             + ps.metric(ps.clean_logits).item() - start),
+            ("attribution_batch_mean", start + (reference - start) / n_prompts),
+            ("attribution_exact", lambda: refs.attribution(key, component, "exact")),
+        ]
+        if component == "resid_pre":
+            mistakes.append(("attribution_not_summed_d_model", terms))
+        else:
+            mistakes += [("attribution_not_summed_positions", lambda: start + (terms() - start).sum(dim=3)),
+                         ("attribution_not_summed_d_head", lambda: start + (terms() - start).sum(dim=1))]
+        axis_names = ("layer", "position") if component == "resid_pre" else ("layer", "head")
+        return reference, mistakes, {"axis_names": axis_names, "atol": ATOL_METRIC}
     reference = refs.grid(key)
     transposed, *metric_mistakes = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
     return reference, [
@@ -454,3 +506,5 @@ check_head_hook = _in_process("check_head_hook")
 check_head_by_pos = _in_process("check_head_by_pos")
 check_head_inputs = _in_process("check_head_inputs")
 check_top_heads = _in_process("check_top_heads")
+check_attribution_resid = _in_process("check_attribution_resid")
+check_attribution_heads = _in_process("check_attribution_heads")

@@ -145,6 +145,40 @@ MESSAGES: dict[str, str] = {
         "(head, layer) pairs returned: return each head as (layer, head), the layer first, as "
         "results[layer, head] indexes it."
     ),
+    "attribution_backwards": (
+        "Difference taken the wrong way round: your estimates are the mirror image of the expected ones "
+        "about the corrupted run's metric. Attribution patching moves from the corrupted run towards the "
+        "clean one: multiply the gradient by (clean activation - corrupted activation)."
+    ),
+    "attribution_grad_at_clean": (
+        "Gradient taken at the clean run: the first-order expansion is around the corrupted run, the point "
+        "patching starts from. Run the corrupted prompts with gradients, differentiate the metric there, "
+        "and use the clean run only for its cached activations."
+    ),
+    "attribution_not_summed_d_model": (
+        "Not summed over d_model: your result keeps one value per residual-stream dimension. Patching a "
+        "position replaces its whole vector, so sum (clean - corrupted) * gradient over the last axis "
+        "(and over the prompts) to get one number per layer and position."
+    ),
+    "attribution_not_summed_positions": (
+        "Not summed over positions: your result keeps one value per position (a head at one position). "
+        "Here a head is patched at every position at once: sum over the positions too, for one number per "
+        "layer and head."
+    ),
+    "attribution_not_summed_d_head": (
+        "Not summed over d_head: your result keeps one value per dimension of the head's output. Sum "
+        "(clean - corrupted) * gradient over d_head (and over prompts and positions) for one number per "
+        "layer and head."
+    ),
+    "attribution_batch_mean": (
+        "Averaged over the prompts instead of summed: the metric is already a mean over prompts, so each "
+        "prompt's gradient carries its 1/n. Sum the terms over the batch axis."
+    ),
+    "attribution_exact": (
+        "Exact patching, not attribution patching: your values are those of patching each cell with a "
+        "forward pass. This exercise asks for the first-order estimate, from one forward and one backward "
+        "pass of the corrupted run."
+    ),
     "uses_globals": (
         "Right on the notebook's prompts but wrong on a new prompt set: your function must use only its "
         "arguments, not notebook variables (data, clean_cache, metric, ...) or numbers copied from an "

@@ -137,6 +137,9 @@ class Models:
 # tells results copied from the notebook (the second set) from sizes fixed in the code (the second
 # model) apart.
 LOOPS = ("check_residual_patching", "check_head_by_pos")
+# Attribution patching (exercise 4): one forward and one backward pass each, called as the loops are.
+# The learner's function runs with gradients off, as every call here: it must switch them on itself.
+ATTRIBUTION = ("check_attribution_resid", "check_attribution_heads")
 
 
 def cases(check: str, models: Models) -> list[dict[str, Any]]:
@@ -153,7 +156,7 @@ def cases(check: str, models: Models) -> list[dict[str, Any]]:
                 keys += [{**base, "logits": which} for which in ("clean", "corrupted", "halfway")]
             elif check == "check_patch_hook":
                 keys += [{**base, "layer": layer, "position": pos} for layer, pos in ps.hook_layers()]
-            elif check in ("check_residual_patching", "check_heatmap", "check_head_by_pos"):
+            elif check in ("check_residual_patching", "check_heatmap", "check_head_by_pos", *ATTRIBUTION):
                 keys.append(base)
             elif check == "check_head_hook":
                 keys += [{**base, "layer": layer, "head": head, "position": pos}
@@ -254,7 +257,7 @@ def run_case(check: str, key: dict[str, Any], fn: Callable[..., Any], models: Mo
         record["cache_mutated"] = not torch.equal(clean, before)
         clean.copy_(before)
         return record
-    if check == "check_residual_patching":
+    if check in ("check_residual_patching", *ATTRIBUTION):
         record = _call(fn, (ps.model, ps.data.clean_tokens.clone(), ps.data.corrupted_tokens.clone(), ps.metric), {})
         ps.model.reset_hooks()
         return record

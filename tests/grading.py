@@ -1,4 +1,5 @@
-"""What the grading tests share (test_autograder, test_grading_lifecycle, test_grading_attacks):
+"""What the grading tests share (test_autograder, test_grading_assignments, test_grading_lifecycle,
+test_grading_attacks):
 ``python -m autograder`` run as an instructor runs it, and readers of what it writes."""
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ fixtures = load_module("submission_fixtures", "tests/fixtures/submissions/build.
 # Grading options of the fixture runs: a loaded 2-core machine takes minutes for some cells.
 LIMITS = ("--cell-timeout", "240", "--notebook-timeout", "900", "--jobs", "2")
 # Each assignment's points: automatic and manual together.
-MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10}
+MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10, "attribution_patching": 8}
 
 
 def write_groups(base: Path, groups: list[str]) -> dict[str, Path]:

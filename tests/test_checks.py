@@ -334,3 +334,66 @@ def test_top_heads(judged):
     assert names(judged(check, lambda r, k: top_heads(r.clamp(min=0), k)), "top_heads_signed")
     assert names(judged(check, lambda r, k: [(h, layer) for layer, h in top_heads(r, k)]), "top_heads_swapped")
     assert "not a set" in judged(check, lambda r, k: set(top_heads(r, k)))
+
+
+# --- attribution patching -------------------------------------------------------------------------
+
+def attribution(hook: str, sums: tuple[int, ...], backwards: bool = False, at_clean: bool = False,
+                batch_mean: bool = False):
+    """Attribution patching as a learner writes it (hooks and torch.autograd.grad), right or with one
+    mistake: ``sums`` are the activation axes summed (batch excluded), the difference taken
+    corrupted - clean, the gradient taken at the clean run, or the batch averaged."""
+    def fn(model, clean_tokens, corrupted_tokens, metric):
+        cached_tokens, run_tokens = (corrupted_tokens, clean_tokens) if at_clean else (clean_tokens, corrupted_tokens)
+        _, cache = model.run_with_cache(cached_tokens)
+        names = [hook.format(layer=layer) for layer in range(model.cfg.n_layers)]
+        kept = {}
+
+        def start(activation, hook):
+            return activation.detach().requires_grad_(True)
+
+        def keep(activation, hook, name):
+            kept[name] = activation
+            return activation
+
+        with torch.enable_grad():
+            hooks = [("hook_embed", start)] + [(name, lambda a, hook, name=name: keep(a, hook, name)) for name in names]
+            value = metric(model.run_with_hooks(run_tokens, fwd_hooks=hooks))
+            grads = torch.autograd.grad(value, [kept[name] for name in names])
+        rows = []
+        for name, grad in zip(names, grads):
+            difference = kept[name] - cache[name]  # run - cached: clean - corrupted when the gradient is at the clean run
+            if not at_clean:
+                difference = -difference
+            term = (-difference if backwards else difference) * grad
+            term = term.mean(0) if batch_mean else term.sum(0)
+            rows.append(term.sum(dim=tuple(d - 1 for d in sums)) if sums else term)
+        return (value + torch.stack(rows)).detach()
+    return fn
+
+
+def test_attribution_of_the_residual_stream(judged):
+    check, hook = "check_attribution_resid", "blocks.{layer}.hook_resid_pre"
+    assert judged(check, attribution(hook, (2,))) is None
+    assert names(judged(check, attribution(hook, (2,), backwards=True)), "attribution_backwards")
+    assert names(judged(check, attribution(hook, (2,), at_clean=True)), "attribution_grad_at_clean")
+    assert names(judged(check, attribution(hook, (2,), batch_mean=True)), "attribution_batch_mean")
+    assert names(judged(check, attribution(hook, ())), "attribution_not_summed_d_model")
+    assert names(judged(check, lambda *args: attribution(hook, (2,))(*args).T), "transposed")
+
+    def exact(model, clean_tokens, corrupted_tokens, metric):
+        _, cache = model.run_with_cache(clean_tokens)
+        return reference_patching(model, corrupted_tokens, cache, metric, progress=False)
+
+    assert names(judged(check, exact), "attribution_exact")
+
+
+def test_attribution_of_head_outputs(judged):
+    check, hook = "check_attribution_heads", "blocks.{layer}.attn.hook_z"
+    assert judged(check, attribution(hook, (1, 3))) is None
+    assert names(judged(check, attribution(hook, (1, 3), backwards=True)), "attribution_backwards")
+    assert names(judged(check, attribution(hook, (1, 3), at_clean=True)), "attribution_grad_at_clean")
+    assert names(judged(check, attribution(hook, (1, 3), batch_mean=True)), "attribution_batch_mean")
+    assert names(judged(check, attribution(hook, (3,))), "attribution_not_summed_positions")
+    assert names(judged(check, attribution(hook, (1,))), "attribution_not_summed_d_head")
+    assert names(judged(check, lambda *args: attribution(hook, (1, 3))(*args).T), "head_transposed")

@@ -39,7 +39,7 @@ def test_each_command_sets_up_a_missing_venv_then_reuses_it(target: str, tmp_pat
 
 def test_make_test_runs_the_suite_and_nbval_over_the_reader_notebooks(tmp_path: Path) -> None:
     commands = dry_run("test", tmp_path / "venv")
-    assert "OMP_NUM_THREADS=1 " in commands and "-m pytest -q -n 2 --dist loadfile --durations=25\n" in commands
+    assert "OMP_NUM_THREADS=1 " in commands and "-m pytest -q -n 2 --dist loadscope --durations=25\n" in commands
     nbval = next(line for line in commands.replace("\\\n", " ").splitlines() if "--nbval-lax" in line)
     assert "PATCHLAB_MODEL=ioi-mini" in nbval and "book/*.ipynb exercises/*/*.ipynb" in nbval
-    assert "-n 2 --dist loadfile" in nbval
+    assert "-n 2 --dist loadscope" in nbval

@@ -12,7 +12,8 @@ Three interchangeable methods (``METHODS``), all called as
   ``run_with_hooks``; slow, simple, the ground truth;
 - ``fast`` (:mod:`~patchlab.patching.fast`): the same numbers (to float rounding) from far less work;
 - ``attribution`` (:mod:`~patchlab.patching.attribution`): Nanda's gradient-based linear
-  approximation, one forward and one backward pass.
+  approximation, one forward and one backward pass; ``attribution_patching_qk_fix`` adds the QK fix
+  of AtP* (exact softmax) for heads' outputs, queries and keys.
 
 Path patching (:mod:`~patchlab.patching.paths`) patches a sender head's effect along one path only:
 to the final residual stream, or to receiver heads' queries, keys or values.
@@ -29,7 +30,9 @@ from torch import Tensor
 
 from patchlab.ioi import IOIData
 from patchlab.metrics import metric_from_runs
-from patchlab.patching.attribution import agreement, attribution_patching
+from patchlab.patching.attribution import (
+    agreement, attribution_patching, attribution_patching_qk_fix, attribution_terms,
+)
 from patchlab.patching.components import (
     COMPONENT_HOOKS, COMPONENTS, HEAD_HOOK, Component, component, hook_name, patch_position,
 )
@@ -39,7 +42,7 @@ from patchlab.patching.reference import reference_cells, reference_head_patching
 
 __all__ = [
     "COMPONENTS", "COMPONENT_HOOKS", "HEAD_HOOK", "METHODS", "PATH_METHODS", "Component", "FastPatchingFallback",
-    "PatchingResult", "agreement", "attribution_patching", "component", "fast_path_patching", "fast_patching",
+    "PatchingResult", "agreement", "attribution_patching", "attribution_patching_qk_fix", "attribution_terms", "component", "fast_path_patching", "fast_patching",
     "hook_name", "patch_ioi", "patch_position", "reference_head_patching", "reference_path_patching",
     "reference_cells", "reference_patching",
 ]

@@ -1,0 +1,125 @@
+"""The QK fix of AtP* (patchlab.patching.attribution_patching_qk_fix) against independent computations
+on the course model: the patched attention pattern from a hooked run, the change of later scores from a
+double backward pass (not forward-mode), and the first-order terms as derivatives along one scalar."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from patchlab.patching import HEAD_HOOK, agreement, attribution_patching, fast_patching
+from patchlab.patching.attribution import PATTERN_HOOK, SCORES_HOOK, attribution_patching_qk_fix
+
+TOLERANCE = 2e-4
+
+
+@pytest.fixture(scope="module")
+def setup(model: Any, classic: Any, classic_run: Any) -> tuple[Any, torch.Tensor, Any, Any]:
+    _, cache, _, metric = classic_run
+    return model, classic.corrupted_tokens, cache, metric
+
+
+def slope(model: Any, tokens: torch.Tensor, metric: Any, hooks: Any) -> float:
+    """metric + d metric / d alpha at alpha = 0, for hooks built from a scalar alpha."""
+    alpha = torch.zeros((), requires_grad=True)
+    with torch.enable_grad():
+        value = metric(model.run_with_hooks(tokens, fwd_hooks=hooks(alpha)))
+        (derivative,) = torch.autograd.grad(value, alpha)
+    return value.item() + derivative.item()
+
+
+@pytest.mark.parametrize("kind", ["q", "k"])
+def test_queries_and_keys_linearise_only_after_the_exact_pattern(setup: Any, kind: str) -> None:
+    model, tokens, cache, metric = setup
+    fixed = attribution_patching_qk_fix(model, tokens, cache, metric, f"head_{kind}", progress=False)
+    expected = torch.zeros_like(fixed)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            name, pattern_name = f"blocks.{layer}.attn.hook_{kind}", PATTERN_HOOK.format(layer=layer)
+            seen: dict[str, torch.Tensor] = {}
+
+            def patch(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+                activation = activation.clone()
+                activation[:, :, head] = cache[name][:, :, head]
+                return activation
+
+            def keep(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
+                seen["pattern"] = pattern
+                return pattern
+
+            with torch.no_grad():
+                model.run_with_hooks(tokens, fwd_hooks=[(name, patch), (pattern_name, keep)])
+                _, corrupted = model.run_with_cache(tokens, names_filter=pattern_name)
+            before = corrupted[pattern_name]
+            change = seen["pattern"] - before  # the exact change of the pattern (this head's only)
+
+            def hooks(alpha: torch.Tensor) -> list:
+                return [(pattern_name, lambda pattern, hook: pattern + alpha * change)]
+
+            expected[layer, head] = slope(model, tokens, metric, hooks)
+    assert torch.allclose(fixed, expected, atol=TOLERANCE)
+    assert expected.std() > 1e-3
+
+
+def test_head_outputs_linearise_the_scores_and_take_the_softmax_exactly(setup: Any) -> None:
+    """Later patterns are frozen at the corrupted run; the head's output moves along alpha; each later
+    pattern moves along beta towards softmax(scores + delta_scores), delta_scores from a double backward."""
+    model, tokens, cache, metric = setup
+    n_layers = model.cfg.n_layers
+    fixed = attribution_patching_qk_fix(model, tokens, cache, metric, "head_out", progress=False)
+    with torch.no_grad():
+        _, corrupted = model.run_with_cache(tokens)
+    expected = torch.zeros_like(fixed)
+    for layer in range(n_layers):
+        z_name = HEAD_HOOK.format(layer=layer)
+        for head in range(model.cfg.n_heads):
+            delta = torch.zeros_like(corrupted[z_name])
+            delta[:, :, head] = cache[z_name][:, :, head] - corrupted[z_name][:, :, head]
+            alpha = torch.zeros((), requires_grad=True)
+            scores: dict[str, torch.Tensor] = {}
+
+            def keep(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+                scores[hook.name] = activation
+                return activation
+
+            later = [SCORES_HOOK.format(layer=l) for l in range(layer + 1, n_layers)]
+            targets = {}
+            with torch.enable_grad():
+                model.run_with_hooks(tokens, fwd_hooks=[(z_name, lambda z, hook: z + alpha * delta)]
+                                     + [(name, keep) for name in later])
+                for l, name in zip(range(layer + 1, n_layers), later):
+                    finite = torch.isfinite(corrupted[name])
+                    value = torch.where(finite, scores[name], 0.0)
+                    dummy = torch.zeros_like(value, requires_grad=True)
+                    (first,) = torch.autograd.grad(value, alpha, grad_outputs=dummy, create_graph=True)
+                    (change,) = torch.autograd.grad(first, dummy)  # d scores / d alpha
+                    moved = torch.where(finite, corrupted[name] + change, corrupted[name]).softmax(-1)
+                    targets[PATTERN_HOOK.format(layer=l)] = moved - corrupted[PATTERN_HOOK.format(layer=l)]
+
+            def hooks(step: torch.Tensor) -> list:
+                frozen = [(PATTERN_HOOK.format(layer=l),
+                           lambda p, hook: corrupted[hook.name] + step * targets.get(hook.name, 0.0))
+                          for l in range(n_layers)]
+                return [(z_name, lambda z, hook: z + step * delta), *frozen]
+
+            expected[layer, head] = slope(model, tokens, metric, hooks)
+    assert torch.allclose(fixed, expected, atol=TOLERANCE)
+    assert expected.std() > 1e-2
+
+
+def test_the_fix_moves_the_estimates_towards_exact_patching(setup: Any) -> None:
+    """On the course model the QK fix is closer to exact patching than plain attribution, per component."""
+    model, tokens, cache, metric = setup
+    for component in ("head_q", "head_k", "head_out"):
+        exact = fast_patching(model, tokens, cache, metric, component, progress=False)
+        plain = attribution_patching(model, tokens, cache, metric, component, progress=False)
+        fixed = attribution_patching_qk_fix(model, tokens, cache, metric, component, progress=False)
+        assert agreement(fixed, exact)["pearson_r"] > agreement(plain, exact)["pearson_r"]
+        assert not torch.allclose(fixed, plain, atol=1e-3)
+
+
+def test_other_components_are_refused(setup: Any) -> None:
+    with pytest.raises(ValueError, match="QK fix"):
+        attribution_patching_qk_fix(*setup, "resid_pre", progress=False)
