@@ -1,6 +1,6 @@
 """What the grading tests share (test_autograder, test_grading_assignments, test_grading_lifecycle,
-test_grading_attacks):
-``python -m autograder`` run as an instructor runs it, and readers of what it writes."""
+test_grading_attacks): ``python -m autograder`` run as an instructor runs it, and readers of what it
+writes."""
 
 from __future__ import annotations
 
