@@ -1,8 +1,8 @@
 """End to end: `python -m autograder grade` on the submission fixtures, through the real sandbox.
 
-The fixtures (tests/fixtures/submissions/build.py) are graded in five runs (`--jobs 2`, bubblewrap):
+The fixtures (tests/fixtures/submissions/build.py) are graded in six runs (`--jobs 2`, bubblewrap):
 logit_difference (with entries that must be skipped, and a relative --out), residual_patching,
-attention_heads, an endless loop with a short cell timeout, and a residual_patching class graded, given a manual grade,
+attention_heads, path_patching, an endless loop with a short cell timeout, and a residual_patching class graded, given a manual grade,
 reported again (--no-run), and regraded after a learner changed the scored answer. Then the
 lifecycle: a second run into a held folder, Ctrl-C and kill -9 in the middle of a run, a changed
 assignment source, bad options, a failed release. The hostile submissions are in
@@ -109,6 +109,7 @@ def graded(tmp_path_factory):
     grade(Path("submissions/logit_difference"), "logit_difference", Path("out/logit_difference"), *LIMITS, cwd=base)
     grade(folders["residual_patching"], "residual_patching", out["residual_patching"], *LIMITS)
     grade(folders["attention_heads"], "attention_heads", out["attention_heads"], *LIMITS)
+    grade(folders["path_patching"], "path_patching", out["path_patching"], *LIMITS)
     grade(folders["logit_difference_endless"], "logit_difference", out["logit_difference_endless"], *SHORT_LIMITS)
 
     rerun, rerun_out = folders["residual_rerun"], out["residual_rerun"]
@@ -138,9 +139,9 @@ def graded(tmp_path_factory):
 
 
 ONCE = [(group, f) for group in ("logit_difference", "logit_difference_endless", "residual_patching",
-                                  "attention_heads") for f in fixtures.GROUPS[group]]
+                                  "attention_heads", "path_patching") for f in fixtures.GROUPS[group]]
 # Each assignment's points: automatic and manual together.
-MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10}
+MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10, "path_patching": 8}
 
 
 @pytest.mark.slow
@@ -181,7 +182,8 @@ def test_the_run_records_its_sandbox(graded):
 @needs_sandbox
 def test_submitted_files_are_never_changed(graded):
     assert graded["after"] == graded["before"] or set(graded["after"]) == set(graded["before"])
-    for group in ("logit_difference", "residual_patching", "logit_difference_endless", "attention_heads"):
+    for group in ("logit_difference", "residual_patching", "logit_difference_endless", "attention_heads",
+                  "path_patching"):
         assert graded["after"][group] == graded["before"][group], group
 
 
