@@ -82,10 +82,10 @@ def path_loop(model: Any, tokens: Tensor, base_cache: Any, source_cache: Any, me
               receivers: list[tuple[int, int]] | None = None, receiver_input: str = "q", freeze_heads: bool = True,
               freeze_mlps: bool = False, frozen_layers: int | None = None) -> Tensor:
     """A path-patching loop as a learner may write it, right or not: for every sender head, run ``tokens``
-    with the sender's ``z`` from ``source_cache``, the other heads of layers ``[:frozen_layers]`` (all
-    by default; -1: all but the last) at ``base_cache``'s output when ``freeze_heads``, the MLPs too when ``freeze_mlps``;
-    the metric of that run or, with ``receivers``, of a fresh run of ``tokens`` given the receivers'
-    ``receiver_input`` of that run. ``[n_layers, n_heads]``."""
+    with the sender's ``z`` from ``source_cache`` and, when ``freeze_heads``, the other heads of layers
+    ``[:frozen_layers]`` (all by default; -1: all but the last) at ``base_cache``'s output, the MLPs too
+    when ``freeze_mlps``; the metric of that run or, with ``receivers``, of a fresh run of ``tokens``
+    given the receivers' ``receiver_input`` of that run. ``[n_layers, n_heads]``."""
     import itertools
 
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -101,8 +101,8 @@ def path_loop(model: Any, tokens: Tensor, base_cache: Any, source_cache: Any, me
                 z[:, :, sender_head] = source_cache[hook.name][:, :, sender_head]
             return z
 
-        hooks: list[tuple[str, Callable]] = [(hook_name("head_out", layer), lambda z, hook, layer=layer: patch(z, hook, layer))
-                                             for layer in range(n_layers)]
+        hooks: list[tuple[str, Callable]] = [
+            (hook_name("head_out", layer), lambda z, hook, layer=layer: patch(z, hook, layer)) for layer in range(n_layers)]
         if freeze_mlps:
             hooks += [(f"blocks.{layer}.hook_mlp_out", lambda out, hook: base_cache[hook.name].clone())
                       for layer in range(n_layers)]

@@ -161,7 +161,8 @@ def cases(check: str, models: Models) -> list[dict[str, Any]]:
             elif check == "check_head_inputs":
                 keys += [{**base, "which": which} for which in HEAD_INPUTS]
             elif check == "check_path_to_receivers":  # the queries once; the values, larger, everywhere
-                keys += [{**base, "receiver_input": which} for which in (("q", "v") if model_index == index == 0 else ("v",))]
+                inputs = ("q", "v") if model_index == index == 0 else ("v",)
+                keys += [{**base, "receiver_input": which} for which in inputs]
             elif check == "check_top_heads":
                 keys.append({**base, "k": TOP_K[index % len(TOP_K)]})
             else:
