@@ -20,11 +20,15 @@ import torch
 from torch import Tensor
 
 from autograder.diagnose import MESSAGES, Candidate, diagnose, grid_mistakes, matches, mismatch_message
-from autograder.harvest import ATTRIBUTION, HEAD_INPUTS, Models, PromptSet, cases, head_map_values, heatmap_values, run_case
+from autograder.harvest import (
+    ATTRIBUTION, HEAD_INPUTS, Models, PromptSet, cases, head_map_values, heatmap_values, path_receivers, run_case,
+)
 from patchlab.metrics import logit_diff, normalise
 from patchlab.patching import (
-    attribution_patching, attribution_terms, fast_patching, hook_name, patch_position, reference_patching,
+    attribution_patching, attribution_terms, fast_path_patching, fast_patching, hook_name, patch_position,
+    reference_patching,
 )
+from patchlab.patching.paths import RECEIVER_INPUTS
 
 # Logit differences are O(1-10) logits; the normalised metric is O(1) but divides by
 # (clean - corrupted), which amplifies float32 rounding when that gap is small.
@@ -47,9 +51,12 @@ RETURNS = {
     "check_top_heads": "a list of k (layer, head) pairs",
     "check_attribution_resid": "a tensor of shape [n_layers, n_positions]",
     "check_attribution_heads": "a tensor of shape [n_layers, n_heads]",
+    "check_path_to_logits": "a tensor of shape [n_layers, n_heads]",
+    "check_path_to_receivers": "a tensor of shape [n_layers, n_heads]",
 }
 # The checks of patching grids (their candidate mistakes other than a transposition keep the shape).
-GRIDS = ("check_residual_patching", "check_head_by_pos", "check_head_inputs")
+GRIDS = ("check_residual_patching", "check_head_by_pos", "check_head_inputs", "check_path_to_logits",
+         "check_path_to_receivers")
 # Checks whose cases exercise separate branches of the learner's code (``which`` = q, k, v, pattern):
 # a mistake is named when it explains every wrong case; the right ones need not show it (e.g. the
 # head indexed on axis 2 is right for q, k, v and wrong for the pattern only).
@@ -74,6 +81,50 @@ def loop_patching(model: Any, tokens: Tensor, source_cache: Any, metric: Callabl
             return activation
 
         results[(layer, *index)] = metric(model.run_with_hooks(tokens, fwd_hooks=[(name, patch)])).item()
+    return results
+
+
+def path_loop(model: Any, tokens: Tensor, base_cache: Any, source_cache: Any, metric: Callable[[Tensor], Tensor],
+              receivers: list[tuple[int, int]] | None = None, receiver_input: str = "q", freeze_heads: bool = True,
+              freeze_mlps: bool = False, frozen_layers: int | None = None) -> Tensor:
+    """A path-patching loop as a learner may write it, right or not: for every sender head, run ``tokens``
+    with the sender's ``z`` from ``source_cache`` and, when ``freeze_heads``, the other heads of layers
+    ``[:frozen_layers]`` (all by default; -1: all but the last) at ``base_cache``'s output, the MLPs too
+    when ``freeze_mlps``; the metric of that run or, with ``receivers``, of a fresh run of ``tokens``
+    given the receivers' ``receiver_input`` of that run. ``[n_layers, n_heads]``."""
+    import itertools
+
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    frozen = range(n_layers)[:frozen_layers]
+    inputs = [f"blocks.{layer}.attn.hook_{receiver_input}" for layer, _ in receivers or []]
+    results = torch.zeros(n_layers, n_heads)
+    for sender_layer, sender_head in itertools.product(range(n_layers), range(n_heads)):
+
+        def patch(z: Tensor, hook: Any, layer: int) -> Tensor:
+            if freeze_heads and layer in frozen:
+                z[:] = base_cache[hook.name]
+            if layer == sender_layer:
+                z[:, :, sender_head] = source_cache[hook.name][:, :, sender_head]
+            return z
+
+        hooks: list[tuple[str, Callable]] = [
+            (hook_name("head_out", layer), lambda z, hook, layer=layer: patch(z, hook, layer)) for layer in range(n_layers)]
+        if freeze_mlps:
+            hooks += [(f"blocks.{layer}.hook_mlp_out", lambda out, hook: base_cache[hook.name].clone())
+                      for layer in range(n_layers)]
+        if receivers is None:
+            results[sender_layer, sender_head] = metric(model.run_with_hooks(tokens, fwd_hooks=hooks)).item()
+            continue
+        with model.hooks(fwd_hooks=hooks):
+            _, recorded = model.run_with_cache(tokens, names_filter=lambda name: name in inputs)
+
+        def receive(activation: Tensor, hook: Any, head: int) -> Tensor:
+            activation[:, :, head] = recorded[hook.name][:, :, head]
+            return activation
+
+        logits = model.run_with_hooks(tokens, fwd_hooks=[
+            (name, lambda a, hook, head=head: receive(a, hook, head)) for name, (_, head) in zip(inputs, receivers)])
+        results[sender_layer, sender_head] = metric(logits).item()
     return results
 
 
@@ -145,6 +196,36 @@ class References:
                 return loop_patching(model, *run, hook, (n_heads,), lambda h: (slice(None),) * axis + (h,))
             raise ValueError(variant)
         return self.cached((key["model"], key["set"], component, variant), compute)
+
+    def path_grid(self, key: dict[str, Any], variant: str = "reference") -> Tensor:
+        """Path patching of every sender head to the final residual stream (a case without
+        ``receiver_input``) or to ``path_receivers``' input ``receiver_input``, or what a known mistake
+        gives: ``wrong_direction``, ``not_frozen`` (plain head patching), ``mlps_frozen``, ``freeze_short``
+        (the last layer's heads not frozen), ``to_logits`` (the frozen run's metric, no receivers), or
+        another receiver input (``q``, ``k``, ``v``)."""
+        ps = self.prompt_set(key)
+        which = key.get("receiver_input")
+        receivers = None if which is None else path_receivers(ps.model)
+        tokens, corrupted = ps.data.corrupted_tokens, ps.corrupted_cache
+
+        def fast(tokens: Tensor, source: Any, receivers: list | None, which: str) -> Tensor:
+            return fast_path_patching(ps.model, tokens, source, ps.metric, receivers, which or "q", progress=False)
+
+        def compute() -> Tensor:
+            if variant == "reference":
+                return fast(tokens, ps.clean_cache, receivers, which)
+            if variant == "wrong_direction":
+                return fast(ps.data.clean_tokens, corrupted, receivers, which)
+            if variant == "to_logits":
+                return fast(tokens, ps.clean_cache, None, which)
+            if variant in RECEIVER_INPUTS:
+                return fast(tokens, ps.clean_cache, receivers, variant)
+            if variant == "not_frozen" and receivers is None:
+                return fast_patching(ps.model, tokens, ps.clean_cache, ps.metric, "head_out", progress=False)
+            options = {"not_frozen": {"freeze_heads": False}, "mlps_frozen": {"freeze_mlps": True},
+                       "freeze_short": {"frozen_layers": -1}}[variant]
+            return path_loop(ps.model, tokens, corrupted, ps.clean_cache, ps.metric, receivers, which or "q", **options)
+        return self.cached((key["model"], key["set"], "path", which, variant), compute)
 
 
     def attribution(self, key: dict[str, Any], component: str, variant: str = "reference") -> Tensor:
@@ -310,6 +391,8 @@ def _expected(check: str, key: dict[str, Any], refs: References) -> tuple[Tensor
                          ("attribution_not_summed_d_head", lambda: start + (terms() - start).sum(dim=1))]
         axis_names = ("layer", "position") if component == "resid_pre" else ("layer", "head")
         return reference, mistakes, {"axis_names": axis_names, "atol": ATOL_METRIC}
+    if check in ("check_path_to_logits", "check_path_to_receivers"):
+        return _path_expected(key, refs)
     reference = refs.grid(key)
     transposed, *metric_mistakes = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
     return reference, [
@@ -317,6 +400,32 @@ def _expected(check: str, key: dict[str, Any], refs: References) -> tuple[Tensor
         ("resid_mid", lambda: refs.grid(key, "resid_mid")), ("resid_post", lambda: refs.grid(key, "resid_post")),
         *metric_mistakes,
     ], {"off_by_one_axes": {0: "off_by_one_layer", 1: "off_by_one_position"}, "axis_names": ("layer", "position"),
+        "atol": ATOL_METRIC}
+
+
+def _path_expected(key: dict[str, Any], refs: References) -> tuple[Tensor, list[tuple[str, Candidate]], dict]:
+    """Path patching's reference for one case and the known mistakes' results."""
+    ps = refs.prompt_set(key)
+    reference = refs.path_grid(key)
+    _, *metric_mistakes = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
+    variant = lambda name: lambda: refs.path_grid(key, name)  # noqa: E731
+    mistakes: list[tuple[str, Candidate]] = [
+        ("head_transposed", reference.T), ("path_sender_not_patched", torch.zeros_like(reference)),
+        ("path_wrong_direction", variant("wrong_direction")), ("path_not_frozen", variant("not_frozen")),
+        ("path_mlps_frozen", variant("mlps_frozen")),
+    ]
+    which = key.get("receiver_input")
+    if which is None:
+        mistakes.append(("path_freeze_short", variant("freeze_short")))
+    else:
+        mistakes.append(("path_receivers_not_patched", variant("to_logits")))
+        mistakes += [("path_wrong_receiver_input", variant(other)) for other in RECEIVER_INPUTS if other != which]
+    for skipped in (0, -1):  # a loop over senders that skips the first or the last layer
+        short = reference.clone()
+        short[skipped] = 0
+        mistakes.append(("head_off_by_one_layer", short))
+    return reference, mistakes + metric_mistakes, {
+        "off_by_one_axes": {0: "head_off_by_one_layer"}, "axis_names": ("sender layer", "sender head"),
         "atol": ATOL_METRIC}
 
 
@@ -508,3 +617,5 @@ check_head_inputs = _in_process("check_head_inputs")
 check_top_heads = _in_process("check_top_heads")
 check_attribution_resid = _in_process("check_attribution_resid")
 check_attribution_heads = _in_process("check_attribution_heads")
+check_path_to_logits = _in_process("check_path_to_logits")
+check_path_to_receivers = _in_process("check_path_to_receivers")

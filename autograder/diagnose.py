@@ -179,6 +179,40 @@ MESSAGES: dict[str, str] = {
         "forward pass. This exercise asks for the first-order estimate, from one forward and one backward "
         "pass of the corrupted run."
     ),
+    "path_not_frozen": (
+        "Other heads not frozen: this is plain activation patching of each head's output, which lets the "
+        "sender's effect flow through every later head too. In the sender's run, set the z of every other "
+        "head, in every layer, to its output in the corrupted run (corrupted_cache), and give only the "
+        "sender its clean z."
+    ),
+    "path_mlps_frozen": (
+        "MLPs frozen too: you kept the MLP outputs at their corrupted values, which cuts the paths from the "
+        "sender through the MLPs. Freeze only the attention heads (hook_z); let the MLPs (and LayerNorms) be "
+        "recomputed."
+    ),
+    "path_freeze_short": (
+        "Not every layer frozen: the heads of the last layer were recomputed, so the sender's effect also "
+        "reaches the output through them. Freeze the heads of every layer, range(model.cfg.n_layers)."
+    ),
+    "path_wrong_direction": (
+        "Patched the wrong way: you ran the clean prompts, froze the heads at their clean outputs and gave "
+        "the sender its corrupted z. Run the corrupted prompts, freeze every other head at its corrupted "
+        "output, and give the sender its z from the clean run."
+    ),
+    "path_sender_not_patched": (
+        "Every sender scores 0, the corrupted run's value: the sender never got its clean output. Overwrite "
+        "the sender's z, z[:, :, head], with the clean run's (clean_cache), after freezing the other heads."
+    ),
+    "path_receivers_not_patched": (
+        "These are the frozen runs' own metrics, i.e. path patching to the final residual stream: the "
+        "receivers were never patched. Record the receivers' inputs in the frozen run, then run the "
+        "corrupted prompts again with nothing frozen, only those inputs patched in, and take its metric."
+    ),
+    "path_wrong_receiver_input": (
+        "Patched another input of the receivers than `receiver_input` names (e.g. their keys when asked "
+        "for their queries): record and patch blocks.{layer}.attn.hook_{receiver_input}, only the "
+        "receiver heads' slice of it."
+    ),
     "uses_globals": (
         "Right on the notebook's prompts but wrong on a new prompt set: your function must use only its "
         "arguments, not notebook variables (data, clean_cache, metric, ...) or numbers copied from an "

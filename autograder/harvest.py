@@ -136,7 +136,7 @@ class Models:
 # They run the second prompt set on the first model only: three cases, not four, and still one that
 # tells results copied from the notebook (the second set) from sizes fixed in the code (the second
 # model) apart.
-LOOPS = ("check_residual_patching", "check_head_by_pos")
+LOOPS = ("check_residual_patching", "check_head_by_pos", "check_path_to_logits", "check_path_to_receivers")
 # Attribution patching (exercise 4): one forward and one backward pass each, called as the loops are.
 # The learner's function runs with gradients off, as every call here: it must switch them on itself.
 ATTRIBUTION = ("check_attribution_resid", "check_attribution_heads")
@@ -156,13 +156,17 @@ def cases(check: str, models: Models) -> list[dict[str, Any]]:
                 keys += [{**base, "logits": which} for which in ("clean", "corrupted", "halfway")]
             elif check == "check_patch_hook":
                 keys += [{**base, "layer": layer, "position": pos} for layer, pos in ps.hook_layers()]
-            elif check in ("check_residual_patching", "check_heatmap", "check_head_by_pos", *ATTRIBUTION):
+            elif check in ("check_residual_patching", "check_heatmap", "check_head_by_pos", "check_path_to_logits",
+                           *ATTRIBUTION):
                 keys.append(base)
             elif check == "check_head_hook":
                 keys += [{**base, "layer": layer, "head": head, "position": pos}
                          for layer, head, pos in ps.head_hooks()]
             elif check == "check_head_inputs":
                 keys += [{**base, "which": which} for which in HEAD_INPUTS]
+            elif check == "check_path_to_receivers":  # the queries once; the values, larger, everywhere
+                inputs = ("q", "v") if model_index == index == 0 else ("v",)
+                keys += [{**base, "receiver_input": which} for which in inputs]
             elif check == "check_top_heads":
                 keys.append({**base, "k": TOP_K[index % len(TOP_K)]})
             else:
@@ -171,6 +175,12 @@ def cases(check: str, models: Models) -> list[dict[str, Any]]:
 
 HEAD_INPUTS = ("q", "k", "v", "pattern")  # what check_head_inputs patches, by hook_{which}
 TOP_K = (3, 5)  # how many heads check_top_heads asks for, on the first and the second prompt set
+
+
+def path_receivers(model: Any) -> list[tuple[int, int]]:
+    """The receiver heads of the path-patching checks: every head of the layers between the first (no
+    sender reaches it) and the last, so that senders of several layers reach them."""
+    return [(layer, head) for layer in range(1, max(2, model.cfg.n_layers - 1)) for head in range(model.cfg.n_heads)]
 
 
 def head_map_values(n_layers: int, n_heads: int, seed: int) -> torch.Tensor:
@@ -274,6 +284,13 @@ def run_case(check: str, key: dict[str, Any], fn: Callable[..., Any], models: Mo
     if check in ("check_head_by_pos", "check_head_inputs"):
         args = (ps.model, ps.data.clean_tokens.clone(), ps.data.corrupted_tokens.clone(), ps.metric)
         record = _call(fn, args + ((key["which"],) if check == "check_head_inputs" else ()), {})
+        ps.model.reset_hooks()
+        return record
+    if check in ("check_path_to_logits", "check_path_to_receivers"):
+        args = (ps.model, ps.data.clean_tokens.clone(), ps.data.corrupted_tokens.clone(), ps.metric)
+        if check == "check_path_to_receivers":
+            args += (path_receivers(ps.model), key["receiver_input"])
+        record = _call(fn, args, {})
         ps.model.reset_hooks()
         return record
     if check == "check_top_heads":

@@ -144,7 +144,7 @@ def _reshaped_state(state: dict[str, torch.Tensor], n_layer: int, generator: tor
     for index, old in enumerate(layout):
         p, q = f"transformer.h.{index}.", f"transformer.h.{old}."
         if old is None:
-            src = {k[len(f"transformer.h.0."):]: torch.zeros_like(v) for k, v in state.items()
+            src = {k[len("transformer.h.0."):]: torch.zeros_like(v) for k, v in state.items()
                    if k.startswith("transformer.h.0.")}
             src["ln_1.weight"] = src["ln_2.weight"] = torch.ones(d)
         else:

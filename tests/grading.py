@@ -86,7 +86,8 @@ fixtures = load_module("submission_fixtures", "tests/fixtures/submissions/build.
 # Grading options of the fixture runs: a loaded 2-core machine takes minutes for some cells.
 LIMITS = ("--cell-timeout", "240", "--notebook-timeout", "900", "--jobs", "2")
 # Each assignment's points: automatic and manual together.
-MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10, "attribution_patching": 8}
+MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10, "attribution_patching": 8,
+              "path_patching": 8}
 
 
 def write_groups(base: Path, groups: list[str]) -> dict[str, Path]:

@@ -1,6 +1,6 @@
 """End to end: `python -m autograder grade` on the submission fixtures, through the real sandbox.
 
-The fixtures (tests/fixtures/submissions/build.py) are graded in five runs (`--jobs 2`, bubblewrap):
+The fixtures (tests/fixtures/submissions/build.py) are graded in six runs (`--jobs 2`, bubblewrap):
 logit_difference (with entries that must be skipped, and a relative --out), residual_patching,
 attention_heads, an endless loop with a short cell timeout, and a residual_patching class graded, given a manual grade,
 reported again (--no-run), and regraded after a learner changed the scored answer. The lifecycle

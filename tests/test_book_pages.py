@@ -29,10 +29,10 @@ def toc_pages() -> list[Path]:
 CHAPTERS = [page for page in toc_pages() if page.exists() and notebooks.is_notebook_md(page)]
 
 
-def test_toc_lists_existing_pages_and_all_twelve_notebook_chapters() -> None:
+def test_toc_lists_existing_pages_and_all_thirteen_notebook_chapters() -> None:
     missing = [str(p.relative_to(ROOT)) for p in toc_pages() if not p.exists()]
     assert missing == []
-    assert len(CHAPTERS) == 12
+    assert len(CHAPTERS) == 13
 
 
 def test_config_names_the_course_repository_and_serves_mathjax_locally() -> None:
@@ -68,6 +68,7 @@ def test_chapter_names_its_model_in_its_first_output_and_runs_without_the_book_t
     ("logit_difference", "exercises/logit_difference/logit_difference.ipynb"),
     ("residual_patching", "exercises/residual_patching/residual_patching.ipynb"),
     ("attribution_patching", "exercises/attribution_patching/attribution_patching.ipynb"),
+    ("path_patching", "exercises/path_patching/path_patching.ipynb"),
 ])
 def test_chapter_ends_with_its_exercise(stem: str, exercise: str) -> None:
     text = (ROOT / "book" / f"{stem}.md").read_text(encoding="utf-8")

@@ -397,3 +397,44 @@ def test_attribution_of_head_outputs(judged):
     assert names(judged(check, attribution(hook, (3,))), "attribution_not_summed_positions")
     assert names(judged(check, attribution(hook, (1,))), "attribution_not_summed_d_head")
     assert names(judged(check, lambda *args: attribution(hook, (1, 3))(*args).T), "head_transposed")
+# --- path patching ---------------------------------------------------------------------------------
+
+def path_patching(source: str = "clean", **options):
+    """A learner's path patching of every sender (to the final residual stream, or with ``receivers`` and
+    ``receiver_input`` to those heads' input), with ``checks.path_loop``'s ``options`` (its mistakes);
+    ``source="corrupted"`` gives the sender its corrupted z, ``"swapped"`` runs the clean prompts."""
+    def run(model, clean_tokens, corrupted_tokens, metric, receivers=None, receiver_input="q"):
+        if source == "swapped":
+            clean_tokens, corrupted_tokens = corrupted_tokens, clean_tokens
+        _, clean_cache = model.run_with_cache(clean_tokens)
+        _, corrupted_cache = model.run_with_cache(corrupted_tokens)
+        sender = corrupted_cache if source == "corrupted" else clean_cache
+        return checks.path_loop(model, corrupted_tokens, corrupted_cache, sender, metric, receivers, receiver_input,
+                                **options)
+    return run
+
+
+def test_path_to_logits(judged):
+    check = "check_path_to_logits"
+    assert judged(check, path_patching()) is None
+    assert names(judged(check, lambda *args: path_patching()(*args).T), "head_transposed")
+    for learner, mistake in ((path_patching(freeze_heads=False), "path_not_frozen"),
+                             (path_patching(freeze_mlps=True), "path_mlps_frozen"),
+                             (path_patching(frozen_layers=-1), "path_freeze_short"),
+                             (path_patching("swapped"), "path_wrong_direction"),
+                             (path_patching("corrupted"), "path_sender_not_patched")):
+        assert names(judged(check, learner), mistake), mistake
+
+
+def test_path_to_receivers(judged):
+    check = "check_path_to_receivers"
+    right = path_patching()
+    assert judged(check, right) is None
+    keys = lambda model, clean, corrupted, metric, receivers, which: right(  # noqa: E731
+        model, clean, corrupted, metric, receivers, "k")
+    assert names(judged(check, keys), "path_wrong_receiver_input")
+    assert names(judged(check, lambda *args: right(*args[:4])), "path_receivers_not_patched")
+    for learner, mistake in ((path_patching(freeze_heads=False), "path_not_frozen"),
+                             (path_patching(freeze_mlps=True), "path_mlps_frozen"),
+                             (path_patching("swapped"), "path_wrong_direction")):
+        assert names(judged(check, learner), mistake), mistake

@@ -44,5 +44,9 @@ class TestAttentionHeads(GradedAssignment):
     assignment = "attention_heads"
 
 
+class TestPathPatching(GradedAssignment):
+    assignment = "path_patching"
+
+
 class TestAttributionPatching(GradedAssignment):
     assignment = "attribution_patching"
