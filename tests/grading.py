@@ -67,7 +67,8 @@ def page_text(page: Path | str) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every entry under ``folder`` (links not followed): a file's sha256, a link's target, "dir"."""
+    """Every entry under ``folder`` (links not followed): a file's sha256, a link's target, "dir",
+    "special" (a socket or pipe)."""
     found = {}
     for top, dirs, files in os.walk(folder):
         for name in dirs + files:
@@ -77,8 +78,10 @@ def snapshot(folder: Path) -> dict[str, str]:
                 found[key] = "link " + os.readlink(path)
             elif path.is_dir():
                 found[key] = "dir"
-            else:
+            elif path.is_file():
                 found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:  # a socket or a pipe (a kernel's, in a run's scratch folder)
+                found[key] = "special"
     return found
 
 

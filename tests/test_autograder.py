@@ -24,7 +24,8 @@ from grading import HAS_BWRAP, LIMITS, MAX_SCORES, check_no_leaks, check_submiss
 
 GROUPS = ("logit_difference", "logit_difference_endless", "residual_patching", "residual_rerun")
 
-SHORT_LIMITS = ("--cell-timeout", "20", "--notebook-timeout", "300")
+# The endless loop's cell is stopped after 60 s; the set-up cell must fit in that too, on a loaded machine.
+SHORT_LIMITS = ("--cell-timeout", "60", "--notebook-timeout", "300")
 
 
 def add_entries_to_skip(folder: Path) -> None:
@@ -111,7 +112,8 @@ def test_the_run_records_its_sandbox(graded):
 def test_submitted_files_are_never_changed(graded):
     assert graded["after"] == graded["before"] or set(graded["after"]) == set(graded["before"])
     for group in GROUPS:
-        assert graded["after"][group] == graded["before"][group], group
+        if group != "residual_rerun":  # where a learner hands in a new answer, on purpose
+            assert graded["after"][group] == graded["before"][group], group
 
 
 @pytest.mark.slow
