@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # auto = GPT-2 small when it can be loaded, else the course model ioi-mini.
 PATCHLAB_MODEL ?=
-# The notebooks readers get, run by nbval in `make test`: the chapters and the released exercises.
-READER_NOTEBOOKS = book/*.ipynb exercises/*/*.ipynb
+# The released exercises, run by nbval in `make test` as learners get them. (The chapters run in
+# `make book`, on the course model, and in tests/test_gpt2_offline.py, on GPT-2's code path.)
+READER_NOTEBOOKS = exercises/*/*.ipynb
 # `make test` runs this many pytest workers (pytest-xdist), each on one test file or class at a time, with one
 # torch thread each: most tests wait on one single-threaded process (a kernel, a grading run).
 TEST_WORKERS ?= 2

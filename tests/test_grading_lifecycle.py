@@ -14,6 +14,21 @@ import pytest
 from grading import ENV, ROOT, autograder, fixtures, grade, needs_sandbox, read_grades, snapshot  # tests/grading.py
 
 
+def sandboxed_processes(folder: Path) -> list[str]:
+    """The processes (anyone's) of grading sandboxes whose scratch folder lies under ``folder``: their
+    bind mount names it in their mountinfo. Other tests' grading runs, beside this one, are not counted."""
+    mark = "/".join(folder.parts[-2:])  # the folder's own part of the path (/tmp may be a mount of its own)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark in (entry / "mountinfo").read_text(encoding="utf-8", errors="replace"):
+                    found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes().replace(bytes(1), b' ')[:200]!r}")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+    return found
+
+
 def one_submission(tmp_path: Path) -> Path:
     folder = tmp_path / "subs"
     fixtures.write([fixtures.LOGIT_DIFFERENCE[0]], folder)
@@ -35,6 +50,7 @@ def test_an_interrupted_run_changes_nothing_and_the_next_recovers(tmp_path):
         while not (out / ".staging" / "work").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(3)  # the learner's kernel is running
+        assert sandboxed_processes(tmp_path), "no sandbox of the run found: the check below would prove nothing"
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == code
@@ -42,8 +58,7 @@ def test_an_interrupted_run_changes_nothing_and_the_next_recovers(tmp_path):
             assert err.strip().startswith("interrupted: nothing was changed") and len(err.strip().splitlines()) == 1
             assert not (out / ".staging").exists()
         time.sleep(1)
-        alive = subprocess.run(["pgrep", "-f", "autograder_harvest|runner.py run.ipynb"], capture_output=True)
-        assert alive.stdout == b"", "a process of the interrupted run survived it"
+        assert sandboxed_processes(tmp_path) == [], "a process of the interrupted run survived it"
         after = snapshot(out)
         for name in ("grades.csv", "run.json", "nbgrader/gradebook.db", "feedback/solution.html"):
             assert after[name] == before[name], name
