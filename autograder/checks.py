@@ -2,8 +2,8 @@
 
 :mod:`autograder.harvest` ran each learner function, inside the sandbox, on the graded cases: two
 models of different shape (the course model and ``ioi-mini-reshaped``: 5 layers, 8 heads, width 256;
-with ``--model gpt2-small``, GPT-2 small and the course model), each with the classic prompts and a
-second prompt set (other names, another template, another length). Here, outside the sandbox, the
+with ``--model gpt2-small``, GPT-2 small and the course model), each with the classic prompts (the
+second model their first pair) and a second prompt set (other names, another template, another length). Here, outside the sandbox, the
 same inputs are rebuilt, the references computed with ``patchlab`` (once per grading run), and each
 returned value compared with its reference within explicit tolerances. ``judge`` returns None when
 every case is right, else the message the learner sees: a known mistake is named only when it
@@ -26,7 +26,6 @@ from autograder.harvest import (
 from patchlab.metrics import logit_diff, normalise
 from patchlab.patching import (
     attribution_patching, attribution_terms, fast_path_patching, fast_patching, hook_name, patch_position,
-    reference_patching,
 )
 from patchlab.patching.paths import RECEIVER_INPUTS
 
@@ -149,13 +148,11 @@ class References:
         """The resid_pre patching grid of a prompt set, or what a known mistake gives."""
         ps = self.prompt_set(key)
 
-        def compute() -> Tensor:
+        def compute() -> Tensor:  # fast exact patching: reference_patching's numbers (tests/test_fast_patching.py)
             if variant == "reference":
-                return reference_patching(ps.model, ps.data.corrupted_tokens, ps.clean_cache, ps.metric,
-                                          progress=False)
+                return fast_patching(ps.model, ps.data.corrupted_tokens, ps.clean_cache, ps.metric, progress=False)
             if variant == "wrong_direction":
-                return reference_patching(ps.model, ps.data.clean_tokens, ps.corrupted_cache, ps.metric,
-                                          progress=False)
+                return fast_patching(ps.model, ps.data.clean_tokens, ps.corrupted_cache, ps.metric, progress=False)
             from transformer_lens.patching import generic_activation_patch, layer_pos_patch_setter
 
             return generic_activation_patch(ps.model, ps.data.corrupted_tokens, ps.clean_cache, ps.metric,

@@ -69,6 +69,9 @@ def environment(**variables: str) -> Iterator[None]:
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     try:
         yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    finally:  # key by key: the grading threads start sandboxes meanwhile and read PATH
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value

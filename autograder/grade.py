@@ -36,10 +36,11 @@ import threading
 import time
 import unicodedata
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Iterator
 
 import nbformat
 from nbgrader.apps import NbGraderAPI
@@ -62,6 +63,9 @@ MAX_RESULT_BYTES = 60 * 1024 * 1024  # a test's records (GPT-2 small's activatio
 MAX_EXECUTED_BYTES = 40 * 1024 * 1024
 MAX_OUTPUT_CHARS = 20_000  # per output of a cell, in the feedback
 STATE = ("nbgrader", "feedback")  # the folders a run replaces as a whole
+# What the learner's kernel imports as it starts, before the first cell (autograder/preload.py): the
+# course's libraries, which every notebook imports, loaded with the garbage collector paused.
+PRELOAD = ("torch", "transformer_lens.model_bridge", "patchlab", "patchlab.plots", "plotly.graph_objects")
 # Errors the runner writes into a cell where the run stopped (the kernel died, a time limit).
 STOP_ERRORS = ("DeadKernelError", "NotebookTimeoutError", "CellTimeoutError")
 
@@ -284,7 +288,7 @@ class Grader:
         result = sandbox.run(self.sandbox_kind, [
             sys.executable, "{grader}/runner.py", "run.ipynb", "executed.ipynb",
             "--cell-timeout", str(self.cell_timeout), "--notebook-timeout", str(self.notebook_timeout),
-            "--max-output", str(MAX_OUTPUT_CHARS)], work, self.read_only(), grader_dir, self.kernel_env(),
+            "--max-output", str(MAX_OUTPUT_CHARS), "--preload", ",".join(PRELOAD)], work, self.read_only(), grader_dir, self.kernel_env(),
             self.limits)
         execution = Execution(None, killed=result.killed, seconds=result.seconds)
         executed = work / "executed.ipynb"
@@ -340,13 +344,14 @@ class Grader:
         return env
 
     def install_grader_files(self) -> None:
-        """The two modules the sandbox runs and the stand-ins of ``sandbox_path/``, copied where it can
-        read them (and nothing else of ours)."""
+        """The modules the sandbox runs (runner, harvest, preload) and the stand-ins of ``sandbox_path/``,
+        copied where it can read them (and nothing else of ours)."""
         grader_dir = self.staging / "work" / "grader"
         grader_dir.mkdir(parents=True, exist_ok=True)
         here = Path(__file__).parent
         shutil.copy(here / "runner.py", grader_dir / "runner.py")
         shutil.copy(here / "harvest.py", grader_dir / f"{restore.HARVEST_MODULE}.py")
+        shutil.copy(here / "preload.py", grader_dir / "autograder_preload.py")
         for module in (here / "sandbox_path").glob("*.py"):
             shutil.copy(module, grader_dir / module.name)
 
@@ -433,16 +438,15 @@ class Grader:
 
     # --- feedback -----------------------------------------------------------------------------
     def write_feedback(self) -> None:
-        """The page of every scored submission, from one nbgrader run over the gradebook (its HTML
-        templates compiled once, not once per learner: that took 1-3 s a page); a page nbgrader could
+        """The page of each scored submission not written yet, from nbgrader run for that learner
+        (during a run, as each is scored, beside the submissions still running); a page nbgrader could
         not write, or one quoting a hidden test, is replaced by a plain one."""
-        if not self.pages_due:
-            return
-        shutil.rmtree(self.course / "feedback", ignore_errors=True)  # only pages of this run are read
-        with environment():
-            self.api.generate_feedback(self.assignment, force=True)  # a learner's failure spares the others
         for grade in self.pages_due:
-            page = self.course / "feedback" / grade.student / self.assignment / f"{self.assignment}.html"
+            folder = self.course / "feedback" / grade.student
+            shutil.rmtree(folder, ignore_errors=True)  # only this run's page is read
+            with environment():
+                self.api.generate_feedback(self.assignment, student_id=grade.student, force=True)
+            page = folder / self.assignment / f"{self.assignment}.html"
             text = page.read_text(encoding="utf-8") if page.is_file() else ""
             leaked = leaks(text, self.hidden)
             if not text or leaked:
@@ -462,6 +466,35 @@ class Grader:
         return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head><body>"
                 f"<h1>{title}</h1><p>Status: <b>{grade.status}</b></p><p>Score: {score}{total}</p>"
                 f"<p>{html.escape(grade.detail)}</p></body></html>\n")
+
+
+class Runs:
+    """The sandboxed runs of a grading run, ``jobs`` at a time (threads waiting on their sandboxes),
+    handed back as each ends; on any exception or Ctrl-C in the ``with`` block, the runs not started
+    are cancelled and the running sandboxes killed."""
+
+    def __init__(self, execute: Callable[[Submission], tuple[restore.Rebuilt | None, Execution]],
+                 subs: list[Submission], jobs: int, progress: bool) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=jobs)
+        self.futures = {self.pool.submit(execute, sub): sub for sub in subs}
+        self.progress = progress
+
+    def __enter__(self) -> "Runs":
+        return self
+
+    def completed(self) -> Iterator[tuple[Submission, tuple[restore.Rebuilt | None, Execution]]]:
+        for done, future in enumerate(as_completed(self.futures), 1):
+            sub = self.futures[future]
+            if self.progress:
+                print(f"  ran {done}/{len(self.futures)}: {sub.student}", flush=True)
+            yield sub, future.result()
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            self.pool.shutdown()
+            return
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        sandbox.kill_all()
 
 
 def stopped_by(outputs: list[dict]) -> str:
@@ -538,34 +571,21 @@ def grade(
         warnings.simplefilter("ignore")  # nbgrader's SQLAlchemy warnings
         staging = folder.stage()
         grader = Grader(assignment, staging, model, kind, cell_timeout, notebook_timeout, limits)
-        grader.prepare()
-        if run:
-            grader.check_models()
         grades: list[Grade] = []
         if run:
             grader.install_grader_files()
-            done = 0
-
-            def one(sub: Submission) -> tuple[restore.Rebuilt | None, Execution]:
-                nonlocal done
-                outcome = grader.execute(sub)
-                done += 1
-                if progress:
-                    print(f"  ran {done}/{len(subs)}: {sub.student}", flush=True)
-                return outcome
-
-            pool = ThreadPoolExecutor(max_workers=jobs)
-            try:
-                executions = list(pool.map(one, subs))
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                sandbox.kill_all()
-                raise
-            pool.shutdown()
-            for sub, (rebuilt, execution) in zip(subs, executions):
-                grades.append(grader.score(sub, rebuilt, execution))
-            grader.write_feedback()
+            with Runs(grader.execute, subs, jobs, progress) as runs:
+                # While the first submissions run: the gradebook, the grading models (a model that
+                # cannot load stops the run here, its sandboxes killed, nothing written), then each
+                # submission scored, and its feedback page written, as its run ends (the references
+                # computed at the first).
+                grader.prepare()
+                grader.check_models()
+                for sub, (rebuilt, execution) in runs.completed():
+                    grades.append(grader.score(sub, rebuilt, execution))
+                    grader.write_feedback()
         else:
+            grader.prepare()
             for sub in subs:
                 if grader.autograded(sub.student).exists():
                     grades.append(grader.collect(sub.student))

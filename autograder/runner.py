@@ -1,6 +1,6 @@
 """Execute a prepared notebook inside the sandbox: the Jupyter client and its kernel, together.
 
-    python runner.py IN.ipynb OUT.ipynb --cell-timeout S --notebook-timeout S --max-output N
+    python runner.py IN.ipynb OUT.ipynb --cell-timeout S --notebook-timeout S --max-output N [--preload M,M]
 
 Runs in the sandbox (no network namespace to cross: client and kernel talk over IPC sockets in the
 sandbox's private /tmp). Each code cell gets ``--cell-timeout`` seconds, cut to what is left of
@@ -8,7 +8,8 @@ sandbox's private /tmp). Each code cell gets ``--cell-timeout`` seconds, cut to 
 the next cells still run); once the notebook's time is spent or the kernel died, the cells left get
 an error output that names why (``NotebookTimeoutError``, ``DeadKernelError``), so the trusted side
 can tell "did not run" from "failed". Each output is cut to ``--max-output`` characters, with a note.
-OUT is rewritten after every cell, so what ran before a kill is kept.
+OUT is rewritten after every cell, so what ran before a kill is kept. ``--preload`` names modules the
+kernel imports as it starts (``autograder_preload``, beside this file), before the first cell.
 
 Nothing here is trusted: learner code runs in the kernel next to it and can change this process or
 its files. The grader outside reads OUT as untrusted data.
@@ -59,12 +60,15 @@ def save(nb: nbformat.NotebookNode, path: str) -> None:
     os.replace(tmp, path)
 
 
-def execute(nb: nbformat.NotebookNode, out: str, cell_timeout: int, notebook_timeout: int, max_output: int) -> None:
+def execute(nb: nbformat.NotebookNode, out: str, cell_timeout: int, notebook_timeout: int, max_output: int,
+            preload: str = "") -> None:
     deadline = time.monotonic() + notebook_timeout
     km = AsyncKernelManager(kernel_name="python3", transport="ipc")  # async: a silent kernel cannot block it
+    # Binds no name in the learner's namespace (see autograder_preload).
+    start = [f"--IPKernelApp.exec_lines=__import__('autograder_preload').preload({preload!r})"] if preload else []
     client = NotebookClient(nb, km=km, timeout=cell_timeout, allow_errors=True, kernel_name="python3",
                             startup_timeout=min(120, notebook_timeout), record_timing=False,
-                            interrupt_on_timeout=True)
+                            interrupt_on_timeout=True, extra_arguments=start)
     stopped: nbformat.NotebookNode | None = None
     try:
         with client.setup_kernel():
@@ -112,9 +116,10 @@ def main() -> None:
     parser.add_argument("--cell-timeout", type=int, required=True)
     parser.add_argument("--notebook-timeout", type=int, required=True)
     parser.add_argument("--max-output", type=int, required=True)
+    parser.add_argument("--preload", default="")
     args = parser.parse_args()
     nb = nbformat.read(args.notebook, as_version=4)
-    execute(nb, args.out, args.cell_timeout, args.notebook_timeout, args.max_output)
+    execute(nb, args.out, args.cell_timeout, args.notebook_timeout, args.max_output, args.preload)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 ``bwrap`` (bubblewrap, Debian package ``bubblewrap``) gives the command its own mount, PID, network,
 IPC, UTS and user namespaces: it sees a read-only Python environment (the interpreter, the venv,
-the ``patchlab`` package, the grader's two in-kernel modules), its own scratch folder (read-write,
+the ``patchlab`` package, the grader's in-kernel modules), its own scratch folder (read-write,
 the only place it can write apart from a private ``/tmp``), and nothing else: not the submissions
 folder, not the output folder or gradebook, not ``solutions/``, not other learners; no network
 (the new network namespace holds only loopback); every process it starts ends when it ends (its PID
