@@ -288,8 +288,8 @@ class Grader:
         result = sandbox.run(self.sandbox_kind, [
             sys.executable, "{grader}/runner.py", "run.ipynb", "executed.ipynb",
             "--cell-timeout", str(self.cell_timeout), "--notebook-timeout", str(self.notebook_timeout),
-            "--max-output", str(MAX_OUTPUT_CHARS), "--preload", ",".join(PRELOAD)], work, self.read_only(), grader_dir, self.kernel_env(),
-            self.limits)
+            "--max-output", str(MAX_OUTPUT_CHARS), "--preload", ",".join(PRELOAD)],
+            work, self.read_only(), grader_dir, self.kernel_env(), self.limits)
         execution = Execution(None, killed=result.killed, seconds=result.seconds)
         executed = work / "executed.ipynb"
         if executed.is_file() and not executed.is_symlink() and executed.stat().st_size <= MAX_EXECUTED_BYTES:
