@@ -101,6 +101,24 @@ def test_grade_refuses_an_output_folder_inside_the_submissions(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@needs_sandbox
+def test_a_grading_model_that_cannot_load_stops_the_run_writing_nothing(tmp_path):
+    """GPT-2 small missing from the cache: one line, nothing written, no sandbox left (the run's
+    sandboxes start while the grader loads its models)."""
+    submissions = one_submission(tmp_path)
+    before = snapshot(submissions)
+    env = {**ENV, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    proc = subprocess.run(autograder("grade", submissions, "--assignment", "logit_difference", "--out",
+                                     tmp_path / "out", "--model", "gpt2-small", "--sandbox", "bwrap"),
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "cannot grade on gpt2-small" in proc.stderr and "not in the Hugging Face cache" in proc.stderr
+    assert not (tmp_path / "out" / "grades.csv").exists() and not list((tmp_path / "out").glob("feedback/*"))
+    assert snapshot(submissions) == before
+    assert sandboxed_processes(tmp_path) == []
+
+
 def test_without_bubblewrap_auto_refuses_with_the_way_out(tmp_path, monkeypatch):
     from autograder import sandbox
 
