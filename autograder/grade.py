@@ -264,8 +264,11 @@ class Grader:
         for name in self.references.models.names:
             try:
                 self.references.models.model(name)
-            except ModelUnavailableError as err:
-                raise GradingError(f"cannot grade on {name}: {err}") from None
+            except ModelUnavailableError as err:  # its first sentence: the ways out it names are a learner's
+                why = str(err).split(". ")[0]
+                raise GradingError(f"cannot grade on {name}: {why}. Load it once while online (python -c "
+                                   f"\"import patchlab; patchlab.load_model('{name}')\"), or grade with "
+                                   "--model ioi-mini") from None
 
     # --- phase 1: the sandboxed run ----------------------------------------------------------
     def execute(self, sub: Submission) -> tuple[restore.Rebuilt | None, Execution]:

@@ -114,6 +114,7 @@ def test_a_grading_model_that_cannot_load_stops_the_run_writing_nothing(tmp_path
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "cannot grade on gpt2-small" in proc.stderr and "not in the Hugging Face cache" in proc.stderr
+    assert "or grade with --model ioi-mini" in proc.stderr
     assert not (tmp_path / "out" / "grades.csv").exists() and not list((tmp_path / "out").glob("feedback/*"))
     assert snapshot(submissions) == before
     assert sandboxed_processes(tmp_path) == []
