@@ -3,8 +3,9 @@
 :mod:`autograder.harvest` ran each learner function, inside the sandbox, on the graded cases: two
 models of different shape (the course model and ``ioi-mini-reshaped``: 5 layers, 8 heads, width 256;
 with ``--model gpt2-small``, GPT-2 small and the course model), each with the classic prompts (the
-second model their first pair) and a second prompt set (other names, another template, another length). Here, outside the sandbox, the
-same inputs are rebuilt, the references computed with ``patchlab`` (once per grading run), and each
+second model their first pair) and a second prompt set (other names, another template, another
+length). Here, outside the sandbox, the same inputs are rebuilt, the references computed with
+``patchlab`` (once per grading run), and each
 returned value compared with its reference within explicit tolerances. ``judge`` returns None when
 every case is right, else the message the learner sees: a known mistake is named only when it
 explains every case that was checked; otherwise the message says in words where the values are off.

@@ -264,9 +264,10 @@ class Grader:
         for name in self.references.models.names:
             try:
                 self.references.models.model(name)
-            except ModelUnavailableError as err:  # its first sentence: the ways out it names are a learner's
-                why = str(err).split(". ")[0]
-                raise GradingError(f"cannot grade on {name}: {why}. Load it once while online (python -c "
+            except ModelUnavailableError as err:  # the ways out it names are a learner's: the grader's instead
+                if not err.ways_out:
+                    raise GradingError(f"cannot grade on {name}: {err}") from None
+                raise GradingError(f"cannot grade on {name}: {err.reason}. Load it once while online (python -c "
                                    f"\"import patchlab; patchlab.load_model('{name}')\"), or grade with "
                                    "--model ioi-mini") from None
 

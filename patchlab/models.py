@@ -24,7 +24,11 @@ ENV_VAR = "PATCHLAB_MODEL"
 
 
 class ModelUnavailableError(RuntimeError):
-    """A model could not be loaded; the message names the ways out."""
+    """A model could not be loaded: ``reason`` says why, the message adds the ways out (``ways_out``)."""
+
+    def __init__(self, reason: str, ways_out: str = "") -> None:
+        super().__init__(f"{reason}. {ways_out}" if ways_out else reason)
+        self.reason, self.ways_out = reason, ways_out
 
 
 def pick_device() -> torch.device:
@@ -91,9 +95,8 @@ def _load_hub(name: str, device: torch.device):
                 "model: load_model('ioi-mini') (or set PATCHLAB_MODEL=ioi-mini).")
     if not _hub_reachable():
         if not _hub_cached(hf_id):
-            raise ModelUnavailableError(
-                f"{name} is not in the Hugging Face cache and the hub cannot be reached. {ways_out}"
-            )
+            raise ModelUnavailableError(f"{name} is not in the Hugging Face cache and the hub cannot be reached",
+                                        ways_out)
         import huggingface_hub.constants
 
         huggingface_hub.constants.HF_HUB_OFFLINE = True  # load from the cache without retrying the network
@@ -101,7 +104,7 @@ def _load_hub(name: str, device: torch.device):
         return TransformerBridge.boot_transformers(hf_id, device=device)
     except Exception as err:  # the hub raises OSError, ConnectionError, LocalEntryNotFoundError...
         raise ModelUnavailableError(
-            f"{name} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:160]}). {ways_out}"
+            f"{name} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:160]})", ways_out
         ) from None
 
 
