@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from autograder import interrupt
 from autograder.config import CELL_TIMEOUT, NOTEBOOK_TIMEOUT, assignments
 
 # As in the sandbox (sandbox_path/rfc3987_syntax.py): jsonschema, imported with nbformat, skips its IRI
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with interrupt.remembered():
+            return args.run(args)
     except KeyboardInterrupt:
         print("interrupted: nothing was changed (the last complete run's grades, feedback and gradebook are "
               "kept); run the same command again", file=sys.stderr)

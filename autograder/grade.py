@@ -47,7 +47,7 @@ from nbgrader.apps import NbGraderAPI
 
 import patchlab
 
-from autograder import record, restore, sandbox
+from autograder import interrupt, record, restore, sandbox
 from autograder.checks import References, judge
 from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
                                nbgrader_config, release_notebook)
@@ -63,6 +63,7 @@ MAX_RESULT_BYTES = 60 * 1024 * 1024  # a test's records (GPT-2 small's activatio
 MAX_EXECUTED_BYTES = 40 * 1024 * 1024
 MAX_OUTPUT_CHARS = 20_000  # per output of a cell, in the feedback
 STATE = ("nbgrader", "feedback")  # the folders a run replaces as a whole
+COMPLETE = ".complete"  # in the staging folder: its run finished, the commit has begun (lists its files)
 # What the learner's kernel imports as it starts, before the first cell (autograder/preload.py): the
 # course's libraries, which every notebook imports, loaded with the garbage collector paused.
 PRELOAD = ("torch", "transformer_lens.model_bridge", "patchlab", "patchlab.plots", "plotly.graph_objects")
@@ -173,13 +174,18 @@ class OutputFolder:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
+        try:
+            self.recover()
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
 
     def recover(self) -> None:
-        """Undo what an interrupted run left: a half-done swap, a staging folder."""
-        for name in STATE:
+        """Finish or undo what a run left: a commit that had begun is carried to its end, a staging
+        folder whose run had not finished is removed."""
+        if (self.staging / COMPLETE).exists():
+            self.roll_forward()
+        for name in STATE:  # a swap left half-done by a version of the grader without roll-forward
             live, old = self.out / name, self.out / f".old-{name}"
             if old.exists() and not live.exists():
                 old.rename(live)
@@ -197,15 +203,29 @@ class OutputFolder:
         return self.staging
 
     def commit(self, files: dict[str, str]) -> None:
-        """Replace the state folders and write ``files`` ({name: text}), each by an atomic rename."""
-        for name in STATE:
-            live, old = self.out / name, self.out / f".old-{name}"
-            if live.exists():
-                live.rename(old)
-            (self.staging / name).rename(live)
-            shutil.rmtree(old, ignore_errors=True)
+        """Replace the state folders and the top-level ``files`` ({name: text}) with the staging copy:
+        once the staging copy is marked complete, a run stopped at any moment (even by kill -9) is
+        carried to its end by the next (:meth:`recover`), so the folder never mixes two runs."""
         for name, text in files.items():
-            atomic_write(self.out / name, text)
+            atomic_write(self.staging / name, text)
+        atomic_write(self.staging / COMPLETE, "".join(f"{name}\n" for name in files))
+        self.roll_forward()
+
+    def roll_forward(self) -> None:
+        """Move each part of a complete staging copy into place, each by an atomic rename; at any
+        point it can be stopped and run again."""
+        for name in STATE:
+            new, live, old = self.staging / name, self.out / name, self.out / f".old-{name}"
+            if new.exists():
+                if live.exists():
+                    shutil.rmtree(old, ignore_errors=True)
+                    live.rename(old)
+                new.rename(live)
+            shutil.rmtree(old, ignore_errors=True)
+        for name in (self.staging / COMPLETE).read_text(encoding="utf-8").split():
+            if (self.staging / name).exists():
+                os.replace(self.staging / name, self.out / name)
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -231,6 +251,7 @@ class Grader:
         self.release = nbformat.read(release_notebook(assignment), as_version=4)
         self.hidden = hidden_test_lines(self.source)
         self.references = References(GRADING_MODELS[model])
+        self.sandboxes = sandbox.Group()
         self.pages_due: list[Grade] = []  # scored, their feedback page to write (write_feedback)
 
     def note(self, line: str) -> None:
@@ -254,6 +275,7 @@ class Grader:
         if not self.db.exists():
             with environment():
                 result = self.api.generate_assignment(self.assignment, force=True, create=True)
+            interrupt.check()  # nbgrader catches a Ctrl-C as any other error
             if not result["success"]:
                 raise GradingError(f"nbgrader could not register the assignment: {result.get('error', '')[-300:]}")
 
@@ -270,6 +292,7 @@ class Grader:
                 raise GradingError(f"cannot grade on {name}: {err.reason}. Load it once while online (python -c "
                                    f"\"import patchlab; patchlab.load_model('{name}')\"), or grade with "
                                    "--model ioi-mini") from None
+        interrupt.check()  # a library on the way (torch, transformers) may have caught a Ctrl-C
 
     # --- phase 1: the sandboxed run ----------------------------------------------------------
     def execute(self, sub: Submission) -> tuple[restore.Rebuilt | None, Execution]:
@@ -293,7 +316,7 @@ class Grader:
             sys.executable, "{grader}/runner.py", "run.ipynb", "executed.ipynb",
             "--cell-timeout", str(self.cell_timeout), "--notebook-timeout", str(self.notebook_timeout),
             "--max-output", str(MAX_OUTPUT_CHARS), "--preload", ",".join(PRELOAD)],
-            work, self.read_only(), grader_dir, self.kernel_env(), self.limits)
+            work, self.read_only(), grader_dir, self.kernel_env(), self.limits, group=self.sandboxes)
         execution = Execution(None, killed=result.killed, seconds=result.seconds)
         executed = work / "executed.ipynb"
         if executed.is_file() and not executed.is_symlink() and executed.stat().st_size <= MAX_EXECUTED_BYTES:
@@ -450,6 +473,7 @@ class Grader:
             shutil.rmtree(folder, ignore_errors=True)  # only this run's page is read
             with environment():
                 self.api.generate_feedback(self.assignment, student_id=grade.student, force=True)
+            interrupt.check()  # nbgrader catches a Ctrl-C as any other error
             page = folder / self.assignment / f"{self.assignment}.html"
             text = page.read_text(encoding="utf-8") if page.is_file() else ""
             leaked = leaks(text, self.hidden)
@@ -475,15 +499,20 @@ class Grader:
 class Runs:
     """The sandboxed runs of a grading run, ``jobs`` at a time (threads waiting on their sandboxes),
     handed back as each ends; on any exception or Ctrl-C in the ``with`` block, the runs not started
-    are cancelled and the running sandboxes killed."""
+    are cancelled and ``sandboxes`` stopped (those running killed, none started after)."""
 
     def __init__(self, execute: Callable[[Submission], tuple[restore.Rebuilt | None, Execution]],
-                 subs: list[Submission], jobs: int, progress: bool) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=jobs)
-        self.futures = {self.pool.submit(execute, sub): sub for sub in subs}
-        self.progress = progress
+                 subs: list[Submission], jobs: int, sandboxes: sandbox.Group, progress: bool) -> None:
+        self.execute, self.subs, self.jobs = execute, subs, jobs
+        self.sandboxes, self.progress = sandboxes, progress
 
     def __enter__(self) -> "Runs":
+        self.pool = ThreadPoolExecutor(max_workers=self.jobs)
+        try:
+            self.futures = {self.pool.submit(self.execute, sub): sub for sub in self.subs}
+        except BaseException:  # Ctrl-C while the runs are handed out: stop those already started
+            self.__exit__(KeyboardInterrupt)
+            raise
         return self
 
     def completed(self) -> Iterator[tuple[Submission, tuple[restore.Rebuilt | None, Execution]]]:
@@ -497,8 +526,8 @@ class Runs:
         if kind is None:
             self.pool.shutdown()
             return
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        sandbox.kill_all()
+        self.sandboxes.stop()  # the running ones killed, no more started: the threads end at once
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def stopped_by(outputs: list[dict]) -> str:
@@ -571,14 +600,14 @@ def grade(
                                       cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120)
     subs, skipped = inventory(submissions)
     start = time.monotonic()
-    with OutputFolder(out) as folder, warnings.catch_warnings():
+    with interrupt.remembered(), OutputFolder(out) as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nbgrader's SQLAlchemy warnings
         staging = folder.stage()
         grader = Grader(assignment, staging, model, kind, cell_timeout, notebook_timeout, limits)
         grades: list[Grade] = []
         if run:
             grader.install_grader_files()
-            with Runs(grader.execute, subs, jobs, progress) as runs:
+            with Runs(grader.execute, subs, jobs, grader.sandboxes, progress) as runs:
                 # While the first submissions run: the gradebook, the grading models (a model that
                 # cannot load stops the run here, its sandboxes killed, nothing written), then each
                 # submission scored, and its feedback page written, as its run ends (the references
@@ -609,8 +638,9 @@ def grade(
                       "seconds": round(time.monotonic() - start, 1), "submissions": len(subs),
                       "skipped": len(skipped)}
         header = [f"grading run: {json.dumps(run_record)}"]
-        folder.commit({"grades.csv": buffer.getvalue(), "grading.log": "\n".join(header + grader.log) + "\n",
-                       "run.json": json.dumps(run_record, indent=1) + "\n"})
+        with interrupt.deferred():
+            folder.commit({"grades.csv": buffer.getvalue(), "grading.log": "\n".join(header + grader.log) + "\n",
+                           "run.json": json.dumps(run_record, indent=1) + "\n"})
     return grades
 
 
@@ -621,7 +651,7 @@ def set_manual_score(out: Path, assignment: str, student: str, cell: str, points
     out = Path(out).resolve()
     if assignment not in assignments():
         raise GradingError(f"unknown assignment {assignment!r}: choose from {', '.join(assignments())}")
-    with OutputFolder(out) as folder:
+    with interrupt.remembered(), OutputFolder(out) as folder:
         if not (out / "nbgrader" / "gradebook.db").exists():
             raise GradingError(f"no gradebook in {out}: grade the submissions first")
         staging = folder.stage()
@@ -629,4 +659,5 @@ def set_manual_score(out: Path, assignment: str, student: str, cell: str, points
         autograded = course / "autograded" / student / assignment / f"{assignment}.ipynb"
         record.set_manual(course / "gradebook.db", course, assignment, student, cell, points, comment,
                           autograded, GradingError)
-        folder.commit({})
+        with interrupt.deferred():
+            folder.commit({})

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +35,44 @@ INSTALL_HINT = ("bubblewrap is not installed: install it (Debian/Ubuntu: `sudo a
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 
 
-_RUNNING: set[subprocess.Popen] = set()
-
-
 class SandboxError(RuntimeError):
     """The sandbox asked for cannot be used here; the message says what to do."""
+
+
+class Stopped(RuntimeError):
+    """The group was stopped: no sandbox of it starts any more."""
+
+
+class Group:
+    """The sandboxes of one grading run. :meth:`stop` kills those running and refuses to start more:
+    a sandbox being started at that moment is either killed with the others or never started."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def start(self, command: list[str], **popen: object) -> subprocess.Popen:
+        with self._lock:
+            if self._stopped:
+                raise Stopped("the grading run was stopped")
+            proc = subprocess.Popen(command, **popen)
+            self._running.add(proc)
+            return proc
+
+    def ended(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def stop(self) -> None:
+        """Kill every sandbox still running (the grader was interrupted) and start no more."""
+        with self._lock:
+            self._stopped = True
+            for proc in self._running:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 @dataclass(frozen=True)
@@ -140,13 +174,13 @@ def _pids_cgroup(limit: int) -> Path | None:
     return None
 
 
-def _kill_group(group: Path | None, proc: subprocess.Popen) -> None:
+def _kill_group(cgroup: Path | None, proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    if group is not None:
-        for pid in (group / "cgroup.procs").read_text().split():
+    if cgroup is not None:
+        for pid in (cgroup / "cgroup.procs").read_text().split():
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
@@ -154,21 +188,22 @@ def _kill_group(group: Path | None, proc: subprocess.Popen) -> None:
 
 
 def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader: Path, env: dict[str, str],
-        limits: Limits = Limits(), max_output: int = 20_000) -> Result:
-    """Run ``argv`` in the sandbox ``kind`` (``bwrap`` or ``none``) with ``limits``; never raises for
-    what the command does. ``{grader}`` in ``argv`` and ``env`` is where ``grader`` is seen. Under
-    ``none`` the command runs in ``scratch`` with ``env`` alone."""
+        limits: Limits = Limits(), max_output: int = 20_000, group: Group | None = None) -> Result:
+    """Run ``argv`` in the sandbox ``kind`` (``bwrap`` or ``none``) with ``limits``, one of ``group``
+    (raises :class:`Stopped` when it was stopped); never raises for what the command does.
+    ``{grader}`` in ``argv`` and ``env`` is where ``grader`` is seen. Under ``none`` the command runs
+    in ``scratch`` with ``env`` alone."""
     seen = GRADER_DIR if kind == "bwrap" else str(grader)
     argv = [a.replace("{grader}", seen) for a in argv]
     env = {k: v.replace("{grader}", seen) for k, v in env.items()}
-    group = _pids_cgroup(limits.processes)
+    cgroup = _pids_cgroup(limits.processes)
     # RLIMIT_NPROC counts every process of the user: allow the ones already running.
     nproc = limits.processes + (_processes_of(os.geteuid()) if os.geteuid() else 0)
 
     def child_setup() -> None:  # in the child, before exec: limits, own process group, cgroup
         os.setsid()
-        if group is not None:
-            (group / "cgroup.procs").write_text(str(os.getpid()))
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
         mib = 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mib * mib,) * 2)
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds,) * 2)
@@ -177,29 +212,34 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     command = bwrap_command(argv, scratch, read_only, grader, env) if kind == "bwrap" else argv
+    group = group or Group()
     start = time.monotonic()
-    proc = subprocess.Popen(command, cwd=scratch, env=env if kind == "none" else {"PATH": os.environ["PATH"]},
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=child_setup)
+    try:
+        proc = group.start(command, cwd=scratch, env=env if kind == "none" else {"PATH": os.environ["PATH"]},
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           preexec_fn=child_setup)
+    except BaseException:  # stopped, or it could not start: no cgroup left behind
+        if cgroup is not None:
+            cgroup.rmdir()
+        raise
     killed = ""
-    _RUNNING.add(proc)
     try:
         output, _ = proc.communicate(timeout=limits.wall_seconds)
     except subprocess.TimeoutExpired:
         killed = f"it ran past the {limits.wall_seconds:g} s limit"
-        _kill_group(group, proc)
+        _kill_group(cgroup, proc)
         output, _ = proc.communicate()
     except BaseException:  # Ctrl-C in the grader: nothing of the learner's may outlive it
-        _kill_group(group, proc)
+        _kill_group(cgroup, proc)
         proc.wait()
         raise
     finally:
-        _RUNNING.discard(proc)
-        if group is not None:
-            _kill_group(group, proc)
+        group.ended(proc)
+        if cgroup is not None:
+            _kill_group(cgroup, proc)
             for _ in range(50):
                 try:
-                    group.rmdir()
+                    cgroup.rmdir()
                     break
                 except OSError:
                     time.sleep(0.05)
@@ -207,15 +247,6 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
     if len(text) > max_output:
         text = text[:max_output] + f"\n[... {len(text) - max_output} more characters cut]"
     return Result(proc.returncode, text, time.monotonic() - start, killed)
-
-
-def kill_all() -> None:
-    """Kill every sandbox still running (the grader was interrupted)."""
-    for proc in list(_RUNNING):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def enforced_limits(kind: str) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,9 +48,9 @@ def test_an_interrupted_run_changes_nothing_and_the_next_recovers(tmp_path):
                                            "--sandbox", "bwrap"), env=ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while not (out / ".staging" / "work").exists() and time.monotonic() < deadline:
+        while not sandboxed_processes(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.2)
-        time.sleep(3)  # the learner's kernel is running
+        time.sleep(1)  # the learner's kernel is starting
         assert sandboxed_processes(tmp_path), "no sandbox of the run found: the check below would prove nothing"
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
@@ -65,6 +66,142 @@ def test_an_interrupted_run_changes_nothing_and_the_next_recovers(tmp_path):
     again = grade(subs, "logit_difference", out, "--no-run")
     assert "solution" in again.stdout and read_grades(out)["solution"]["score"] == "5"
     assert not (out / ".staging").exists()
+
+
+class Crash(BaseException):
+    """The grader killed (kill -9) at this point of its commit."""
+
+
+def test_a_commit_stopped_at_any_point_leaves_one_whole_run_or_the_other(tmp_path, monkeypatch):
+    """kill -9 during the commit of a finished run: the next run finds either the old state or the
+    new one, whole (once the staging copy is marked complete, it carries the commit to its end)."""
+    import fcntl
+    import os
+
+    from autograder.grade import STATE, OutputFolder
+
+    def write_state(folder: Path, tag: str) -> None:
+        for name in STATE:
+            (folder / name / "sub").mkdir(parents=True, exist_ok=True)
+            (folder / name / "sub" / "page.html").write_text(f"{name} {tag}", encoding="utf-8")
+
+    files = {"grades.csv": "new grades", "grading.log": "new log", "run.json": "new record"}
+    states, step = set(), 0
+    while True:
+        out = tmp_path / f"out{step}"
+        out.mkdir()
+        write_state(out, "old")
+        for name in files:
+            (out / name).write_text(f"old {name}", encoding="utf-8")
+        folder = OutputFolder(out).__enter__()
+        old = snapshot(out)
+        write_state(folder.stage(), "new")
+        calls = [0]
+
+        def counted(real):
+            def call(*args, **kwargs):
+                if calls[0] == step:
+                    raise Crash
+                calls[0] += 1
+                return real(*args, **kwargs)
+            return call
+
+        with monkeypatch.context() as patch:  # every rename the commit makes, stopped at the step-th
+            patch.setattr(os, "replace", counted(os.replace))
+            patch.setattr(Path, "rename", counted(Path.rename))
+            try:
+                folder.commit(files)
+                finished = True
+            except Crash:
+                finished = False
+        fcntl.flock(folder._lock, fcntl.LOCK_UN)  # the process died: its lock went with it
+        folder._lock.close()
+        with OutputFolder(out):  # the next run
+            pass
+        now = snapshot(out)
+        assert set(now) == set(old), f"stopped at rename {step}: left {set(now) ^ set(old)}"
+        whole_new = all((out / name / "sub" / "page.html").read_text(encoding="utf-8") == f"{name} new"
+                        for name in STATE) and all((out / k).read_text(encoding="utf-8") == v
+                                                   for k, v in files.items())
+        assert now == old or whole_new, f"stopped at rename {step}: a mix of two runs {now}"
+        states.add("new" if whole_new else "old")
+        if finished:
+            break
+        step += 1
+    assert states == {"old", "new"} and step >= 6, (states, step)
+
+
+def test_a_ctrl_c_that_a_library_swallows_is_raised_again():
+    """nbgrader catches every exception, KeyboardInterrupt included: the grader still stops."""
+    import os
+
+    from autograder import interrupt
+
+    def swallowing() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except BaseException:  # as nbgrader.utils.capture_log does
+            pass
+
+    with interrupt.remembered():
+        interrupt.check()
+        swallowing()
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        with pytest.raises(KeyboardInterrupt):  # and it is not committed either
+            with interrupt.deferred():
+                pytest.fail("a commit began after Ctrl-C")
+    with interrupt.remembered():
+        with interrupt.deferred():  # a Ctrl-C during a commit: it runs to its end
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            finished = True
+    assert finished
+
+
+def test_a_ctrl_c_caught_after_a_string_exec_still_exits_with_the_code_chosen(tmp_path):
+    """Under `python -m`, CPython ends a process by SIGINT at exit if a plain KeyboardInterrupt ever
+    left an `exec` of a string (dataclasses run one per class, e.g. while torch is imported), caught
+    or not: the grader's Ctrl-C must not be one, or `grade` would exit by SIGINT, not 130."""
+    package = tmp_path / "ctrl_c_in_exec"
+    package.mkdir()
+    (package / "__main__.py").write_text(
+        "import os, signal, sys, time\n"
+        "from autograder import interrupt\n"
+        "try:\n"
+        "    with interrupt.remembered():\n"
+        "        exec('os.kill(os.getpid(), signal.SIGINT)\\ntime.sleep(10)', {'os': os, 'signal': signal, "
+        "'time': time})\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n", encoding="utf-8")
+    env = {**ENV, "PYTHONPATH": f"{tmp_path}:{ENV['PYTHONPATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "ctrl_c_in_exec"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 130, proc.stderr
+
+
+def test_a_stopped_group_kills_its_sandboxes_and_starts_no_more(tmp_path):
+    import os
+    import threading
+
+    from autograder import sandbox
+
+    group, results = sandbox.Group(), []
+    env = {"PATH": os.environ["PATH"]}
+    runner = threading.Thread(target=lambda: results.append(
+        sandbox.run("none", ["sleep", "60"], tmp_path, [], tmp_path, env, group=group)))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not group._running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    start = time.monotonic()
+    group.stop()
+    runner.join(30)
+    assert not runner.is_alive() and time.monotonic() - start < 10
+    assert results[0].returncode == -signal.SIGKILL
+    with pytest.raises(sandbox.Stopped):
+        sandbox.run("none", ["true"], tmp_path, [], tmp_path, env, group=group)
 
 
 def test_a_second_run_into_a_held_folder_is_refused(tmp_path):
