@@ -2,16 +2,41 @@
 
 The learner notebooks in exercises/ run as learners get them: unsolved. A cell that calls an
 exercise function still raising ``NotImplementedError``, or that uses a name such a cell was to
-define (``NameError``), is an expected failure (xfail); any other error fails the run.
+define (``NameError``), is an expected failure (xfail); any other error fails the run. The
+kernels talk to pytest over IPC sockets (see ``IPCKernelManager``).
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
+import shutil
+import tempfile
 
+import nbval.kernel
 import pytest
+from jupyter_client.manager import KernelManager
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# This pytest process's folder of kernel sockets: an absolute path, as nbval starts each kernel in
+# its notebook's folder.
+SOCKETS = tempfile.mkdtemp(prefix="nbval-ipc-")
+atexit.register(shutil.rmtree, SOCKETS, True)
+
+
+class IPCKernelManager(KernelManager):
+    """nbval's kernels talk over IPC sockets, not TCP ports. jupyter_client picks a kernel's ports
+    by asking for free ones and releasing them; two pytest workers starting kernels at the same
+    moment can be given the same port, and the kernel that loses dies before replying to
+    kernel_info. A CI run failed that way: every cell of one worker's first notebook errored with
+    "Kernel died before replying to kernel_info", and the same notebooks passed when run again."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(transport="ipc", ip=os.path.join(SOCKETS, "kernel"), **kwargs)
+
+
+nbval.kernel.KernelManager = IPCKernelManager  # what nbval.kernel.start_new_kernel instantiates
 
 
 def _expecting_unsolved_exercises(item: pytest.Item):
