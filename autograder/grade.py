@@ -511,7 +511,7 @@ class Runs:
         try:
             self.futures = {self.pool.submit(self.execute, sub): sub for sub in self.subs}
         except BaseException:  # Ctrl-C while the runs are handed out: stop those already started
-            self.__exit__(KeyboardInterrupt)
+            self.__exit__(*sys.exc_info())
             raise
         return self
 

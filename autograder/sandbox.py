@@ -69,10 +69,7 @@ class Group:
         with self._lock:
             self._stopped = True
             for proc in self._running:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _kill_group(None, proc)  # its cgroup, if any, is emptied as its run() returns
 
 
 @dataclass(frozen=True)
