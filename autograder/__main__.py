@@ -1,4 +1,4 @@
-"""Command line: ``python -m autograder {release,grade,score,bench} ...`` (see ``--help``)."""
+"""Command line: ``python -m autograder {release,grade,score,import,export,summary,bench} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,61 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from autograder.lms import LMSError, import_download, read_roster
+
+    try:
+        report = import_download(args.download, args.lms, read_roster(args.roster), args.into, args.replace)
+    except LMSError as err:
+        print("\n".join(f"error: {line}" for line in str(err).splitlines()), file=sys.stderr)
+        return 2
+    for line in report.lines:
+        print(line)
+    for line in report.problems:
+        print(f"not imported: {line}")
+    print(f"{report.written} notebooks written into {args.into}, {len(report.problems)} files not imported")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from autograder.grade import GradingError, OutputFolder
+    from autograder.lms import LMSError, export, read_roster, write_export
+    from autograder.results import ResultsError, read
+
+    path = args.to or args.out / f"{args.assignment}-{args.format}.csv"
+    try:
+        if not args.out.is_dir():
+            raise LMSError(f"{args.out} is not a folder: give the --out folder of a grading run")
+        roster = read_roster(args.roster) if args.roster else None
+        with OutputFolder(args.out):  # no grading run commits meanwhile
+            done = export(read(args.out, args.assignment), args.format, roster, args.canvas_assignment_id or "")
+            write_export(path, done.text)
+    except (LMSError, ResultsError, GradingError) as err:
+        print("\n".join(f"error: {line}" for line in str(err).splitlines()), file=sys.stderr)
+        return 2
+    for line in done.notes:
+        print(line)
+    print(f"wrote {path}")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from autograder import summary
+    from autograder.grade import GradingError, OutputFolder, atomic_write
+    from autograder.results import ResultsError
+
+    try:
+        if not args.out.is_dir():
+            raise ResultsError(f"{args.out} is not a folder: give the --out folder of a grading run")
+        with OutputFolder(args.out):
+            atomic_write(args.out / summary.PAGE, summary.of(args.out, args.assignment))
+    except (ResultsError, GradingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out / summary.PAGE}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from autograder.bench import bench
 
@@ -135,6 +190,32 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--points", required=True, type=float)
     score.add_argument("--comment", help="a comment shown in the learner's feedback")
     score.set_defaults(run=_score)
+
+    from autograder.lms import FORMATS, LMSS
+
+    importing = commands.add_parser("import", help="an LMS's download of submissions -> SUBMISSIONS_DIR/LEARNER.ipynb")
+    importing.add_argument("download", type=Path, metavar="DOWNLOAD", help="the zip file or the folder it unzips to")
+    importing.add_argument("--lms", required=True, choices=LMSS)
+    importing.add_argument("--roster", required=True, type=Path, help="CSV file: id, name, email, lms_id")
+    importing.add_argument("--into", required=True, type=Path, metavar="SUBMISSIONS_DIR")
+    importing.add_argument("--replace", action="store_true",
+                           help="replace a learner's notebook already there that differs (each one is named)")
+    importing.set_defaults(run=_import)
+
+    exporting = commands.add_parser("export", help="a grades file Canvas or Moodle imports, or a per-question CSV")
+    exporting.add_argument("out", type=Path, metavar="OUT_DIR", help="the --out folder of the grading run")
+    exporting.add_argument("--assignment", required=True, choices=assignments())
+    exporting.add_argument("--format", required=True, choices=FORMATS)
+    exporting.add_argument("--roster", type=Path, help="CSV file: id, name, email, lms_id (needed for canvas)")
+    exporting.add_argument("--canvas-assignment-id", help="the assignment's id in Canvas (in its address): the "
+                           "column is then titled 'NAME (ID)' and Canvas matches it to that assignment")
+    exporting.add_argument("--to", type=Path, help="the file to write (default: OUT_DIR/NAME-FORMAT.csv)")
+    exporting.set_defaults(run=_export)
+
+    summarising = commands.add_parser("summary", help="write OUT_DIR/summary.html, the class at a glance")
+    summarising.add_argument("out", type=Path, metavar="OUT_DIR", help="the --out folder of the grading run")
+    summarising.add_argument("--assignment", required=True, choices=assignments())
+    summarising.set_defaults(run=_summary)
 
     bench = commands.add_parser("bench", help="seconds per submission for a class of 20, --jobs 1 and 2, sandbox on")
     bench.add_argument("--assignment", choices=assignments(), help="default: every assignment")

@@ -47,7 +47,7 @@ from nbgrader.apps import NbGraderAPI
 
 import patchlab
 
-from autograder import interrupt, record, restore, sandbox
+from autograder import interrupt, lms, record, restore, sandbox, summary
 from autograder.checks import References, judge
 from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
                                nbgrader_config, release_notebook)
@@ -124,6 +124,8 @@ def inventory(folder: Path) -> tuple[list[Submission], list[Grade]]:
     subs, skipped, seen = [], [], set()
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         name = entry.name
+        if name == lms.SIDECAR:  # what `import` took from the LMS of each submission
+            continue
         why = ""
         if entry.is_symlink():
             why = "a symbolic link: refused (copy the notebook itself into the folder)"
@@ -638,9 +640,11 @@ def grade(
                       "seconds": round(time.monotonic() - start, 1), "submissions": len(subs),
                       "skipped": len(skipped)}
         header = [f"grading run: {json.dumps(run_record)}"]
+        page = summary.of(staging, assignment, buffer.getvalue(), run_record)  # the class at a glance
         with interrupt.deferred():
             folder.commit({"grades.csv": buffer.getvalue(), "grading.log": "\n".join(header + grader.log) + "\n",
-                           "run.json": json.dumps(run_record, indent=1) + "\n"})
+                           "run.json": json.dumps(run_record, indent=1) + "\n",
+                           summary.PAGE: page})
     return grades
 
 
