@@ -40,27 +40,24 @@ th, td { text-align: left; vertical-align: top; padding: 0.3rem 0.5rem; border-b
 td { overflow-wrap: anywhere; }
 td.n, th.n { text-align: right; white-space: nowrap; }
 .muted { color: #555; }
+/* as in the book: the mode bar (zoom, pan, download) crowds a title on a narrow screen */
+@media (max-width: 700px) { .plotly-graph-div .modebar-container { display: none; } }
 """
 
 
 @dataclass
 class Diagnosis:
+    name: str  # a key of autograder.diagnose.MESSAGES, or UNNAMED
     title: str  # the message's own first words, e.g. "Sign flipped"
     question: str
     learners: list[str] = field(default_factory=list)
 
 
-def diagnosis_titles() -> dict[str, str]:
-    """Each known mistake's message -> its title (the words before the message's first colon)."""
-    from autograder.diagnose import MESSAGES
-
-    return {text: text.split(":", 1)[0] for text in MESSAGES.values()}
-
-
 def diagnoses(root: Path, res: Results) -> list[Diagnosis]:
     """The diagnoses in the graded notebooks' test cells, most frequent first: each known mistake per
     question, and per question the other failures (described in words, not named)."""
-    titles = diagnosis_titles()
+    from autograder.diagnose import MESSAGES
+
     found: dict[tuple[str, str], Diagnosis] = {}
     for student in res.learners:
         nb = results_module.read_notebook(results_module.autograded(root, res.assignment, student))
@@ -73,12 +70,13 @@ def diagnoses(root: Path, res: Results) -> list[Diagnosis]:
                 if not isinstance(output, dict) or output.get("ename") != "AssertionError":
                     continue
                 message = str(output.get("evalue", ""))
-                named = [title for text, title in titles.items() if text in message] or [UNNAMED]
-                for title in named:
-                    entry = found.setdefault((title, question), Diagnosis(title, question))
+                named = [name for name, text in MESSAGES.items() if text in message] or [UNNAMED]
+                for name in named:
+                    title = MESSAGES[name].split(":", 1)[0] if name in MESSAGES else name
+                    entry = found.setdefault((name, question), Diagnosis(name, title, question))
                     if student not in entry.learners:
                         entry.learners.append(student)
-    return sorted(found.values(), key=lambda d: (d.title == UNNAMED, -len(d.learners), d.question, d.title))
+    return sorted(found.values(), key=lambda d: (d.name == UNNAMED, -len(d.learners), d.question, d.name))
 
 
 def bins(scores: list[float], maximum: float) -> tuple[float, list[float], list[int]]:
@@ -148,7 +146,8 @@ def per_question(res: Results) -> str:
 def diagnosis_table(found: list[Diagnosis]) -> str:
     if not found:
         return "<p>No test failed.</p>"
-    rows = "".join(f"<tr><td>{html.escape(d.title)}</td><td>{html.escape(d.question)}</td>"
+    rows = "".join(f"<tr><td>{html.escape(d.title)}{'' if d.name == UNNAMED else f' <span class=muted>({d.name})</span>'}"
+                   f"</td><td>{html.escape(d.question)}</td>"
                    f"<td class='n'>{len(d.learners)}</td><td>{html.escape(', '.join(sorted(d.learners)))}</td></tr>"
                    for d in found[:TOP_DIAGNOSES])
     more = f"<p class='muted'>and {len(found) - TOP_DIAGNOSES} more.</p>" if len(found) > TOP_DIAGNOSES else ""
@@ -186,7 +185,7 @@ def page(root: Path, res: Results) -> str:
     title = html.escape(f"{res.assignment}: the class at a glance")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title><style>{CSS}</style>
+<title>{title}</title><link rel="icon" href="data:,"><style>{CSS}</style>
 <script>{get_plotlyjs()}</script></head>
 <body><main>
 <h1>{title}</h1>

@@ -1,0 +1,169 @@
+"""The class at a glance (``autograder/summary.py``): the summary page of a graded class (the output
+folder of ``tests/fixtures/lms/build.py``), its numbers checked against the fixture's own, its
+learner text escaped, and the page loaded offline in headless Chromium at a phone's and a desktop's
+width (the browser helpers of ``test_book_browser``)."""
+
+from __future__ import annotations
+
+import functools
+import html
+import http.server
+import statistics
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from autograder import results, summary
+from autograder.__main__ import main
+from grading import load_module
+from test_book_browser import (ARTIFACTS, MEASURE, SCREENS, DevTools, _QuietHandler, _requests, _screenshot,  # noqa: F401
+                               browser)
+
+build = load_module("lms_fixtures", "tests/fixtures/lms/build.py")
+SCORED = ("ada", "bob", "cy", "zoë", "gus")  # dee timed out, eve crashed: no score
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build.graded_out(tmp_path_factory.mktemp("graded") / "out")
+
+
+@pytest.fixture(scope="module")
+def page(out: Path) -> str:
+    return summary.of(out, build.ASSIGNMENT)
+
+
+def score(student: str, question: str) -> float | None:
+    auto, manual = build.SCORES[student][question]
+    return manual if manual is not None else auto
+
+
+def totals() -> dict[str, float]:
+    return {s: sum(score(s, q) or 0 for q in build.QUESTIONS) for s in SCORED}
+
+
+@pytest.mark.parametrize("scores, maximum", [([0, 0.5, 2.5, 2.5, 8], 8), ([0, 7, 7, 33, 40], 40), ([99, 100], 100)])
+def test_histogram_bins_count_each_score_once_at_its_nearest_step(scores: list[float], maximum: float) -> None:
+    step, centres, counts = summary.bins(scores, maximum)
+    assert centres[0] == 0 and centres[-1] >= maximum and sum(counts) == len(scores)
+    assert all(b - a == step for a, b in zip(centres, centres[1:]))
+    nearest = Counter(min(centres, key=lambda c: abs(c - s)) for s in scores)
+    assert dict(zip(centres, counts)) == {c: nearest.get(c, 0) for c in centres}
+
+
+def test_the_histogram_shows_the_scored_learners(out: Path) -> None:
+    res = results.read(out, build.ASSIGNMENT)
+    scored = sorted(l.score for l in res.learners.values() if l.status in summary.SCORED)
+    assert scored == sorted(totals().values())
+    html_part = summary.histogram(res)
+    assert 'id="histogram"' in html_part and f"Scores of {len(SCORED)} learners (out of 8)" in html_part
+    assert f"Mean {statistics.mean(totals().values()):.2f}" in html_part and "1 still to grade by hand" in html_part
+
+
+def test_question_means_are_over_the_learners_whose_run_ended(out: Path) -> None:
+    means = summary.question_means(results.read(out, build.ASSIGNMENT))
+    assert [m[0] for m in means] == list(build.QUESTIONS)
+    for name, points, mean, n in means:
+        given = [score(s, name) for s in SCORED if score(s, name) is not None]
+        assert points == build.QUESTIONS[name] and n == len(given) and mean == pytest.approx(statistics.mean(given))
+
+
+def test_diagnoses_are_named_counted_and_their_learners_listed(out: Path) -> None:
+    found = [(d.name, d.question, d.learners) for d in summary.diagnoses(out, results.read(out, build.ASSIGNMENT))]
+    assert found == [
+        ("sign_flipped", "test_residual_patching", ["bob", "zoë"]),
+        ("resid_mid", "test_patch_residual_hook", ["zoë"]),
+        ("resid_mid", "test_residual_patching", ["cy"]),
+        (summary.UNNAMED, "test_plot_residual_patching", ["cy"]),
+    ]
+
+
+def test_the_page_escapes_learner_text_and_lists_who_stopped(page: str) -> None:
+    assert build.HOSTILE not in page and html.escape(build.HOSTILE) in page  # dee's detail, escaped
+    assert page.count(html.escape(build.HOSTILE)) == 1  # the unnamed diagnosis shows its title only
+    stopped = page.split("<h2>Timed out and crashed</h2>", 1)[1]
+    assert "<td>dee</td><td>timed_out</td>" in stopped and "<td>eve</td><td>crashed</td>" in stopped
+    assert "Sign flipped <span class=muted>(sign_flipped)</span>" in page and "<td>bob, zoë</td>" in page
+
+
+def test_the_page_says_the_grading_time_and_carries_plotly_once(page: str) -> None:
+    assert "7 submissions executed in 84.0 s, 12.0 s per submission; --jobs 2; sandbox bwrap" in page
+    from plotly.offline import get_plotlyjs
+
+    assert page.count("plotly.js v") == 1 and page.count(get_plotlyjs()) == 1
+    rest = page.replace(get_plotlyjs(), "")  # the page's own markup and figures: nothing fetched
+    assert "<script src" not in rest and "https://" not in rest
+
+
+def test_summary_on_the_command_line(out: Path, capsys: pytest.CaptureFixture) -> None:
+    (out / summary.PAGE).unlink(missing_ok=True)
+    assert main(["summary", str(out), "--assignment", build.ASSIGNMENT]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out / summary.PAGE}"
+    assert (out / summary.PAGE).read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert main(["summary", str(out), "--assignment", "logit_difference"]) == 2
+    assert "holds no grades of 'logit_difference'" in capsys.readouterr().err
+
+
+# --- in the browser -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(out: Path, page: str) -> Iterator[str]:
+    """The output folder with its summary page, served on 127.0.0.1."""
+    (out / summary.PAGE).write_text(page, encoding="utf-8")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(out)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/{summary.PAGE}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def errors(events: list[dict]) -> list[Any]:
+    """Uncaught exceptions, console errors and the browser's own error log entries."""
+    found = []
+    for event in events:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            found.append(params["exceptionDetails"])
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            found.append(params.get("args"))
+        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            found.append(params["entry"])
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("screen", SCREENS)
+def test_the_summary_page_loads_offline_and_shows_the_histogram(browser: DevTools, served: str, out: Path,  # noqa: F811
+                                                                screen: str) -> None:
+    width, height, mobile = SCREENS[screen]
+    browser.send("Log.enable")
+    browser.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=mobile)
+    first = len(browser.events)
+    browser.send("Page.navigate", url=served)
+    browser.wait_for("Page.loadEventFired", timeout=120, since=first)
+    deadline = time.monotonic() + 60
+    drawn = "Array.from(document.querySelectorAll('.plotly-graph-div')).every(gd => gd.querySelector('.main-svg'))"
+    while not browser.evaluate(drawn) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(0.5)  # responsive figures settle to their column's width
+    bars = browser.evaluate("Array.from(document.getElementById('histogram')._fullData[0].y)")
+    drawn_bars = browser.evaluate("document.querySelectorAll('#histogram .bars .point').length")
+    book_article = "document.querySelector('.bd-article') || document.body"
+    assert book_article in MEASURE  # measured here: the page's <main> (plotly's text tester lies off screen)
+    state = browser.evaluate(MEASURE.replace(book_article, "document.querySelector('main')")
+                             .replace("SCREEN_WIDTH", str(width)))
+    ARTIFACTS.mkdir(exist_ok=True)
+    _screenshot(browser, f"summary-{screen}", width)  # artifacts/summary-phone.png, summary-desktop.png
+    events = browser.events[first:]
+    assert errors(events) == []
+    remote = [r["url"] for r in _requests(events).values() if not r["url"].startswith(("http://127.0.0.1", "data:"))]
+    assert remote == []
+    _, centres, counts = summary.bins(list(totals().values()), 8)
+    assert bars == counts and drawn_bars == len(centres) and sum(bars) == len(SCORED)
+    assert [f["title"] for f in state["figures"]] == ["Scores of 5 learners (out of 8)",
+                                                      "Mean score per question (share of its points)"]
+    assert [f["outside"] for f in state["figures"]] == [[], []]
+    assert state["offScreen"] == [] and state["pageWidth"] <= width, state
