@@ -248,7 +248,8 @@ def map_moodle(files: list[Entry], roster: Roster) -> Mapping:
     mapping = Mapping()
     for entry in files:
         parts = PurePosixPath(entry.path).parts
-        match = next((m for m in map(MOODLE_FOLDER.fullmatch, parts[:-1]) if m), None) or MOODLE_FLAT.fullmatch(parts[-1])
+        folder = next((m for m in map(MOODLE_FOLDER.fullmatch, parts[:-1]) if m), None)
+        match = folder or MOODLE_FLAT.fullmatch(parts[-1])
         if not match:
             mapping.problems.append(f"{entry.path}: not a Moodle submission name "
                                     "(Full Name_participant_assignsubmission_file_...)")

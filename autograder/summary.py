@@ -146,8 +146,8 @@ def per_question(res: Results) -> str:
 def diagnosis_table(found: list[Diagnosis]) -> str:
     if not found:
         return "<p>No test failed.</p>"
-    rows = "".join(f"<tr><td>{html.escape(d.title)}{'' if d.name == UNNAMED else f' <span class=muted>({d.name})</span>'}"
-                   f"</td><td>{html.escape(d.question)}</td>"
+    key = lambda d: "" if d.name == UNNAMED else f" <span class=muted>({html.escape(d.name)})</span>"  # noqa: E731
+    rows = "".join(f"<tr><td>{html.escape(d.title)}{key(d)}</td><td>{html.escape(d.question)}</td>"
                    f"<td class='n'>{len(d.learners)}</td><td>{html.escape(', '.join(sorted(d.learners)))}</td></tr>"
                    for d in found[:TOP_DIAGNOSES])
     more = f"<p class='muted'>and {len(found) - TOP_DIAGNOSES} more.</p>" if len(found) > TOP_DIAGNOSES else ""

@@ -20,8 +20,8 @@ import pytest
 from autograder import results, summary
 from autograder.__main__ import main
 from grading import load_module
-from test_book_browser import (ARTIFACTS, MEASURE, SCREENS, DevTools, _QuietHandler, _requests, _screenshot,  # noqa: F401
-                               browser)
+from test_book_browser import (ARTIFACTS, MEASURE, SCREENS, DevTools, _QuietHandler, _requests, _screenshot,
+                               browser)  # noqa: F401  (browser: the fixture)
 
 build = load_module("lms_fixtures", "tests/fixtures/lms/build.py")
 SCORED = ("ada", "bob", "cy", "zoë", "gus")  # dee timed out, eve crashed: no score
