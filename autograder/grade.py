@@ -15,9 +15,9 @@ A run, start to end:
 4. **Score** (here, outside every sandbox): the recorded values are judged against references
    computed here (:mod:`autograder.checks`), the verdicts become the test cells' outputs, nbgrader's
    gradebook records the scores (:mod:`autograder.record`) and nbgrader writes the feedback pages.
-5. **Commit**: ``grades.csv``, ``grading.log``, ``run.json``, ``summary.html`` (:mod:`autograder.summary`), the
-   feedback pages and the course folder replace the previous ones, each by an atomic rename. An interruption before this step changes
-   nothing; the next run starts again from the last complete state.
+5. **Commit**: ``grades.csv``, ``grading.log``, ``run.json``, ``summary.html`` (:mod:`autograder.summary`),
+   the feedback pages and the course folder replace the previous ones, each by an atomic rename. An
+   interruption before this step changes nothing; the next run starts again from the last complete state.
 """
 
 from __future__ import annotations

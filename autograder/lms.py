@@ -45,6 +45,7 @@ import os
 import re
 import unicodedata
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 ROSTER_FIELDS = ("id", "name", "email", "lms_id")
 SIDECAR = ".lms.csv"  # in the submissions folder: what the LMS said of each submission
 SIDECAR_FIELDS = ("student", "lms", "submitted_at", "late", "source")
-LMSS = ("canvas", "moodle", "gradescope")
 FORMATS = ("canvas", "moodle", "csv")
 MAX_FILE_BYTES = 100 * 1024 * 1024  # a file of a download read at most (the grader refuses above 20 MiB)
 MAX_METADATA_BYTES = 20 * 1024 * 1024
@@ -167,7 +167,11 @@ class Entry:
 def opened(download: Path) -> Iterator[list[Entry]]:
     """The files of a download folder or zip file, in name order (readable within the ``with``)."""
     if download.is_file() and zipfile.is_zipfile(download):
-        with zipfile.ZipFile(download) as archive:
+        try:
+            archive = zipfile.ZipFile(download)
+        except zipfile.BadZipFile as err:
+            raise LMSError(f"{download} is a damaged zip file ({err}): download it again") from None
+        with archive:
             found = []
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 if info.is_dir():
@@ -270,8 +274,10 @@ def map_gradescope(files: list[Entry], roster: Roster) -> Mapping:
         raise LMSError(f"a Gradescope export holds one {GRADESCOPE_METADATA}, this download {len(metadata)}: "
                        "give the zip of Gradescope's 'Export Submissions'")
     base = PurePosixPath(metadata[0].path).parent
+    if metadata[0].size > MAX_METADATA_BYTES:
+        raise LMSError(f"{metadata[0].path} is larger than {MAX_METADATA_BYTES // 2**20} MiB: not a Gradescope export")
     try:
-        data = yaml.safe_load(metadata[0].read()[:MAX_METADATA_BYTES])
+        data = yaml.safe_load(metadata[0].read())
     except yaml.YAMLError as err:
         raise LMSError(f"{metadata[0].path} is not readable YAML ({type(err).__name__})") from None
     if not isinstance(data, dict):
@@ -303,6 +309,7 @@ def map_gradescope(files: list[Entry], roster: Roster) -> Mapping:
 
 
 MAPPERS = {"canvas": map_canvas, "moodle": map_moodle, "gradescope": map_gradescope}
+LMSS = tuple(MAPPERS)
 
 
 # --- import -------------------------------------------------------------------------------------
@@ -351,7 +358,11 @@ def _copy(mapping: Mapping, into: Path, replace: bool, sidecar: dict[str, dict[s
                                    f"none imported; copy the right one as {student}.ipynb")
             continue
         found = founds[0]
-        data = found.entry.read()
+        try:
+            data = found.entry.read()
+        except (OSError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member, a file gone meanwhile
+            report.problems.append(f"{found.entry.path}: could not be read ({err})")
+            continue
         target = into / f"{student}.ipynb"
         if target.is_symlink() or (target.exists() and not target.is_file()):
             report.problems.append(f"{target} is not a plain file: left as it is, {found.entry.path} not imported")
@@ -380,7 +391,10 @@ def read_sidecar(into: Path) -> dict[str, dict[str, str]]:
     path = into / SIDECAR
     if not path.exists():
         return {}
-    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except (UnicodeDecodeError, csv.Error):
+        rows = [{"?": ""}]
     if rows and list(rows[0]) != list(SIDECAR_FIELDS):
         raise LMSError(f"{path} is not the file import writes: move it away and import again")
     return {r["student"]: r for r in rows}
@@ -418,7 +432,7 @@ def _fmt(value: float | None) -> str:
 def export(results: Results, fmt: str, roster: Roster | None = None, canvas_assignment_id: str = "") -> Export:
     """The ``fmt`` file (canvas, moodle, csv) of ``results``: the roster's learners in its order (those
     without a submission: empty scores, status missing), then the graded learners it does not list
-    (in the plain CSV only: an LMS could not match them)."""
+    (only in the plain CSV, or without a roster: an LMS could not match them)."""
     if fmt not in FORMATS:
         raise LMSError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
     if fmt == "canvas" and roster is None:
@@ -428,7 +442,7 @@ def export(results: Results, fmt: str, roster: Roster | None = None, canvas_assi
     notes = []
     for student in results.learners:
         if student not in listed:
-            if fmt == "csv":
+            if fmt == "csv" or roster is None:
                 people.append(Person(student, ""))
             else:
                 notes.append(f"{student}: graded but not on the roster: left out (add them to the roster)")

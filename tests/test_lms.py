@@ -242,6 +242,18 @@ def test_the_moodle_file_maps_by_email_or_id_number_and_lists_the_missing(out: P
         "sam2": ("sam2@example.edu", "", "missing")}
 
 
+def test_without_a_roster_the_moodle_file_lists_the_graded_learners_by_id_number(out: Path) -> None:
+    table = rows(lms.export(results.read(out, build.ASSIGNMENT), "moodle").text)
+    assert [r[0] for r in table[1:]] == sorted(set(build.SCORES) | {"eve"}) and {r[1] for r in table[1:]} == {""}
+
+
+def test_a_damaged_zip_is_refused_in_one_line(tmp_path: Path, roster: lms.Roster) -> None:
+    data = build.canvas_zip(tmp_path / "canvas.zip").read_bytes()
+    (tmp_path / "cut.zip").write_bytes(data[:len(data) // 2] + data[-22:])  # its end record kept, half its files
+    with pytest.raises(lms.LMSError, match="damaged zip file"):
+        lms.import_download(tmp_path / "cut.zip", "canvas", roster, tmp_path / "subs")
+
+
 def test_the_plain_csv_has_one_row_per_learner_and_question(out: Path, roster: lms.Roster) -> None:
     table = rows(lms.export(results.read(out, build.ASSIGNMENT), "csv", roster).text)
     assert table[0] == ["student", "name", "email", "lms_id", "status", "question", "score", "max_score"]
