@@ -108,6 +108,17 @@ def test_summary_on_the_command_line(out: Path, capsys: pytest.CaptureFixture) -
     assert "holds no grades of 'logit_difference'" in capsys.readouterr().err
 
 
+def test_every_grading_run_commits_its_summary_page(tmp_path: Path) -> None:
+    """The hook in ``grade()``: here a run that executes nothing (no submission, ``--no-run``)."""
+    from autograder.grade import grade
+
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "notes.txt").write_text("not a submission", encoding="utf-8")
+    grade(tmp_path / "subs", "logit_difference", tmp_path / "out", run=False)
+    written = (tmp_path / "out" / summary.PAGE).read_text(encoding="utf-8")
+    assert "<h1>logit_difference: the class at a glance</h1>" in written and "No learner has a score yet" in written
+
+
 # --- in the browser -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def served(out: Path, page: str) -> Iterator[str]:
