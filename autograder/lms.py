@@ -259,6 +259,9 @@ def map_moodle(files: list[Entry], roster: Roster) -> Mapping:
                                     "(Full Name_participant_assignsubmission_file_...)")
         elif match["plugin"] != "file":
             mapping.problems.append(f"{entry.path}: Moodle's {match['plugin']} submission, not a submitted file")
+        elif match["who"] == "Participant" and not roster.find("name", "Participant"):
+            mapping.problems.append(f"{entry.path}: Moodle's blind marking hides the learner's name: reveal student "
+                                    "identities in the assignment, then download again")
         else:
             mapping.one(roster.find("name", match["who"]), entry, f"Moodle participant {match['participant']} "
                         f"({match['who']})")

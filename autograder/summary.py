@@ -42,6 +42,7 @@ td.n, th.n { text-align: right; white-space: nowrap; }
 .muted { color: #555; }
 /* as in the book: the mode bar (zoom, pan, download) crowds a title on a narrow screen */
 @media (max-width: 700px) { .plotly-graph-div .modebar-container { display: none; } }
+@media (max-width: 500px) { body { font-size: 14px; } th, td { padding: 0.25rem 0.3rem; } }
 """
 
 

@@ -113,6 +113,7 @@ def test_moodle_folders_and_flat_names_are_mapped_by_full_name(tmp_path: Path, r
     assert any("onlinetext" in line for line in report.problems)
     assert any("matches 2 learners of the roster (sam1, sam2)" in line for line in report.problems)
     assert any("Nobody Here" in line and "not on the roster" in line for line in report.problems)
+    assert any(line.startswith("Participant_320") and "blind marking" in line for line in report.problems)
 
 
 def test_a_gradescope_export_is_mapped_by_its_metadata(tmp_path: Path, roster: lms.Roster) -> None:
