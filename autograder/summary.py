@@ -98,7 +98,7 @@ def _figure(fig: go.Figure, name: str) -> str:
 
 
 def histogram(res: Results) -> str:
-    scored = [l.score for l in res.learners.values() if l.status in SCORED and l.score is not None]
+    scored = [x.score for x in res.learners.values() if x.status in SCORED and x.score is not None]
     if not scored:
         return "<p>No learner has a score yet.</p>"
     maximum = res.max_score or max(scored)
@@ -109,7 +109,7 @@ def histogram(res: Results) -> str:
                       xaxis={"title": {"text": "score"}, "range": [-step, maximum + step]},
                       yaxis={"title": {"text": "learners"}, "dtick": max(1, math.ceil(max(counts) / 6))})
     mean, median = statistics.mean(scored), statistics.median(scored)
-    waiting = sum(l.status == "needs_manual_grade" for l in res.learners.values())
+    waiting = sum(x.status == "needs_manual_grade" for x in res.learners.values())
     note = f" ({waiting} still to grade by hand: their totals lack those points)" if waiting else ""
     return _figure(fig, "histogram") + f"<p>Mean {mean:.2f}, median {median:g} of {maximum:g}{note}.</p>"
 
@@ -118,8 +118,8 @@ def question_means(res: Results) -> list[tuple[str, float, float | None, int]]:
     """(question, points, mean score or None, learners scored) over the learners whose run ended."""
     rows = []
     for q in res.questions:
-        scores = [l.scores[q.name] for l in res.learners.values()
-                  if l.status in SCORED and l.scores.get(q.name) is not None]
+        scores = [x.scores[q.name] for x in res.learners.values()
+                  if x.status in SCORED and x.scores.get(q.name) is not None]
         rows.append((q.name, q.max_score, statistics.mean(scores) if scores else None, len(scores)))
     return rows
 
@@ -157,11 +157,11 @@ def diagnosis_table(found: list[Diagnosis]) -> str:
 
 
 def stopped_table(res: Results) -> str:
-    stopped = [l for l in res.learners.values() if l.status in STOPPED]
+    stopped = [x for x in res.learners.values() if x.status in STOPPED]
     if not stopped:
         return "<p>None: every notebook ran to its end.</p>"
-    rows = "".join(f"<tr><td>{html.escape(l.student)}</td><td>{html.escape(l.status)}</td>"
-                   f"<td>{html.escape(l.detail)}</td></tr>" for l in stopped)
+    rows = "".join(f"<tr><td>{html.escape(x.student)}</td><td>{html.escape(x.status)}</td>"
+                   f"<td>{html.escape(x.detail)}</td></tr>" for x in stopped)
     return (f"<div class='table'><table><thead><tr><th>learner</th><th>status</th><th>why</th></tr></thead>"
             f"<tbody>{rows}</tbody></table></div>")
 
@@ -181,7 +181,7 @@ def run_line(res: Results) -> str:
 
 def page(root: Path, res: Results) -> str:
     """The summary page of ``res`` (read from the output folder ``root``)."""
-    counts = Counter(l.status for l in res.learners.values())
+    counts = Counter(x.status for x in res.learners.values())
     statuses = ", ".join(f"{n} {html.escape(s)}" for s, n in sorted(counts.items())) or "no learners"
     title = html.escape(f"{res.assignment}: the class at a glance")
     return f"""<!DOCTYPE html>

@@ -57,7 +57,7 @@ def test_histogram_bins_count_each_score_once_at_its_nearest_step(scores: list[f
 
 def test_the_histogram_shows_the_scored_learners(out: Path) -> None:
     res = results.read(out, build.ASSIGNMENT)
-    scored = sorted(l.score for l in res.learners.values() if l.status in summary.SCORED)
+    scored = sorted(x.score for x in res.learners.values() if x.status in summary.SCORED)
     assert scored == sorted(totals().values())
     html_part = summary.histogram(res)
     assert 'id="histogram"' in html_part and f"Scores of {len(SCORED)} learners (out of 8)" in html_part
