@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import nbformat
 from nbgrader.apps import NbGraderAPI
@@ -53,6 +53,9 @@ from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assign
                                nbgrader_config, release_notebook)
 from autograder.feedback import hidden_test_lines, leaks
 from autograder.release import source_notebook, stale_solutions
+
+if TYPE_CHECKING:
+    from autograder.shard import Shard
 
 CSV_FIELDS = ("student", "score", "max_score", "status", "detail")
 GRADING_MODELS = {"ioi-mini": ["ioi-mini", "ioi-mini-reshaped"], "gpt2-small": ["gpt2-small", "ioi-mini"]}
@@ -226,6 +229,15 @@ class OutputFolder:
             if (self.staging / name).exists():
                 os.replace(self.staging / name, self.out / name)
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def csv_text(rows: Iterable[dict[str, str]]) -> str:
+    """``grades.csv``: its header and ``rows`` (:meth:`Grade.row`)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -577,11 +589,13 @@ def grade(
     jobs: int = 1,
     limits: sandbox.Limits | None = None,
     progress: bool = False,
+    shard: Shard | None = None,
 ) -> list[Grade]:
     """Grade every ``submissions/LEARNER.ipynb`` for ``assignment``; write ``grades.csv``,
     ``feedback/LEARNER.html``, ``grading.log`` and ``run.json`` into ``out``. With ``run=False``
     nothing is executed again: grades and feedback are rewritten from the last run (after manual
-    grading). Raises :class:`GradingError` (one line) when the run cannot start."""
+    grading). With ``shard``, only that shard's share (:mod:`autograder.shard`). Raises
+    :class:`GradingError` (one line) when the run cannot start."""
     submissions, out = Path(submissions).resolve(), Path(out).resolve()
     if model in TIMEOUTS:
         cell_timeout = cell_timeout or TIMEOUTS[model][0]
@@ -599,6 +613,8 @@ def grade(
     limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
                                       cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120)
     subs, skipped = inventory(submissions)
+    if shard is not None:
+        subs, skipped = shard.select(subs, skipped)
     start = time.monotonic()
     with interrupt.remembered(), OutputFolder(out) as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nbgrader's SQLAlchemy warnings
@@ -627,19 +643,17 @@ def grade(
             grader.write_feedback()
         grades += skipped
         grades.sort(key=lambda g: g.student)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(g.row() for g in grades)
         run_record = {"assignment": assignment, "model": model, "models": GRADING_MODELS[model],
                       "sandbox": kind, "executed": run, "jobs": jobs,
                       "limits": {**limits.__dict__, "enforced": sandbox.enforced_limits(kind)},
                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "seconds": round(time.monotonic() - start, 1), "submissions": len(subs),
                       "skipped": len(skipped)}
+        if shard is not None:
+            run_record["shard"] = {"index": shard.index, "count": shard.count}
         header = [f"grading run: {json.dumps(run_record)}"]
         with interrupt.deferred():
-            folder.commit({"grades.csv": buffer.getvalue(), "grading.log": "\n".join(header + grader.log) + "\n",
+            folder.commit({"grades.csv": csv_text(g.row() for g in grades), "grading.log": "\n".join(header + grader.log) + "\n",
                            "run.json": json.dumps(run_record, indent=1) + "\n"})
     return grades
 
