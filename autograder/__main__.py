@@ -52,7 +52,7 @@ def _grade(args: argparse.Namespace) -> int:
     try:
         grades = grade(args.submissions, args.assignment, args.out, cell_timeout=args.cell_timeout,
                        notebook_timeout=args.notebook_timeout, model=args.model, run=not args.no_run,
-                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True, shard=args.shard)
+                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True, shard=args.shard, device=args.device)
     except GradingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -98,7 +98,7 @@ def _score(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from autograder.bench import bench
 
-    bench(args.assignment, args.submissions)
+    bench(args.assignment, args.submissions, rounds=args.rounds, out=args.out)
     return 0
 
 
@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--no-run", action="store_true",
                        help="do not execute again: rewrite grades.csv and feedback from the last run "
                             "(after manual grading)")
+    grade.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                       help="cpu (default), or cuda: the NVIDIA GPU bound into the sandbox (its device nodes and "
+                            "driver libraries only), the references and the learner's code on it")
     grade.add_argument("--shard", type=shard, metavar="I/N",
                        help="grade only shard I of N (from 0), into its own --out; join them with merge")
     grade.set_defaults(run=_grade)
@@ -177,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--comment", help="a comment shown in the learner's feedback")
     score.set_defaults(run=_score)
 
-    bench = commands.add_parser("bench", help="seconds per submission for a class of 20, --jobs 1 and 2, sandbox on")
+    bench = commands.add_parser("bench", help="seconds per submission for a class, --jobs 1 and 2 interleaved over "
+                                              "rounds, sandbox on: medians with their min-max")
     bench.add_argument("--assignment", choices=assignments(), help="default: every assignment")
-    bench.add_argument("--submissions", type=positive, default=20, help="class size (%(default)s)")
+    bench.add_argument("--submissions", type=positive, default=8, help="class size (%(default)s)")
+    bench.add_argument("--rounds", type=positive, default=5, help="rounds, --jobs 1 and 2 once each (%(default)s)")
+    bench.add_argument("--out", type=Path, metavar="DIR", help="write DIR/bench.json")
     bench.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)

@@ -191,7 +191,7 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
                     print(f"  merged {row['student']} from shard {shard.shard}", flush=True)
         rows.sort(key=lambda r: r["student"])
         run_record = {"assignment": assignment, "model": model, "models": GRADING_MODELS[model],
-                      "sandbox": first["sandbox"], "executed": True, "jobs": first.get("jobs"),
+                      "sandbox": first["sandbox"], "device": first.get("device", "cpu"), "executed": True, "jobs": first.get("jobs"),
                       "limits": first["limits"],
                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "seconds": round(time.monotonic() - start, 1),
