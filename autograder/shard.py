@@ -10,13 +10,15 @@ to the folder between two shards' runs.
 **Merging.** ``merge --out OUT SHARD_OUT...`` checks that the shards are shards ``0..N-1`` of one
 split of one assignment, graded on the current source with one model, and that none is in use or
 holds hand-given scores; then it copies each shard's graded notebooks (``nbgrader/autograded``) into
-``OUT`` and rebuilds the gradebook and the feedback pages from them through the ``--no-run`` path
-(:meth:`autograder.grade.Grader.collect`). What that path keeps: the automatic scores (the verdicts
+``OUT`` and records them in ``OUT``'s gradebook as the ``--no-run`` path does (:func:`autograder.record.save`,
+what :meth:`autograder.grade.Grader.collect` calls). What that keeps: the automatic scores (the verdicts
 are the test cells' outputs in the graded notebook), the "No response." comments and which cells are
 to grade by hand. What it cannot know (a sandbox killed after the last test, a notebook that never
 ran) is in the shard's ``grades.csv``: each learner's row there is the merged row, so the merged
-``grades.csv`` is the one a single run writes, byte for byte. Hand-given scores live only in a
-shard's gradebook: a shard holding some is refused (give them after merging).
+``grades.csv`` is the one a single run writes, byte for byte. The feedback pages are the shard's,
+copied: nbgrader would write the same page again from the same notebook and scores, at one process
+per learner, which would make the merge of a large class as slow as a sandbox. Hand-given scores
+live only in a shard's gradebook: a shard holding some is refused (give them after merging).
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from autograder import interrupt, sandbox
+import nbformat
+
+from autograder import interrupt, record, sandbox
 from autograder.config import assignments
 from autograder.grade import (CSV_FIELDS, GRADING_MODELS, TIMEOUTS, Grade, Grader, GradingError, OutputFolder,
                               Submission, csv_text)
-from autograder.record import ANSWERS_FILE
 from autograder.release import source_notebook
 
 
@@ -92,7 +95,7 @@ def read_shard(folder: Path, assignment: str) -> ShardOutput:
     graded_on = folder / "nbgrader" / "source" / assignment / f"{assignment}.ipynb"
     if not graded_on.is_file() or graded_on.read_bytes() != source_notebook(assignment).read_bytes():
         raise GradingError(f"{folder} was graded on another version of {assignment}: grade that shard again")
-    if (folder / "nbgrader" / ANSWERS_FILE).exists():
+    if (folder / "nbgrader" / record.ANSWERS_FILE).exists():
         raise GradingError(f"{folder} holds hand-given scores, which a merge cannot carry: merge first, then "
                            "give them in the merged folder (python -m autograder score)")
     with open(folder / "grades.csv", newline="", encoding="utf-8") as handle:
@@ -129,13 +132,13 @@ def check_split(shards: list[ShardOutput]) -> None:
             seen[name] = s.folder
 
 
-def graded_notebook(folder: Path, student: str, assignment: str) -> Path | None:
-    """The shard's graded notebook of ``student``, if it is a plain file (links are not followed)."""
-    path = folder / "nbgrader" / "autograded" / student / assignment / f"{assignment}.ipynb"
-    parts = [folder / "nbgrader", folder / "nbgrader" / "autograded", path.parent.parent, path.parent, path]
-    if any(p.is_symlink() for p in parts) or not path.is_file():
-        return None
-    return path
+def plain_file(folder: Path, relative: Path) -> Path | None:
+    """``folder / relative`` if it is a file reached through no link, else None."""
+    path, parts = folder, []
+    for part in relative.parts:
+        path = path / part
+        parts.append(path)
+    return None if any(p.is_symlink() for p in parts) or not path.is_file() else path
 
 
 def as_grade(row: dict[str, str]) -> Grade:
@@ -176,19 +179,23 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
         for shard in shards:
             for row in shard.rows:
                 rows.append(row)
+                student = row["student"]
                 if row["status"] == "skipped":
                     continue
-                notebook = graded_notebook(shard.folder, row["student"], assignment)
-                if notebook is None:  # it never ran (not_run): the page is the plain one of its row
-                    grader.write_page(row["student"], grader.fallback_page(as_grade(row)))
-                    continue
-                target = grader.autograded(row["student"])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(notebook, target)
-                grader.collect(row["student"])
-                grader.write_feedback()
+                page = plain_file(shard.folder, Path("feedback", f"{student}.html"))
+                if page is None:
+                    raise GradingError(f"{shard.folder} has no feedback page of {student}: grade that shard again")
+                notebook = plain_file(shard.folder, Path("nbgrader", "autograded", student, assignment,
+                                                         f"{assignment}.ipynb"))
+                if notebook is not None:  # none when the submission never ran (crashed before nbgrader)
+                    target = grader.autograded(student)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(notebook, target)
+                    record.save(grader.db, grader.course, assignment, student, nbformat.read(target, as_version=4),
+                                grader.note)
+                grader.write_page(student, page.read_text(encoding="utf-8"))
                 if progress:
-                    print(f"  merged {row['student']} from shard {shard.shard}", flush=True)
+                    print(f"  merged {student} from shard {shard.shard}", flush=True)
         rows.sort(key=lambda r: r["student"])
         run_record = {"assignment": assignment, "model": model, "models": GRADING_MODELS[model],
                       "sandbox": first["sandbox"], "device": first.get("device", "cpu"), "executed": True, "jobs": first.get("jobs"),
