@@ -664,7 +664,8 @@ def grade(
             run_record["shard"] = {"index": shard.index, "count": shard.count}
         header = [f"grading run: {json.dumps(run_record)}"]
         with interrupt.deferred():
-            folder.commit({"grades.csv": csv_text(g.row() for g in grades), "grading.log": "\n".join(header + grader.log) + "\n",
+            folder.commit({"grades.csv": csv_text(g.row() for g in grades),
+                           "grading.log": "\n".join(header + grader.log) + "\n",
                            "run.json": json.dumps(run_record, indent=1) + "\n"})
     return grades
 

@@ -39,7 +39,7 @@ import nbformat
 from autograder import interrupt, record, sandbox
 from autograder.config import assignments
 from autograder.grade import (CSV_FIELDS, GRADING_MODELS, TIMEOUTS, Grade, Grader, GradingError, OutputFolder,
-                              Submission, csv_text)
+                              Submission, csv_text, learner_id)
 from autograder.release import source_notebook
 
 
@@ -182,6 +182,9 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
                 student = row["student"]
                 if row["status"] == "skipped":
                     continue
+                if learner_id(f"{student}.ipynb") != student:  # a name of this grader's, never a path
+                    raise GradingError(f"{shard.folder / 'grades.csv'} names a learner {student!r} no grading run "
+                                       "writes: grade that shard again")
                 page = plain_file(shard.folder, Path("feedback", f"{student}.html"))
                 if page is None:
                     raise GradingError(f"{shard.folder} has no feedback page of {student}: grade that shard again")
@@ -198,8 +201,8 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
                     print(f"  merged {student} from shard {shard.shard}", flush=True)
         rows.sort(key=lambda r: r["student"])
         run_record = {"assignment": assignment, "model": model, "models": GRADING_MODELS[model],
-                      "sandbox": first["sandbox"], "device": first.get("device", "cpu"), "executed": True, "jobs": first.get("jobs"),
-                      "limits": first["limits"],
+                      "sandbox": first["sandbox"], "device": first.get("device", "cpu"), "executed": True,
+                      "jobs": first.get("jobs"), "limits": first["limits"],
                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "seconds": round(time.monotonic() - start, 1),
                       "submissions": sum(s.run["submissions"] for s in shards),

@@ -481,7 +481,8 @@ def format_table(record: dict[str, Any]) -> str:
             peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
             seconds = f"{r['seconds']:.2f}" + ("*" if r["tl_cells_scale"] != 1 else "")
             lines.append(f"{r['sweep']:<22}{r['method']:<17}{seconds:>10}{_spread(r['timing']):>16}"
-                         f"{_ratio(r, 'speedup_vs_peer'):>22}{r['peer']:>18}{r['max_abs_diff_vs_peer']:>11.1e}{peak:>10}")
+                         f"{_ratio(r, 'speedup_vs_peer'):>22}{r['peer']:>18}"
+                         f"{r['max_abs_diff_vs_peer']:>11.1e}{peak:>10}")
     return "\n".join(lines + [""] * bool(record["warnings"]) + record["warnings"])
 
 

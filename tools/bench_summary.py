@@ -1,6 +1,7 @@
 """Rewrite the README's benchmark summaries from ``bench.json`` files, instead of typed tables.
 
-    python tools/bench_summary.py [--patchlab bench/patchlab.json] [--autograder bench/autograder.json] [--readme README.md]
+    python tools/bench_summary.py [--patchlab bench/patchlab.json] [--autograder bench/autograder.json]
+                                  [--readme README.md]
 
 Each summary lives between two markers in the README, ``<!-- bench:patchlab -->`` ...
 ``<!-- /bench:patchlab -->`` (and ``autograder``); only the text between them is replaced. The files
@@ -37,12 +38,14 @@ def patchlab_summary(record: dict) -> str:
     lines = [f"Model {record['model']} on {record['device']}. {_setting(record)}"]
     for name, w in record.get("workloads", {}).items():
         lines += ["", f"**{name}** ({w['batch']} prompts × {w['seq_len']} tokens, `resid_pre` sweep)", "",
-                  "| method | seconds | speed-up vs TL | max \\|diff\\| vs TL | peak MiB |", "|---|---:|---:|---:|---:|"]
+                  "| method | seconds | speed-up vs TL | max \\|diff\\| vs TL | peak MiB |",
+                  "|---|---:|---:|---:|---:|"]
         for method, m in w["methods"].items():
             t, (low, high) = m["timing"], m["speedup_vs_tl_range"]
             peak = "n/a" if m["peak_mem_mb"] is None else f"{m['peak_mem_mb']:.0f}"
             lines.append(f"| {_method(method)} | {m['seconds']:.2f} [{t['min']:.2f}-{t['max']:.2f}] | "
-                         f"{m['speedup_vs_tl']:.1f}× [{low:.1f}-{high:.1f}] | {m['max_abs_diff_vs_tl']:.1e} | {peak} |")
+                         f"{m['speedup_vs_tl']:.1f}× [{low:.1f}-{high:.1f}] | "
+                         f"{m['max_abs_diff_vs_tl']:.1e} | {peak} |")
     if "heads" in record:
         lines += ["", f"**heads** ({record['heads']['batch']} prompts × {record['heads']['seq_len']} tokens; "
                       "\\* TransformerLens or the path reference timed on a sample of cells, scaled to all)", "",
@@ -75,7 +78,8 @@ def _warnings(record: dict) -> list[str]:
     count = len(record["warnings"])
     if not count:
         return []
-    return ["", f"> **Warning: {count} figure{'s' * (count > 1)} varied by more than half {'their' if count > 1 else 'its'} "
+    figures = f"{count} figure{'s' * (count > 1)} varied by more than half {'their' if count > 1 else 'its'}"
+    return ["", f"> **Warning: {figures} "
                 f"median over the rounds** (the machine's load changed during the run; `{record['source']}` lists "
                 "them): rerun on a quieter machine before trusting them."]
 
