@@ -1,13 +1,18 @@
-"""Command line: ``python -m autograder {release,grade,score,import,export,summary,bench} ...`` (see ``--help``)."""
+"""Command line: ``python -m autograder {release,grade,merge,score,import,export,summary,bench} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autograder import interrupt
 from autograder.config import CELL_TIMEOUT, NOTEBOOK_TIMEOUT, assignments
+
+if TYPE_CHECKING:
+    from autograder.grade import Grade
+    from autograder.shard import Shard
 
 # As in the sandbox (sandbox_path/rfc3987_syntax.py): jsonschema, imported with nbformat, skips its IRI
 # checks instead of building some 40 lark grammars (seconds of CPU in every grading run).
@@ -47,17 +52,34 @@ def _grade(args: argparse.Namespace) -> int:
     try:
         grades = grade(args.submissions, args.assignment, args.out, cell_timeout=args.cell_timeout,
                        notebook_timeout=args.notebook_timeout, model=args.model, run=not args.no_run,
-                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True)
+                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True, shard=args.shard, device=args.device)
     except GradingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return _report(grades, args.out)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from autograder.grade import GradingError
+    from autograder.shard import merge
+
+    try:
+        grades = merge(args.assignment, args.out, args.shards, progress=True)
+    except GradingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return _report(grades, args.out)
+
+
+def _report(grades: list[Grade], out: Path) -> int:
+    """Print each learner's row and where the results are."""
     for g in grades:
         score = "-" if g.score is None else f"{g.score:g}"
         total = "-" if g.max_score is None else f"{g.max_score:g}"
         print(f"{g.student:<24} {score:>5} / {total:<5} {g.status:<18} {g.detail}")
     skipped = sum(g.status == "skipped" for g in grades)
-    print(f"{len(grades) - skipped} submissions graded, {skipped} entries skipped: {args.out / 'grades.csv'}, "
-          f"feedback in {args.out / 'feedback'}")
+    print(f"{len(grades) - skipped} submissions graded, {skipped} entries skipped: {out / 'grades.csv'}, "
+          f"feedback in {out / 'feedback'}")
     return 0
 
 
@@ -131,7 +153,7 @@ def _summary(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from autograder.bench import bench
 
-    bench(args.assignment, args.submissions)
+    bench(args.assignment, args.submissions, rounds=args.rounds, out=args.out)
     return 0
 
 
@@ -152,6 +174,17 @@ def seconds(text: str) -> int:
     if value > 86400:
         raise argparse.ArgumentTypeError(f"{value} s is more than a day")
     return value
+
+
+def shard(text: str) -> Shard:
+    """An argparse type: ``I/N`` (:func:`autograder.shard.parse_shard`)."""
+    from autograder.grade import GradingError
+    from autograder.shard import parse_shard
+
+    try:
+        return parse_shard(text)
+    except GradingError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--shard ")) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--no-run", action="store_true",
                        help="do not execute again: rewrite grades.csv and feedback from the last run "
                             "(after manual grading)")
+    grade.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                       help="cpu (default), or cuda: the NVIDIA GPU bound into the sandbox (its device nodes and "
+                            "driver libraries only), the references and the learner's code on it")
+    grade.add_argument("--shard", type=shard, metavar="I/N",
+                       help="grade only shard I of N (from 0), into its own --out; join them with merge")
     grade.set_defaults(run=_grade)
+
+    merge = commands.add_parser("merge", help="join the --out folders of grade --shard 0/N ... N-1/N into one")
+    merge.add_argument("shards", nargs="+", type=Path, metavar="SHARD_OUT", help="each shard's --out folder")
+    merge.add_argument("--assignment", required=True, choices=assignments())
+    merge.add_argument("--out", required=True, type=Path, metavar="OUT_DIR")
+    merge.set_defaults(run=_merge)
 
     score = commands.add_parser("score", help="record a manual grade (e.g. of the written interpretation)")
     score.add_argument("out", type=Path, metavar="OUT_DIR", help="the --out folder of the grading run")
@@ -217,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     summarising.add_argument("--assignment", required=True, choices=assignments())
     summarising.set_defaults(run=_summary)
 
-    bench = commands.add_parser("bench", help="seconds per submission for a class of 20, --jobs 1 and 2, sandbox on")
+    bench = commands.add_parser("bench", help="seconds per submission for a class, --jobs 1 and 2 interleaved over "
+                                              "rounds, sandbox on: medians with their min-max")
     bench.add_argument("--assignment", choices=assignments(), help="default: every assignment")
-    bench.add_argument("--submissions", type=positive, default=20, help="class size (%(default)s)")
+    bench.add_argument("--submissions", type=positive, default=8, help="class size (%(default)s)")
+    bench.add_argument("--rounds", type=positive, default=5, help="rounds, --jobs 1 and 2 once each (%(default)s)")
+    bench.add_argument("--out", type=Path, metavar="DIR", help="write DIR/bench.json")
     bench.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)

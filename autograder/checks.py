@@ -131,8 +131,8 @@ def path_loop(model: Any, tokens: Tensor, base_cache: Any, source_cache: Any, me
 class References:
     """Trusted references on the grading models, computed once per grading run and kept."""
 
-    def __init__(self, model_names: list[str]) -> None:
-        self.models = Models(model_names)
+    def __init__(self, model_names: list[str], device: str = "cpu") -> None:
+        self.models = Models(model_names, device)
         self._cache: dict[tuple, Tensor] = {}
 
     def prompt_set(self, key: dict[str, Any]) -> PromptSet:

@@ -40,19 +40,22 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import nbformat
 from nbgrader.apps import NbGraderAPI
 
 import patchlab
 
-from autograder import interrupt, lms, record, restore, sandbox, summary
+from autograder import gpu, interrupt, lms, record, restore, sandbox, summary
 from autograder.checks import References, judge
 from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
                                nbgrader_config, release_notebook)
 from autograder.feedback import hidden_test_lines, leaks
 from autograder.release import source_notebook, stale_solutions
+
+if TYPE_CHECKING:
+    from autograder.shard import Shard
 
 CSV_FIELDS = ("student", "score", "max_score", "status", "detail")
 GRADING_MODELS = {"ioi-mini": ["ioi-mini", "ioi-mini-reshaped"], "gpt2-small": ["gpt2-small", "ioi-mini"]}
@@ -230,6 +233,15 @@ class OutputFolder:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
+def csv_text(rows: Iterable[dict[str, str]]) -> str:
+    """``grades.csv``: its header and ``rows`` (:meth:`Grade.row`)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -240,8 +252,10 @@ class Grader:
     """One grading run of one assignment into a staging copy of ``OUT_DIR``."""
 
     def __init__(self, assignment: str, staging: Path, model: str, sandbox_kind: str, cell_timeout: int,
-                 notebook_timeout: int, limits: sandbox.Limits) -> None:
+                 notebook_timeout: int, limits: sandbox.Limits, device: str = "cpu",
+                 devices: Sequence[str] = ()) -> None:
         self.assignment, self.staging, self.model = assignment, staging, model
+        self.device, self.devices = device, devices  # devices: the GPU's bubblewrap arguments (autograder.gpu)
         self.sandbox_kind, self.limits = sandbox_kind, limits
         self.cell_timeout, self.notebook_timeout = cell_timeout, notebook_timeout
         self.course = staging / "nbgrader"
@@ -252,7 +266,7 @@ class Grader:
         self.source = nbformat.read(source_notebook(assignment), as_version=4)
         self.release = nbformat.read(release_notebook(assignment), as_version=4)
         self.hidden = hidden_test_lines(self.source)
-        self.references = References(GRADING_MODELS[model])
+        self.references = References(GRADING_MODELS[model], device)
         self.sandboxes = sandbox.Group()
         self.pages_due: list[Grade] = []  # scored, their feedback page to write (write_feedback)
 
@@ -318,7 +332,8 @@ class Grader:
             sys.executable, "{grader}/runner.py", "run.ipynb", "executed.ipynb",
             "--cell-timeout", str(self.cell_timeout), "--notebook-timeout", str(self.notebook_timeout),
             "--max-output", str(MAX_OUTPUT_CHARS), "--preload", ",".join(PRELOAD)],
-            work, self.read_only(), grader_dir, self.kernel_env(), self.limits, group=self.sandboxes)
+            work, self.read_only(), grader_dir, self.kernel_env(), self.limits, group=self.sandboxes,
+            devices=self.devices)
         execution = Execution(None, killed=result.killed, seconds=result.seconds)
         executed = work / "executed.ipynb"
         if executed.is_file() and not executed.is_symlink() and executed.stat().st_size <= MAX_EXECUTED_BYTES:
@@ -362,8 +377,10 @@ class Grader:
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TQDM_DISABLE": "1",
             "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg",
             "PLOTLY_RENDERER": "notebook_connected", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "AUTOGRADER_MODELS": ",".join(GRADING_MODELS[self.model]),
+            "AUTOGRADER_MODELS": ",".join(GRADING_MODELS[self.model]), "AUTOGRADER_DEVICE": self.device,
         }
+        if self.device == "cpu":  # no GPU for the learner's code either, whatever the sandbox
+            env["CUDA_VISIBLE_DEVICES"] = ""
         if self.model == "gpt2-small":
             from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -579,11 +596,14 @@ def grade(
     jobs: int = 1,
     limits: sandbox.Limits | None = None,
     progress: bool = False,
+    shard: Shard | None = None,
+    device: str = "cpu",
 ) -> list[Grade]:
     """Grade every ``submissions/LEARNER.ipynb`` for ``assignment``; write ``grades.csv``,
     ``feedback/LEARNER.html``, ``grading.log`` and ``run.json`` into ``out``. With ``run=False``
     nothing is executed again: grades and feedback are rewritten from the last run (after manual
-    grading). Raises :class:`GradingError` (one line) when the run cannot start."""
+    grading). With ``shard``, only that shard's share (:mod:`autograder.shard`). Raises
+    :class:`GradingError` (one line) when the run cannot start."""
     submissions, out = Path(submissions).resolve(), Path(out).resolve()
     if model in TIMEOUTS:
         cell_timeout = cell_timeout or TIMEOUTS[model][0]
@@ -593,19 +613,26 @@ def grade(
     if stale:
         raise GradingError(f"{'; '.join(stale)}: run `python -m autograder release` first")
     check_folders(submissions, out)
+    if device not in gpu.DEVICES:
+        raise GradingError(f"--device {device!r}: choose {' or '.join(gpu.DEVICES)}")
     try:
         kind = sandbox.resolve_kind(sandbox_kind) if run else "none"
-    except sandbox.SandboxError as err:
+        devices = gpu.bind_args() if device == "cuda" and run else []
+        if device == "cuda":
+            gpu.check_torch()
+    except (sandbox.SandboxError, gpu.GpuError) as err:
         raise GradingError(str(err)) from None
     # GPT-2 small and its caches need more address space than the course model.
     limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
                                       cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120)
     subs, skipped = inventory(submissions)
+    if shard is not None:
+        subs, skipped = shard.select(subs, skipped)
     start = time.monotonic()
     with interrupt.remembered(), OutputFolder(out) as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nbgrader's SQLAlchemy warnings
         staging = folder.stage()
-        grader = Grader(assignment, staging, model, kind, cell_timeout, notebook_timeout, limits)
+        grader = Grader(assignment, staging, model, kind, cell_timeout, notebook_timeout, limits, device, devices)
         grades: list[Grade] = []
         if run:
             grader.install_grader_files()
@@ -629,22 +656,20 @@ def grade(
             grader.write_feedback()
         grades += skipped
         grades.sort(key=lambda g: g.student)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(g.row() for g in grades)
         run_record = {"assignment": assignment, "model": model, "models": GRADING_MODELS[model],
-                      "sandbox": kind, "executed": run, "jobs": jobs,
+                      "sandbox": kind, "device": device, "executed": run, "jobs": jobs,
                       "limits": {**limits.__dict__, "enforced": sandbox.enforced_limits(kind)},
                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "seconds": round(time.monotonic() - start, 1), "submissions": len(subs),
                       "skipped": len(skipped)}
+        if shard is not None:
+            run_record["shard"] = {"index": shard.index, "count": shard.count}
         header = [f"grading run: {json.dumps(run_record)}"]
-        page = summary.of(staging, assignment, buffer.getvalue(), run_record)  # the class at a glance
+        table = csv_text(g.row() for g in grades)
+        page = summary.of(staging, assignment, table, run_record)  # the class at a glance
         with interrupt.deferred():
-            folder.commit({"grades.csv": buffer.getvalue(), "grading.log": "\n".join(header + grader.log) + "\n",
-                           "run.json": json.dumps(run_record, indent=1) + "\n",
-                           summary.PAGE: page})
+            folder.commit({"grades.csv": table, "grading.log": "\n".join(header + grader.log) + "\n",
+                           "run.json": json.dumps(run_record, indent=1) + "\n", summary.PAGE: page})
     return grades
 
 

@@ -29,6 +29,7 @@ import torch
 
 RESULTS = Path("results")
 MODELS_VARIABLE = "AUTOGRADER_MODELS"  # comma-separated model names the checks run on
+DEVICE_VARIABLE = "AUTOGRADER_DEVICE"  # where they run: cpu (default) or cuda (grade --device cuda)
 SECOND_SET_SIZE = 8
 SECOND_SET_SEED = 20240607
 MAX_REPR = 300
@@ -107,8 +108,8 @@ class Models:
     first (there to catch sizes written into the code) the classic set is its first pair only: as
     telling for sizes, at a quarter of the cost of a patching loop on a model twice as wide."""
 
-    def __init__(self, names: list[str]) -> None:
-        self.names = names
+    def __init__(self, names: list[str], device: str = "cpu") -> None:
+        self.names, self.device = names, device
         self._models: dict[str, Any] = {}
         self._sets: dict[str, list[PromptSet]] = {}
 
@@ -117,7 +118,7 @@ class Models:
             import patchlab
 
             with quiet(), contextlib.redirect_stdout(io.StringIO()):
-                self._models[name] = patchlab.load_model(name, device="cpu", verbose=False)
+                self._models[name] = patchlab.load_model(name, device=self.device, verbose=False)
         return self._models[name]
 
     def prompt_sets(self, name: str) -> list[PromptSet]:
@@ -311,7 +312,8 @@ def collect(grade_id: str, check: str, fn: Any) -> None:
     """Run ``fn`` on every case of ``check`` and write the records to ``results/GRADE_ID.json``."""
     global _MODELS
     if _MODELS is None:
-        _MODELS = Models(os.environ.get(MODELS_VARIABLE, "ioi-mini,ioi-mini-reshaped").split(","))
+        _MODELS = Models(os.environ.get(MODELS_VARIABLE, "ioi-mini,ioi-mini-reshaped").split(","),
+                         os.environ.get(DEVICE_VARIABLE, "cpu"))
     if not callable(fn):
         records: list[dict[str, Any]] = [{"error": "missing"}]
     else:

@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 KINDS = ("auto", "bwrap", "none")
 INSTALL_HINT = ("bubblewrap is not installed: install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`) or "
@@ -131,13 +132,14 @@ GRADER_DIR = "/grader"  # where the sandbox sees the grader's own in-kernel modu
 TMP_BYTES = 512 * 1024 * 1024  # the private /tmp is memory: capped
 
 
-def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader: Path, env: dict[str, str]
-                  ) -> list[str]:
+def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader: Path, env: dict[str, str],
+                  devices: Sequence[str] = ()) -> list[str]:
     """The ``bwrap`` command line running ``argv`` with ``scratch`` as ``/submission`` (its working
-    folder, read-write), ``grader`` as ``/grader`` and each of ``read_only`` at its own path."""
+    folder, read-write), ``grader`` as ``/grader``, each of ``read_only`` at its own path, and the
+    bubblewrap arguments ``devices`` (a GPU's, :func:`autograder.gpu.bind_args`) after ``/dev``."""
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", "1000", "--gid", "1000", "--hostname", "sandbox", *_system_binds(),
-            "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+            "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", *devices]
     bound = list(dict.fromkeys(Path(p).resolve() for p in read_only))
     for path in bound:
         args += ["--ro-bind", str(path), str(path)]
@@ -185,7 +187,8 @@ def _kill_group(cgroup: Path | None, proc: subprocess.Popen) -> None:
 
 
 def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader: Path, env: dict[str, str],
-        limits: Limits = Limits(), max_output: int = 20_000, group: Group | None = None) -> Result:
+        limits: Limits = Limits(), max_output: int = 20_000, group: Group | None = None,
+        devices: Sequence[str] = ()) -> Result:
     """Run ``argv`` in the sandbox ``kind`` (``bwrap`` or ``none``) with ``limits``, one of ``group``
     (raises :class:`Stopped` when it was stopped); never raises for what the command does.
     ``{grader}`` in ``argv`` and ``env`` is where ``grader`` is seen. Under ``none`` the command runs
@@ -208,7 +211,7 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc,) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    command = bwrap_command(argv, scratch, read_only, grader, env) if kind == "bwrap" else argv
+    command = bwrap_command(argv, scratch, read_only, grader, env, devices) if kind == "bwrap" else argv
     group = group or Group()
     start = time.monotonic()
     try:

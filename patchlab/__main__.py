@@ -83,8 +83,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.head_cells is not None and args.head_cells < 1:
         print("patchlab: error: --head-cells must be a positive number of cells", file=sys.stderr)
         return 2
+    if args.rounds < 1:
+        print("patchlab: error: --rounds must be 1 or more (5 or more to trust the spread)", file=sys.stderr)
+        return 2
     return bench.main(args.out, quick=args.quick, device=args.device, parts=tuple(args.part or bench.PARTS),
-                      head_cells=args.head_cells)
+                      head_cells=args.head_cells, rounds=args.rounds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--head-cells", type=int, default=None,
                        help="time TransformerLens's head sweeps and the path patching reference on this many "
                             "evenly spread cells each, scaled to all (default: 48, --quick 16)")
+    bench.add_argument("--rounds", type=int, default=5,
+                       help="rounds, every method once per round, interleaved (default: %(default)s); each "
+                            "figure is the median of the rounds, with its min-max")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -1,7 +1,9 @@
 """Benchmark: TransformerLens's patching sweeps against the reference loop, fast exact and attribution patching.
 
 ``python -m patchlab bench --out DIR`` times a residual-stream sweep (every layer x position) four
-ways on the same model, prompts and clean cache, in one process, one method after the other:
+ways on the same model, prompts and clean cache, in one process, the methods interleaved over
+``--rounds`` rounds (:mod:`patchlab.rounds`: each method's median with its min-max, each ratio taken
+within a round against the peer measured in the same round, a warning where the spread is too wide):
 
 - ``transformer_lens``: ``transformer_lens.patching.get_act_patch_resid_pre`` (the baseline);
 - ``reference``, ``fast``, ``attribution``: :data:`patchlab.patching.METHODS`.
@@ -41,6 +43,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from patchlab import rounds as timing
 from patchlab.metrics import PatchingMetric, metric_from_runs
 from patchlab.patching import (
     attribution_patching, component, fast_path_patching, fast_patching, reference_path_patching, reference_patching,
@@ -76,6 +79,7 @@ class Settings:
     seed: int = 0
     receivers: tuple[tuple[int, int], ...] = ()  # path patching's receiver heads (their queries)
     head_cells: int | None = None  # TransformerLens head sweeps and path references timed on this many cells (None: all)
+    rounds: int = timing.DEFAULT_ROUNDS  # every method once per round, interleaved
 
 
 # Receivers: the S-inhibition heads Wang et al. (2022) found in GPT-2 small (7.3, 7.9, 8.6, 8.10).
@@ -235,31 +239,61 @@ def _timed(model: Any, run: Callable[[], Any]) -> tuple[float, Any, float | None
     return seconds, result, memory.mb
 
 
-def measure(model: Any, workload: Workload, method: str, progress: bool = True) -> tuple[float, Tensor, float | None]:
-    """Run one method on one workload: (seconds, values on the CPU, peak memory in MiB)."""
-    run = _runners(progress)[method]
-    seconds, values, peak = _timed(model, lambda: run(model, workload))
-    return seconds, values.detach().float().cpu(), peak
+class Rounds:
+    """Methods timed in interleaved rounds (:func:`patchlab.rounds.interleave`); each method's values
+    and its largest peak memory over the rounds are kept."""
+
+    def __init__(self, model: Any, rounds: int, log: Callable[[str], None]) -> None:
+        self.model, self.rounds, self.log = model, rounds, log
+        self.values: dict[str, Tensor] = {}
+        self.peaks: dict[str, float | None] = {}
+        self.warnings: list[str] = []
+
+    def run(self, label: str, methods: dict[str, Callable[[], Tensor]]) -> dict[str, list[float]]:
+        """{method: seconds per round} of ``methods`` (each a call returning its values)."""
+        def task(method: str, call: Callable[[], Any]) -> Callable[[], float]:
+            def timed() -> float:
+                seconds, values, peak = _timed(self.model, call)
+                self.values[method] = values.detach().float().cpu()
+                before = self.peaks.get(method)
+                self.peaks[method] = peak if before is None or peak is None else max(before, peak)
+                return seconds
+            return timed
+
+        self.values, self.peaks = {}, {}
+        samples = timing.interleave({m: task(m, c) for m, c in methods.items()}, self.rounds,
+                                    lambda line: self.log(f"[{label}] {line}"))
+        for method, seconds in samples.items():
+            warning = timing.too_wide(f"{label} {method}", timing.summary(seconds))
+            if warning:
+                self.warnings.append(warning)
+        return samples
 
 
-def _bench_workload(model: Any, workload: Workload, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def _stats(samples: list[float]) -> dict[str, float | int]:
+    return {k: (v if k == "rounds" else round(v, 3)) for k, v in timing.summary(samples).items()}
+
+
+def _timing_fields(samples: list[float], peer: list[float], key: str) -> dict[str, Any]:
+    """``seconds`` (the median), ``timing`` (median, min, max, quartiles, rounds), the ratio against
+    ``peer`` measured in the same rounds (``key``: its median; ``key_range``: min and max)."""
+    speedup = timing.ratio(peer, samples)
+    return {"seconds": round(timing.summary(samples)["median"], 3), "timing": _stats(samples),
+            key: round(speedup["median"], 2), f"{key}_range": [round(speedup["min"], 2), round(speedup["max"], 2)]}
+
+
+def _bench_workload(model: Any, workload: Workload, progress: bool, rounds: Rounds) -> dict[str, Any]:
     batch, seq_len = workload.clean_tokens.shape
     work = token_layers(model.cfg.n_layers, workload.clean_tokens.cpu(), workload.corrupted_tokens.cpu())
-    results: dict[str, Any] = {}
-    baseline: tuple[float, Tensor] | None = None
-    for method in BENCH_METHODS:
-        log(f"[{workload.name}] {method} ...")
-        seconds, values, peak = measure(model, workload, method, progress)
-        log(f"[{workload.name}] {method}: {seconds:.2f} s, peak {peak} MiB")
-        if baseline is None:
-            baseline = (seconds, values)
-        results[method] = {
-            "seconds": round(seconds, 3),
-            "speedup_vs_tl": round(baseline[0] / seconds, 2),
-            "max_abs_diff_vs_tl": float((values - baseline[1]).abs().max()),
-            "peak_mem_mb": peak,
-            "token_layers": work[method],
-        }
+    runners = _runners(progress)
+    samples = rounds.run(workload.name, {m: (lambda m=m: runners[m](model, workload)) for m in BENCH_METHODS})
+    baseline = rounds.values["transformer_lens"]
+    results = {method: {
+        **_timing_fields(samples[method], samples["transformer_lens"], "speedup_vs_tl"),
+        "max_abs_diff_vs_tl": float((rounds.values[method] - baseline).abs().max()),
+        "peak_mem_mb": rounds.peaks[method],
+        "token_layers": work[method],
+    } for method in BENCH_METHODS}
     return {"batch": batch, "seq_len": seq_len, "clean_logit_diff": workload.metric.clean_logit_diff,
             "corrupted_logit_diff": workload.metric.corrupted_logit_diff,
             "minimum_token_layers": work["minimum"], "full_pass_token_layers": work["full_pass"],
@@ -287,49 +321,56 @@ def _tl_head_sweep(model: Any, w: Workload, name: str, cells: int | None) -> tup
     return values, flat, total / len(flat)
 
 
-def bench_heads(model: Any, w: Workload, settings: Settings, progress: bool,
-                log: Callable[[str], None]) -> dict[str, Any]:
-    """Head sweeps (TransformerLens against fast, attribution of head outputs) and path patching."""
+def bench_heads(model: Any, w: Workload, settings: Settings, progress: bool, rounds: Rounds) -> dict[str, Any]:
+    """Head sweeps (TransformerLens against fast, attribution of head outputs) and path patching,
+    each sweep's methods interleaved over the rounds."""
     rows: list[dict[str, Any]] = []
 
-    def add(sweep: str, method: str, seconds: float, peer: str, peer_seconds: float, diff: float | None,
-            peak: float | None, scaled: float = 1.0) -> None:
-        log(f"[heads] {sweep} {method}: {seconds:.2f} s")
-        rows.append({"sweep": sweep, "method": method, "seconds": round(seconds, 3), "peer": peer,
-                     "speedup_vs_peer": round(peer_seconds / seconds, 2),
-                     "max_abs_diff_vs_peer": diff, "peak_mem_mb": peak, "tl_cells_scale": round(scaled, 3)})
+    def add(sweep: str, method: str, samples: dict[str, list[float]], peer: str, diff: float | None,
+            scaled: float = 1.0) -> None:
+        rows.append({"sweep": sweep, "method": method, "peer": peer,
+                     **_timing_fields(samples[method], samples[peer], "speedup_vs_peer"),
+                     "max_abs_diff_vs_peer": diff, "peak_mem_mb": rounds.peaks[method],
+                     "tl_cells_scale": round(scaled, 3)})
 
     args = (w.corrupted_tokens, w.clean_cache, w.metric)
     for name in TL_HEAD_FUNCTIONS:
-        log(f"[heads] {name} transformer_lens ...")
-        seconds, (tl_values, flat, scale), peak = _timed(model, lambda: _tl_head_sweep(model, w, name, settings.head_cells))
-        tl_seconds = seconds * scale
-        add(name, "transformer_lens", tl_seconds, "transformer_lens", tl_seconds, 0.0, peak, scale)
-        tl_values = tl_values.detach().float().cpu().flatten()
-        methods = {"fast": fast_patching} | ({"attribution": attribution_patching} if name == "head_out" else {})
-        for method, run in methods.items():
-            seconds, values, peak = _timed(model, lambda: run(model, *args, name, progress))
-            values = values.detach().float().cpu().flatten()
-            values = values if flat is None else values[flat]
-            add(name, method, seconds, "transformer_lens", tl_seconds, float((values - tl_values).abs().max()), peak)
-            if method == "attribution":
-                fast_row = next(r for r in rows if r["sweep"] == name and r["method"] == "fast")
-                rows[-1]["speedup_vs_fast"] = round(fast_row["seconds"] / seconds, 2)
+        sampled: dict[str, Any] = {}
+
+        def tl_sweep(name: str = name) -> Tensor:
+            values, sampled["flat"], sampled["scale"] = _tl_head_sweep(model, w, name, settings.head_cells)
+            return values
+
+        methods = {"transformer_lens": tl_sweep, "fast": lambda name=name: fast_patching(model, *args, name, progress)}
+        if name == "head_out":
+            methods["attribution"] = lambda: attribution_patching(model, *args, name, progress)
+        samples = rounds.run(f"heads {name}", methods)
+        scale = sampled["scale"]  # TransformerLens timed on a sample of the cells: the time of all of them
+        samples["transformer_lens"] = [seconds * scale for seconds in samples["transformer_lens"]]
+        tl_values = rounds.values["transformer_lens"].flatten()
+        add(name, "transformer_lens", samples, "transformer_lens", 0.0, scale)
+        for method in [m for m in methods if m != "transformer_lens"]:
+            values = rounds.values[method].flatten()
+            values = values if sampled["flat"] is None else values[sampled["flat"]]
+            add(name, method, samples, "transformer_lens", float((values - tl_values).abs().max()))
+        if name == "head_out":
+            rows[-1]["speedup_vs_fast"] = round(
+                timing.ratio(samples["fast"], samples["attribution"])["median"], 2)
     n_senders = model.cfg.n_layers * model.cfg.n_heads
     flat = torch.linspace(0, n_senders - 1, min(settings.head_cells or n_senders, n_senders)).round().long().unique()
     senders = [divmod(int(i), model.cfg.n_heads) for i in flat]  # each costs the same passes: time a sample
+    scale = n_senders / len(senders)
     for sweep, receivers in (("path_to_final", None), ("path_to_receivers_q", list(settings.receivers))):
-        log(f"[heads] {sweep} reference ...")
-        ref_seconds, reference, peak = _timed(
-            model, lambda: reference_path_patching(model, *args, receivers, "q", progress, senders))
-        scale = n_senders / len(senders)
-        add(sweep, "reference", ref_seconds * scale, "reference", ref_seconds * scale, 0.0, peak, scale)
-        seconds, fast, peak = _timed(model, lambda: fast_path_patching(model, *args, receivers, "q", progress))
-        diff = (fast.cpu().flatten()[flat] - reference.flatten()[flat]).abs().max()
-        add(sweep, "fast", seconds, "reference", ref_seconds * scale, float(diff), peak)
+        samples = rounds.run(f"heads {sweep}", {
+            "reference": lambda receivers=receivers: reference_path_patching(model, *args, receivers, "q", progress,
+                                                                             senders),
+            "fast": lambda receivers=receivers: fast_path_patching(model, *args, receivers, "q", progress)})
+        samples["reference"] = [seconds * scale for seconds in samples["reference"]]
+        diff = (rounds.values["fast"].flatten()[flat] - rounds.values["reference"].flatten()[flat]).abs().max()
+        add(sweep, "reference", samples, "reference", 0.0, scale)
+        add(sweep, "fast", samples, "reference", float(diff))
     return {"batch": int(w.clean_tokens.shape[0]), "seq_len": int(w.clean_tokens.shape[1]),
             "head_cells": settings.head_cells, "receivers": [list(r) for r in settings.receivers], "rows": rows}
-
 
 
 def run_benchmark(settings: Settings, device: str | None = None, progress: bool = True,
@@ -348,10 +389,10 @@ def run_benchmark(settings: Settings, device: str | None = None, progress: bool 
     record: dict[str, Any] = {
         "model": model_label(model),
         "device": _describe_device(device_obj),
-        "torch_threads": torch.get_num_threads(),
+        "context": timing.run_context(),
+        "rounds": settings.rounds,
         "versions": {"torch": torch.__version__, "transformer_lens": version("transformer-lens"),
                      "python": platform.python_version()},
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "settings": {"batch": settings.batch, "general_seq_len": settings.general_seq_len,
                      "scaling_batch": settings.scaling_batch, "scaling_seq_lens": list(settings.scaling_seq_lens),
                      "ioi_prompts": settings.ioi_prompts, "head_cells": settings.head_cells,
@@ -361,22 +402,26 @@ def run_benchmark(settings: Settings, device: str | None = None, progress: bool 
             "cache): " + ("max CUDA memory allocated" if device_obj.type == "cuda"
                           else "peak resident set size (VmHWM, reset before each method)")),
     }
+    log(f"{settings.rounds} interleaved rounds; {timing.describe_context(record['context'])}")
+    rounds = Rounds(model, settings.rounds, log)
     if "resid" in parts:
         record["workloads"] = {
-            "ioi": _bench_workload(model, ioi_workload(model, settings.ioi_prompts), progress, log),
+            "ioi": _bench_workload(model, ioi_workload(model, settings.ioi_prompts), progress, rounds),
             "general": _bench_workload(
-                model, general_workload(model, settings.batch, settings.general_seq_len, settings.seed), progress, log),
+                model, general_workload(model, settings.batch, settings.general_seq_len, settings.seed), progress,
+                rounds),
         }
         record["scaling"] = []
+        runners = _runners(progress)
         for seq_len in settings.scaling_seq_lens:
             workload = general_workload(model, settings.scaling_batch, seq_len, settings.seed)
-            for method in BENCH_METHODS:
-                log(f"[scaling seq_len={seq_len}] {method} ...")
-                seconds, _, _ = measure(model, workload, method, progress)
-                log(f"[scaling seq_len={seq_len}] {method}: {seconds:.2f} s")
-                record["scaling"].append({"seq_len": seq_len, "method": method, "seconds": round(seconds, 3)})
+            samples = rounds.run(f"scaling seq_len={seq_len}",
+                                 {m: (lambda m=m: runners[m](model, workload)) for m in BENCH_METHODS})
+            record["scaling"] += [{"seq_len": seq_len, "method": method, "seconds": _stats(samples[method])["median"],
+                                   "timing": _stats(samples[method])} for method in BENCH_METHODS]
     if "heads" in parts:
-        record["heads"] = bench_heads(model, ioi_workload(model, settings.ioi_prompts), settings, progress, log)
+        record["heads"] = bench_heads(model, ioi_workload(model, settings.ioi_prompts), settings, progress, rounds)
+    record["warnings"] = rounds.warnings
     return record
 
 
@@ -393,43 +438,58 @@ def _describe_device(device: torch.device) -> str:
     return f"cpu: {name}, {cores} cores"
 
 
+def _spread(t: dict[str, Any]) -> str:
+    return f"{t['min']:.2f}-{t['max']:.2f}"
+
+
+def _ratio(m: dict[str, Any], key: str) -> str:
+    low, high = m[f"{key}_range"]
+    return f"{m[key]:.1f}x [{low:.1f}-{high:.1f}]"
+
+
 def format_table(record: dict[str, Any]) -> str:
-    """The benchmark as plain-text tables."""
-    lines = [f"model {record['model']} on {record['device']}"]
+    """The benchmark as plain-text tables: medians over the rounds, min-max, each ratio's median and
+    [min-max] over the rounds; then any warnings."""
+    lines = [f"model {record['model']} on {record['device']}; medians of {record['rounds']} interleaved rounds, "
+             f"{timing.describe_context(record['context'])}"]
     for name, w in record.get("workloads", {}).items():
         lines += ["", f"{name} workload: {w['batch']} prompts x {w['seq_len']} tokens, resid_pre sweep "
                       f"(least work of an exact method: {w['minimum_token_layers']:,} token-layers)",
-                  f"{'method':<17}{'seconds':>9}{'vs TL':>8}{'max|diff| vs TL':>17}{'peak MiB':>10}{'token-layers':>14}"]
+                  f"{'method':<17}{'seconds':>9}{'min-max':>14}{'vs TL [min-max]':>20}{'max|diff| vs TL':>17}"
+                  f"{'peak MiB':>10}{'token-layers':>14}"]
         for method, m in w["methods"].items():
             peak = "n/a" if m["peak_mem_mb"] is None else f"{m['peak_mem_mb']:.0f}"
-            lines.append(f"{method:<17}{m['seconds']:>9.2f}{m['speedup_vs_tl']:>7.1f}x"
+            lines.append(f"{method:<17}{m['seconds']:>9.2f}{_spread(m['timing']):>14}{_ratio(m, 'speedup_vs_tl'):>20}"
                          f"{m['max_abs_diff_vs_tl']:>17.1e}{peak:>10}{m['token_layers']:>14,}")
     if "scaling" in record:
         seq_lens = sorted({row["seq_len"] for row in record["scaling"]})
         lines += ["", f"scaling (general workload, {record['settings']['scaling_batch']} prompt(s)): seconds by "
-                      "sequence length", f"{'method':<17}" + "".join(f"{n:>10}" for n in seq_lens)]
+                      "sequence length (median, min-max)", f"{'method':<17}" + "".join(f"{n:>22}" for n in seq_lens)]
         for method in BENCH_METHODS:
-            row = {r["seq_len"]: r["seconds"] for r in record["scaling"] if r["method"] == method}
-            lines.append(f"{method:<17}" + "".join(f"{row[n]:>10.2f}" for n in seq_lens))
+            row = {r["seq_len"]: r for r in record["scaling"] if r["method"] == method}
+            lines.append(f"{method:<17}" + "".join(
+                f"{row[n]['seconds']:>10.2f} ({_spread(row[n]['timing'])})".rjust(22) for n in seq_lens))
     if "heads" in record:
         heads = record["heads"]
         lines += ["", f"heads (ioi workload, {heads['batch']} prompts x {heads['seq_len']} tokens); path patching "
                       f"to the queries of {', '.join(f'{l}.{h}' for l, h in heads['receivers'])}"
                       + ("" if heads["head_cells"] is None else
                          f"; * timed on {heads['head_cells']} evenly spread cells (senders), scaled to all"),
-                  f"{'sweep':<22}{'method':<17}{'seconds':>9}{'speed-up':>10}{'vs':>18}{'max|diff|':>11}{'peak MiB':>10}"]
+                  f"{'sweep':<22}{'method':<17}{'seconds':>10}{'min-max':>16}{'speed-up [min-max]':>22}{'vs':>18}"
+                  f"{'max|diff|':>11}{'peak MiB':>10}"]
         for r in heads["rows"]:
             peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
             seconds = f"{r['seconds']:.2f}" + ("*" if r["tl_cells_scale"] != 1 else "")
-            lines.append(f"{r['sweep']:<22}{r['method']:<17}{seconds:>9}{r['speedup_vs_peer']:>9.1f}x"
-                         f"{r['peer']:>18}{r['max_abs_diff_vs_peer']:>11.1e}{peak:>10}")
-    return "\n".join(lines)
+            lines.append(f"{r['sweep']:<22}{r['method']:<17}{seconds:>10}{_spread(r['timing']):>16}"
+                         f"{_ratio(r, 'speedup_vs_peer'):>22}{r['peer']:>18}"
+                         f"{r['max_abs_diff_vs_peer']:>11.1e}{peak:>10}")
+    return "\n".join(lines + [""] * bool(record["warnings"]) + record["warnings"])
 
 
 def main(out: str | None, quick: bool, device: str | None, progress: bool = True,
-         parts: tuple[str, ...] = PARTS, head_cells: int | None = None) -> int:
+         parts: tuple[str, ...] = PARTS, head_cells: int | None = None, rounds: int = timing.DEFAULT_ROUNDS) -> int:
     """Run the benchmark, print the tables and write ``OUT/bench.json`` when ``out`` is given."""
-    settings = QUICK if quick else FULL
+    settings = replace(QUICK if quick else FULL, rounds=rounds)
     if head_cells is not None:
         settings = replace(settings, head_cells=head_cells)
     record = run_benchmark(settings, device=device, progress=progress, parts=parts)

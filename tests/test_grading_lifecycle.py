@@ -223,6 +223,8 @@ def test_a_second_run_into_a_held_folder_is_refused(tmp_path):
     (("--notebook-timeout", "soon"), "'soon' is not a whole number"),
     (("--jobs", "-1"), "-1 is not 1 or more"),
     (("--sandbox", "docker"), "invalid choice: 'docker'"),
+    (("--shard", "2/2"), "must be I/N, shard I of N counted from 0"),
+    (("--device", "tpu"), "invalid choice: 'tpu'"),
 ])
 def test_bad_option_values_are_refused_in_one_line(tmp_path, options, message):
     proc = subprocess.run(autograder("grade", tmp_path, "--assignment", "logit_difference", "--out",
