@@ -48,6 +48,7 @@ import notebooks  # noqa: E402  (tools/notebooks.py)
 # find-links); its local version tag (+cpu) keeps pip from ever taking PyPI's CUDA build instead.
 COLAB_DATE = "2026-12-06"
 COLAB = {
+    "pip": "24.1.2",  # (the venv's own pip, 23.2, refuses the git+file:// install line)
     "torch": "2.13.0+cpu", "numpy": "2.0.2", "pandas": "2.2.2", "plotly": "6.5.2", "matplotlib": "3.10.0",
     "transformers": "4.57.1", "huggingface-hub": "0.36.0", "tqdm": "4.67.1", "ipykernel": "6.31.0",
 }
@@ -154,10 +155,10 @@ def colab_venv(tmp: Path) -> Path:
     venv = tmp / "colab"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    result = subprocess.run([str(python), "-m", "pip", "install", "-q", "--only-binary", ":all:",
-                             *(f"{name}=={v}" for name, v in COLAB.items()), *EXECUTOR],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, f"the Colab-like set does not install:\n{result.stderr[-3000:]}"
+    for packages in ([f"pip=={COLAB['pip']}"], [*(f"{n}=={v}" for n, v in COLAB.items() if n != "pip"), *EXECUTOR]):
+        result = subprocess.run([str(python), "-m", "pip", "install", "-q", "--only-binary", ":all:", *packages],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, f"the Colab-like set does not install:\n{result.stderr[-3000:]}"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "google" / "colab").mkdir(parents=True)  # google/ stays a namespace package (protobuf's)
@@ -247,6 +248,7 @@ def test_as_shipped(tmp_path: Path) -> None:
     first, *rest = readers
     results = [run_notebooks(python, run, [first], tmp_path / "first.xml", workers=1)]
     after = pip_list(python)
+    assert after.get("patchlab") == version(), f"{first}'s install cell did not install patchlab:\n{results[0].stdout[-3000:]}"
     results.append(run_notebooks(python, run, rest, tmp_path / "rest.xml", workers=2))
     executed = time.monotonic()
     for result in results:
