@@ -156,8 +156,8 @@ def colab_venv(tmp: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     for packages in ([f"pip=={COLAB['pip']}"], [*(f"{n}=={v}" for n, v in COLAB.items() if n != "pip"), *EXECUTOR]):
-        result = subprocess.run([str(python), "-m", "pip", "install", "-q", "--only-binary", ":all:", *packages],
-                                capture_output=True, text=True)
+        result = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-compile", "--only-binary", ":all:",
+                                 *packages], capture_output=True, text=True)  # (no .pyc: minutes of CPU)
         assert result.returncode == 0, f"the Colab-like set does not install:\n{result.stderr[-3000:]}"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
@@ -212,8 +212,9 @@ def run_notebooks(python: Path, folder: Path, paths: list[str], report: Path, wo
            if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not key.startswith("PYTEST")}
     env.update(PATH=f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}", PATCHLAB_MODEL="ioi-mini",
                HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    parallel = ["-n", str(workers), "--dist", "loadscope"] if workers > 1 else ["-p", "no:xdist"]  # a notebook per worker
     command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
-               "--junitxml", str(report), *(["-n", str(workers)] if workers > 1 else ["-p", "no:xdist"]), *paths]
+               "--junitxml", str(report), *parallel, *paths]
     return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
 
 

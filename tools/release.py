@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import notebooks  # noqa: E402  (tools/notebooks.py)
 
 ROOT = Path(__file__).resolve().parent.parent
-AS_SHIPPED = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "tests/test_install.py"]
+AS_SHIPPED = [sys.executable, "-m", "pytest", "-q", "-rP", "-p", "no:xdist", "-p", "no:cacheprovider", "tests/test_install.py"]
 
 
 def git(root: Path, *args: str) -> str:
