@@ -55,7 +55,7 @@ COLAB = {
 KEPT = ("torch", "numpy", "pandas", "plotly", "matplotlib")  # Colab's: never replaced unless forced
 # What runs the notebooks there (nbval, as `make test` runs the exercises), not part of Colab's set.
 EXECUTOR = ("pytest>=8", "pytest-xdist>=3", "nbval>=0.11")
-SECOND_INSTALL_S = 5.0  # a second notebook's install cell in the same runtime, at most
+SECOND_INSTALL_S = 20.0  # a later install cell, at most (the first: minutes; pip with nothing to do still clones and builds)
 
 
 def version() -> str:
@@ -249,13 +249,8 @@ def test_as_shipped(tmp_path: Path) -> None:
     first, *rest = readers
     results = [run_notebooks(python, run, [first], tmp_path / "first.xml", workers=1)]
     after = pip_list(python)
+    installed = time.monotonic()
     assert after.get("patchlab") == version(), f"{first}'s install cell did not install patchlab:\n{results[0].stdout[-3000:]}"
-    results.append(run_notebooks(python, run, rest, tmp_path / "rest.xml", workers=2))
-    executed = time.monotonic()
-    for result in results:
-        print(result.stdout[-3000:])
-    assert all(r.returncode == 0 for r in results), "a reader notebook fails from the install (see above)"
-
     changes = replacements(before, after)
     print(f"Colab-like set of {COLAB_DATE}; the first install cell changed it:")
     for kind, items in changes.items():
@@ -263,11 +258,18 @@ def test_as_shipped(tmp_path: Path) -> None:
     requires = [Requirement(r).name for r in tomllib.loads((clone / "pyproject.toml").read_text())["project"]["dependencies"]]
     print("  the course's dependencies resolved to (newest its ranges allow, Colab's kept where they fit):",
           ", ".join(f"{n} {after[canonicalize_name(n)]}" for n in requires))
-    print(f"  cost: {prepared - started:.0f} s to clone, build and make the venv, "
-          f"{executed - prepared:.0f} s to install and run {len(readers)} notebooks")
-    assert after.get("patchlab") == version() and changes["removed"] == []
+    assert changes["removed"] == []
     unforced = [f"{n} {COLAB[n]} -> {after[n]}" for n in KEPT if after[n] != COLAB[n] and not forced(n, python)]
     assert unforced == [], f"the install replaces Colab's packages without a requirement forcing it: {unforced}"
+
+    results.append(run_notebooks(python, run, rest, tmp_path / "rest.xml", workers=2))
+    executed = time.monotonic()
+    for result in results:
+        print(result.stdout[-3000:])
+    print(f"  cost: {prepared - started:.0f} s to clone, build and make the venv, {installed - prepared:.0f} s for "
+          f"the first notebook (the install), {executed - installed:.0f} s for the {len(rest)} others")
+    assert all(r.returncode == 0 for r in results), "a reader notebook fails from the install (see above)"
+    assert pip_list(python) == after, "a later notebook's install cell changed the environment"
 
     first_install = install_cell_times(tmp_path / "first.xml")
     later = install_cell_times(tmp_path / "rest.xml")
