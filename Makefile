@@ -20,7 +20,7 @@ TEST_WORKERS ?= 2
 # torch operations 10-100 times slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup book test
+.PHONY: setup book test release
 
 setup: $(STAMP)
 
@@ -39,3 +39,10 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=25
 	OMP_NUM_THREADS=1 PATCHLAB_MODEL=ioi-mini HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadscope --nbval-lax --nbval-current-env $(READER_NOTEBOOKS)
+
+# Before publishing a release: checks the version, course.toml, the notebooks' install lines and
+# Colab links and a clean tree, runs the as-shipped test (tests/test_install.py), then prints the
+# commands that publish it. RELEASE_FLAGS=--dry-run while course.toml's repository is a placeholder.
+RELEASE_FLAGS ?=
+release: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python tools/release.py $(RELEASE_FLAGS)

@@ -20,7 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from autograder.diagnose import MESSAGES, Candidate, diagnose, grid_mistakes, matches, mismatch_message
+from patchlab.check import (
+    ATOL_ACTIVATION, ATOL_LOGIT_DIFF, ATOL_METRIC, MESSAGES, RTOL, Candidate, diagnose, grid_mistakes, matches,
+    mismatch_message, residual_mistakes, residual_variant,
+)
 from autograder.harvest import (
     ATTRIBUTION, HEAD_INPUTS, Models, PromptSet, cases, head_map_values, heatmap_values, path_receivers, run_case,
 )
@@ -30,12 +33,6 @@ from patchlab.patching import (
 )
 from patchlab.patching.paths import RECEIVER_INPUTS
 
-# Logit differences are O(1-10) logits; the normalised metric is O(1) but divides by
-# (clean - corrupted), which amplifies float32 rounding when that gap is small.
-ATOL_LOGIT_DIFF = 1e-3
-ATOL_METRIC = 1e-3
-RTOL = 1e-4
-ATOL_ACTIVATION = 1e-6  # a patched activation is a copy of cached values: equal up to rounding
 
 # What each check's learner function is, for the messages.
 RETURNS = {
@@ -149,17 +146,9 @@ class References:
         """The resid_pre patching grid of a prompt set, or what a known mistake gives."""
         ps = self.prompt_set(key)
 
-        def compute() -> Tensor:  # fast exact patching: reference_patching's numbers (tests/test_fast_patching.py)
-            if variant == "reference":
-                return fast_patching(ps.model, ps.data.corrupted_tokens, ps.clean_cache, ps.metric, progress=False)
-            if variant == "wrong_direction":
-                return fast_patching(ps.model, ps.data.clean_tokens, ps.corrupted_cache, ps.metric, progress=False)
-            from transformer_lens.patching import generic_activation_patch, layer_pos_patch_setter
-
-            return generic_activation_patch(ps.model, ps.data.corrupted_tokens, ps.clean_cache, ps.metric,
-                                            patch_setter=layer_pos_patch_setter, activation_name=variant,
-                                            index_axis_names=("layer", "pos"))
-        return self.cached((key["model"], key["set"], variant), compute)
+        return self.cached((key["model"], key["set"], variant), lambda: residual_variant(
+            ps.model, ps.data.clean_tokens, ps.data.corrupted_tokens, ps.clean_cache, ps.corrupted_cache, ps.metric,
+            variant))
 
     def head_grid(self, key: dict[str, Any], component: str, variant: str = "reference") -> Tensor:
         """A head-patching result (``head_out_by_pos``, ``head_q``, ...) of a prompt set, or what a
@@ -392,13 +381,8 @@ def _expected(check: str, key: dict[str, Any], refs: References) -> tuple[Tensor
     if check in ("check_path_to_logits", "check_path_to_receivers"):
         return _path_expected(key, refs)
     reference = refs.grid(key)
-    transposed, *metric_mistakes = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
-    return reference, [
-        transposed, ("wrong_direction", lambda: refs.grid(key, "wrong_direction")),
-        ("resid_mid", lambda: refs.grid(key, "resid_mid")), ("resid_post", lambda: refs.grid(key, "resid_post")),
-        *metric_mistakes,
-    ], {"off_by_one_axes": {0: "off_by_one_layer", 1: "off_by_one_position"}, "axis_names": ("layer", "position"),
-        "atol": ATOL_METRIC}
+    return reference, *residual_mistakes(reference, lambda variant: refs.grid(key, variant), ps.clean_logit_diff,
+                                         ps.corrupted_logit_diff)
 
 
 def _path_expected(key: dict[str, Any], refs: References) -> tuple[Tensor, list[tuple[str, Candidate]], dict]:

@@ -16,7 +16,7 @@ EXERCISES_DIR = REPO_ROOT / "exercises"  # nbgrader's release directory: learner
 COURSE_ID = "activation-patching"
 
 # Defaults of the grading command (seconds).
-CELL_TIMEOUT = 300  # attention_heads 3.2: about 2 minutes on a busy 2-core machine
+CELL_TIMEOUT = 300  # attention_heads 8.2: about 2 minutes on a busy 2-core machine
 NOTEBOOK_TIMEOUT = 900
 
 

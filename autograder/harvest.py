@@ -142,7 +142,7 @@ class Models:
 # tells results copied from the notebook (the second set) from sizes fixed in the code (the second
 # model) apart.
 LOOPS = ("check_residual_patching", "check_head_by_pos", "check_path_to_logits", "check_path_to_receivers")
-# Attribution patching (exercise 4): one forward and one backward pass each, called as the loops are.
+# Attribution patching (exercise 13): one forward and one backward pass each, called as the loops are.
 # The learner's function runs with gradients off, as every call here: it must switch them on itself.
 ATTRIBUTION = ("check_attribution_resid", "check_attribution_heads")
 

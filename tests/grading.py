@@ -103,7 +103,7 @@ def write_groups(base: Path, groups: list[str]) -> dict[str, Path]:
 
 def check_submission(out: Path, fixture: Any) -> None:
     """The grade, status, diagnoses and page a fixture must get in the run that wrote ``out``."""
-    from autograder.diagnose import MESSAGES
+    from patchlab.check import MESSAGES
 
     row = read_grades(out)[fixture.name]
     assert row["status"] == fixture.status, row

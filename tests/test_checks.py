@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from autograder import checks, harvest
-from autograder.diagnose import MESSAGES
+from patchlab.check import MESSAGES
 from patchlab.metrics import normalise
 from patchlab.patching import fast_patching, patch_position, reference_patching
 from patchlab.plots import heatmap, position_labels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -81,3 +82,29 @@ def test_a_malformed_setting_says_what_to_write(tmp_path: Path) -> None:
         assert "repository = \"https://github.com/OWNER/NAME\"" in str(exit_)
     else:
         raise AssertionError("a malformed course.toml was accepted")
+
+
+def run_install_cell(prelude: str, isolated: bool) -> tuple[list[str], list[str]]:
+    """The first cell of every notebook, run in a fresh interpreter after ``prelude``, its ``%pip``
+    line recording what it would install; (the installs, the printed lines)."""
+    import subprocess
+
+    cell = re.sub(r'%pip install -q "([^"]+)"', r'PIP.append("\1")', notebooks.load_course(ROOT).install_cell)
+    code = f"{prelude}\nPIP = []\n{cell}\nprint('PIP', PIP)"
+    flags = ["-I", "-S"] if isolated else []  # -S: no site-packages, so no patchlab
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # (not isolated: patchlab importable from this checkout)
+    out = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    *printed, last = out.splitlines()
+    return eval(last.removeprefix("PIP ")), printed
+
+
+def test_install_cell_installs_once_in_colab_and_elsewhere_says_how() -> None:
+    course = notebooks.load_course(ROOT)
+    colab = "import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n"
+    having = "import importlib.metadata as m\nm.version = lambda name: {!r}\n"
+    assert run_install_cell(colab, isolated=True) == ([course.install], [])  # nothing installed yet
+    assert run_install_cell(colab + having.format("0.0.9"), isolated=True) == ([course.install], [])
+    assert run_install_cell(colab + having.format(course.version), isolated=False) == ([], [])  # a second notebook
+    # outside Colab: one line with the exact command when patchlab is missing, nothing when it is there
+    assert run_install_cell("", isolated=True) == ([], [f'{notebooks.INSTALL_HINT} pip install "{course.install}"'])
+    assert run_install_cell("", isolated=False) == ([], [])

@@ -1,11 +1,11 @@
-"""autograder.diagnose: each mistake is recognised, and only that one (synthetic tensors, fast)."""
+"""patchlab.check (the grader's diagnosis of known mistakes): each mistake is recognised, and only that one (synthetic tensors, fast)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from autograder.diagnose import (MESSAGES, close, diagnose, grid_mistakes, matches, mismatch_message,
+from patchlab.check import (MESSAGES, close, diagnose, grid_mistakes, matches, mismatch_message,
                                  off_by_one)
 
 ATOL = RTOL = 1e-4

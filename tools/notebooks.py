@@ -45,6 +45,12 @@ GITHUB_LINK = re.compile(r"(?P<repo>https://github\.com/[\w.-]+/[\w.-]+)/(?P<kin
                          r"(?P<path>[^\s)\]>\"'#]+)")
 INSTALL = re.compile(r"patchlab @ git\+(?P<url>https://github\.com/[\w.-]+/[\w.-]+?)(\.git)?(@[\w./-]+)?(?=[\"'\s]|$)")
 CLONE = re.compile(r"git clone https://github\.com/[\w.-]+/[\w.-]+?(\.git)?\n(?P<indent>[ \t]*)cd [\w.-]+")
+INSTALL_CELL_HEAD = "# patchlab, the course's library: installed once per Colab runtime; elsewhere, by you."
+INSTALL_HINT = "patchlab is missing; install it, then restart the kernel:"
+# An install cell, as every notebook's first code cell has it (this form, or the earlier three lines).
+INSTALL_CELL = re.compile(rf"{re.escape(INSTALL_CELL_HEAD)}\n.*?\n    print\([^\n]*"
+                          r'|import sys\n\n?if "google\.colab" in sys\.modules:\n    %pip install -q "patchlab @ git\+[^"\n]+"',
+                          re.S)
 CONFIG_URL = re.compile(r"^(?P<head>repository:[ \t]*\n(?:[ \t]+.*\n)*?[ \t]+url:[ \t]*)\S+", re.M)
 
 
@@ -79,8 +85,31 @@ class Course(NamedTuple):
         return f"patchlab @ git+{self.repository}@{self.ref}"
 
     @property
+    def version(self) -> str | None:
+        """The patchlab version the ref is the tag of (``v0.1.0`` → ``0.1.0``); None for a commit."""
+        return self.ref[1:] if re.fullmatch(r"v\d+(\.\d+)*", self.ref) else None
+
+    @property
     def install_cell(self) -> str:
-        return f'import sys\nif "google.colab" in sys.modules:\n    %pip install -q "{self.install}"'
+        """The first code cell of every notebook: in Colab, install patchlab unless this runtime already
+        has this version (a second notebook's cell is instant); elsewhere, without patchlab, one line
+        saying how to install it."""
+        wanted = f'!= "{self.version}"' if self.version else "is None"
+        return "\n".join([
+            INSTALL_CELL_HEAD,
+            "import importlib.metadata",
+            "import importlib.util",
+            "import sys",
+            "",
+            "try:",
+            '    patchlab_installed = importlib.metadata.version("patchlab")',
+            "except importlib.metadata.PackageNotFoundError:",
+            "    patchlab_installed = None",
+            f'if "google.colab" in sys.modules and patchlab_installed {wanted}:',
+            f'    %pip install -q "{self.install}"',
+            'elif importlib.util.find_spec("patchlab") is None:',
+            f"    print('{INSTALL_HINT} pip install \"{self.install}\"')",
+        ])
 
 
 def load_course(root: Path = ROOT) -> Course:
@@ -210,6 +239,7 @@ def repointed(text: str, course: Course, known: set[str] = frozenset()) -> str:
     slugs = {url.removeprefix("https://github.com/") for url in ours}
     text = COLAB_LINK.sub(lambda m: course.colab(m["path"]) if m["slug"] in slugs else m[0], text)
     text = GITHUB_LINK.sub(lambda m: course.github(m["path"], m["kind"]) if m["repo"] in ours else m[0], text)
+    text = INSTALL_CELL.sub(lambda m: course.install_cell, text)
     text = INSTALL.sub(course.install, text)
     text = CLONE.sub(lambda m: f"git clone {course.repository}\n{m['indent']}cd {course.slug.split('/')[1]}", text)
     text = CONFIG_URL.sub(lambda m: m["head"] + course.repository, text)
@@ -226,7 +256,7 @@ def disagreeing(root: Path = ROOT) -> list[str]:
                 for p, text in texts.items() if repointed(text, course, known) != text]
     for exercise in sorted(root.glob("exercises/*/*.ipynb")):
         code = [c for c in nbformat.read(exercise, as_version=4).cells if c.cell_type == "code"]
-        if not code or f'%pip install -q "{course.install}"' not in code[0].source:
+        if not code or course.install_cell not in code[0].source:
             problems.append(f"{exercise.relative_to(root)}: its first cell does not install {course.install}")
     return problems
 

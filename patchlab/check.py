@@ -1,17 +1,29 @@
-"""Name the likely mistake behind a wrong result.
+"""Name the likely mistake behind a wrong result: the grader's diagnosis, and the notebooks' checks.
 
 Pure functions on tensors: a learner's result is compared with the reference and with the results
 that known mistakes produce (the caller computes those with ``patchlab``, or they are derived here
 from the reference). The first match names the mistake; the message tells the learner what to fix
-without giving the reference values away. The hidden tests (``autograder.checks``) call these.
+without giving the reference values away. The grader's hidden tests (``autograder.checks``) call
+these on hidden prompt sets and models; an exercise notebook's local check calls them on its own
+prompts (``residual_patching_problem``), so a learner reads the grader's words before handing in.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, NamedTuple, Union
+from typing import Any, Callable, Iterable, NamedTuple, Union
 
 import torch
 from torch import Tensor
+
+from patchlab.patching import fast_patching
+
+# The tolerances of the grader's comparisons, and of the notebooks' checks. Logit differences are
+# O(1-10) logits; the normalised metric is O(1) but divides by (clean - corrupted), which amplifies
+# float32 rounding when that gap is small.
+ATOL_LOGIT_DIFF = 1e-3
+ATOL_METRIC = 1e-3
+RTOL = 1e-4
+ATOL_ACTIVATION = 1e-6  # a patched activation is a copy of cached values: equal up to rounding
 
 # What each mistake looks like, told to the learner.
 MESSAGES: dict[str, str] = {
@@ -344,3 +356,57 @@ def diagnose(
     if not names:
         return Diagnosis("mismatch", mismatch_message(learner, reference, axis_names, atol))
     return Diagnosis("+".join(names), " Or: ".join(MESSAGES[name] for name in names))
+
+
+# The residual-stream patching grid's known mistakes computed by patching (the others derive from
+# the right grid): corrupted patched into clean, and the wrong hook.
+RESIDUAL_VARIANTS = ("wrong_direction", "resid_mid", "resid_post")
+
+
+def residual_variant(model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor, clean_cache: Any,
+                     corrupted_cache: Any, metric: Callable[[Tensor], Tensor], variant: str = "reference") -> Tensor:
+    """The ``[n_layers, n_positions]`` grid of patching ``resid_pre`` from clean into corrupted
+    (``"reference"``), or what a mistake of ``RESIDUAL_VARIANTS`` gives instead."""
+    if variant == "reference":  # exact patching: the reference loop's numbers (tests/test_fast_patching.py)
+        return fast_patching(model, corrupted_tokens, clean_cache, metric, progress=False)
+    if variant == "wrong_direction":
+        return fast_patching(model, clean_tokens, corrupted_cache, metric, progress=False)
+    from transformer_lens.patching import generic_activation_patch, layer_pos_patch_setter
+
+    return generic_activation_patch(model, corrupted_tokens, clean_cache, metric, patch_setter=layer_pos_patch_setter,
+                                    activation_name=variant, index_axis_names=("layer", "pos"))
+
+
+def residual_mistakes(reference: Tensor, variant: Callable[[str], Tensor], clean_logit_diff: float,
+                      corrupted_logit_diff: float) -> tuple[list[tuple[str, Candidate]], dict[str, Any]]:
+    """The candidate mistakes of a residual-patching grid (``variant(name)`` computes those of
+    ``RESIDUAL_VARIANTS``, when needed) and the options of :func:`diagnose` for it."""
+    transposed, *metric_mistakes = grid_mistakes(reference, clean_logit_diff, corrupted_logit_diff)
+    computed = [(name, lambda name=name: variant(name)) for name in RESIDUAL_VARIANTS]
+    return [transposed, *computed, *metric_mistakes], {
+        "off_by_one_axes": {0: "off_by_one_layer", 1: "off_by_one_position"}, "axis_names": ("layer", "position"),
+        "atol": ATOL_METRIC}
+
+
+def residual_patching_problem(results: Tensor, model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor,
+                              metric: Any) -> str | None:
+    """Exercise 6.2's local check: None when ``results`` is the course library's residual-patching
+    grid of these prompts (``metric`` a :func:`patchlab.metrics.patching_metric`); else what the
+    grader would say, naming the known mistake that explains it."""
+    model.reset_hooks()
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens)
+        _, corrupted_cache = model.run_with_cache(corrupted_tokens)
+
+        def variant(name: str) -> Tensor:
+            return _as_float(residual_variant(model, clean_tokens, corrupted_tokens, clean_cache, corrupted_cache,
+                                              metric, name))
+
+        reference = variant("reference")
+        candidates, options = residual_mistakes(reference, variant, metric.clean_logit_diff,
+                                                metric.corrupted_logit_diff)
+        learner = _as_float(results)
+        if learner.shape != reference.shape:  # only a transposition changes the grid's shape
+            candidates = [c for c in candidates if c[0] == "transposed"]
+        diagnosis = diagnose(learner, reference, candidates, rtol=RTOL, **options)
+    return None if diagnosis is None else diagnosis.message
