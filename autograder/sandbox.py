@@ -285,8 +285,9 @@ def _kill_group(cgroups: Cgroups | None, proc: subprocess.Popen) -> None:
 
 
 class _Reader(threading.Thread):
-    """Reads a pipe to its end as it is written, keeping the first ``cap`` bytes: the rest is counted
-    and dropped, so a run that prints gigabytes costs the grader ``cap`` bytes."""
+    """Reads a pipe to its end as it is written, keeping its last ``cap`` bytes (where an error is
+    told): what came before is counted and dropped, so a run that prints gigabytes costs the grader
+    at most twice ``cap`` bytes."""
 
     def __init__(self, pipe: object, cap: int) -> None:
         super().__init__(daemon=True)
@@ -297,9 +298,10 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             while chunk := os.read(self.pipe.fileno(), 1 << 16):
-                room = self.cap - len(self.kept)
-                self.kept += chunk[:max(room, 0)]
-                self.dropped += max(len(chunk) - max(room, 0), 0)
+                self.kept += chunk
+                if len(self.kept) > 2 * self.cap:
+                    self.dropped += len(self.kept) - self.cap
+                    del self.kept[:-self.cap]
         except (OSError, ValueError):  # closed under it: what was read is kept
             pass
 
@@ -309,8 +311,8 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
     """Run ``argv`` in the sandbox ``kind`` (``bwrap`` or ``none``) with ``limits``, one of ``group``
     (raises :class:`Stopped` when it was stopped); never raises for what the command does.
     ``{grader}`` in ``argv`` and ``env`` is where ``grader`` is seen. Under ``none`` the command runs
-    in ``scratch`` with ``env`` alone. Of its output, ``limits.output_kib`` are read back, the last
-    ``max_output`` characters of them returned."""
+    in ``scratch`` with ``env`` alone. Of its output the last ``limits.output_kib`` are kept as it
+    is read, the last ``max_output`` characters of them returned."""
     seen = GRADER_DIR if kind == "bwrap" else str(grader)
     argv = [a.replace("{grader}", seen) for a in argv]
     env = {k: v.replace("{grader}", seen) for k, v in env.items()}
@@ -360,7 +362,7 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
     text = bytes(reader.kept).decode("utf-8", "replace")
     cut = reader.dropped + max(len(text) - max_output, 0)
     if cut:
-        text = text[-max_output:] + f"\n[... {cut} more characters cut]"
+        text = f"[... {cut} earlier characters cut]\n" + text[-max_output:]
     return Result(proc.returncode, text, time.monotonic() - start, killed, oom_kills, peak)
 
 
