@@ -690,6 +690,11 @@ def grade(
         cell_timeout = cell_timeout or TIMEOUTS[model][0]
         notebook_timeout = notebook_timeout or TIMEOUTS[model][1]
     check_options(assignment, model, cell_timeout or 0, notebook_timeout or 0, jobs)
+    # GPT-2 small and its caches need more address space than the course model.
+    limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
+                                      cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120,
+                                      submission_memory_mib=4096 if model == "ioi-mini" else 16384)
+    limits = check_limits(dataclasses.replace(limits, **(submission_limits or {})))
     stale = stale_solutions([assignment])
     if stale:
         raise GradingError(f"{'; '.join(stale)}: run `python -m autograder release` first")
@@ -698,11 +703,6 @@ def grade(
         kind = sandbox.resolve_kind(sandbox_kind) if run else "none"
     except sandbox.SandboxError as err:
         raise GradingError(str(err)) from None
-    # GPT-2 small and its caches need more address space than the course model.
-    limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
-                                      cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120,
-                                      submission_memory_mib=4096 if model == "ioi-mini" else 16384)
-    limits = check_limits(dataclasses.replace(limits, **(submission_limits or {})))
     subs, skipped = inventory(submissions, limits.notebook_mib * 2**20)
     start = time.monotonic()
     with interrupt.remembered(), OutputFolder(out) as folder, warnings.catch_warnings():
