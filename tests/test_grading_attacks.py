@@ -10,6 +10,12 @@ baseline, that nothing of the learners outlives the run, that the submissions fo
 byte-identical, that no feedback page shows a hidden test, the solution or another learner's code,
 and that no connection left the sandbox.
 
+A second run grades the issue-16 fixtures (``attacks.hostile``: a link into a classmate's scratch
+folder, a run killed before any test, result files of the wrong types, a tree too deep to walk, 30000
+cells, script in outputs and answers, control characters and 1 GiB on the sandbox's stdout, memory
+spread over processes and /dev/shm, a scratch folder filled, file names a spreadsheet would run) with
+small whole-submission limits, and opens the feedback pages in headless Chromium.
+
 Needs bubblewrap: skipped without it, except under CI (set ``CI``), where that fails.
 """
 
