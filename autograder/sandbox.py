@@ -183,9 +183,9 @@ class Cgroups:
         wanted = {"pids": [("pids.max", str(limits.processes))],
                   "memory": [("memory.max", memory), ("memory.swap.max", "0")]}
         for root in CGROUP_V2:
-            if not (root / "cgroup.controllers").exists() or not os.access(root, os.W_OK):
+            if not (root / "cgroup.subtree_control").exists() or not os.access(root, os.W_OK):
                 continue
-            offered = (root / "cgroup.controllers").read_text().split()
+            offered = (root / "cgroup.subtree_control").read_text().split()  # what a child group gets
             settings = [pair for controller in wanted if controller in offered for pair in wanted[controller]]
             group = self._make(root / name, settings) if settings else None
             if group is not None:
