@@ -286,25 +286,27 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 @pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory):
-    """The issue-16 fixtures graded together, with small whole-submission limits; then a second run
-    (``--no-run``) on the same output folder."""
+    """The issue-16 fixtures graded together, with small whole-submission limits (what it wrote kept);
+    then a second run (``--no-run``) on the same output folder."""
     base = tmp_path_factory.mktemp("hostile")
     submissions, out = base / "submissions", base / "out"
     ctx = attacks.Context(out=out, submissions=submissions, port=1, marker="unused")
     fixtures.write(attacks.hostile(ctx), submissions)
     entries = attacks.hostile_entries(submissions)
     run = grading.grade(submissions, attacks.LD, out, *OPTIONS, *attacks.HOSTILE_OPTIONS, check=False)
+    kept = base / "first"
+    shutil.copytree(out, kept, symlinks=True)
     again = grading.grade(submissions, attacks.LD, out, "--no-run", check=False)
-    pages = {p.stem: p.read_text(encoding="utf-8") for p in (out / "feedback").iterdir()} if (out / "feedback").is_dir() \
-        else {}
-    return {"run": run, "again": again, "out": out, "entries": entries, "pages": pages,
-            "run_json": json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}}
+    pages = {p.stem: p.read_text(encoding="utf-8") for p in (kept / "feedback").iterdir()} \
+        if (kept / "feedback").is_dir() else {}
+    return {"run": run, "again": again, "out": kept, "again_out": out, "entries": entries, "pages": pages,
+            "run_json": json.loads((kept / "run.json").read_text()) if (kept / "run.json").exists() else {}}
 
 
 def test_the_hostile_run_finishes_and_lists_the_whole_submission_limits(hostile_run):
     assert hostile_run["run"].returncode == 0, hostile_run["run"].stdout[-3000:] + hostile_run["run"].stderr[-3000:]
     assert hostile_run["again"].returncode == 0, hostile_run["again"].stderr[-3000:]
-    assert {p.name for p in hostile_run["out"].iterdir()} == GRADER_FILES
+    assert {p.name for p in hostile_run["again_out"].iterdir()} == GRADER_FILES
     limits = hostile_run["run_json"]["limits"]
     assert (limits["submission_memory_mib"], limits["scratch_mib"]) == (attacks.MEMORY_LIMIT_MIB,
                                                                         attacks.SCRATCH_LIMIT_MIB)
@@ -376,8 +378,9 @@ def _chromium_dom(page: Path) -> str:
 
 
 def _ran(dom: str) -> bool:
-    """Whether the planted script (attacks.PLANT) ran: it writes a text no page holds otherwise."""
-    return "PWNED-42" in dom or 'data-pwned="' in dom or 'id="fake-score"' in dom
+    """Whether the planted script (attacks.PLANT) ran (it writes a text no page holds otherwise) or
+    the planted elements exist as elements (in text, their ``<`` is ``&lt;``)."""
+    return "PWNED-42" in dom or re.search(r'<[a-z]+[^<>]*(data-pwned=|id="fake-score")', dom) is not None
 
 
 def test_no_learner_script_runs_in_a_feedback_page(hostile_run, tmp_path):
