@@ -394,8 +394,9 @@ def test_no_learner_script_runs_in_a_feedback_page(hostile_run, tmp_path):
     assert not _ran(_chromium_dom(walled))
     page = tmp_path / "scripter.html"
     page.write_text(hostile_run["pages"]["scripter"], encoding="utf-8")
-    assert "ATTACK-DONE scripter" in page_text(hostile_run["pages"]["scripter"])
-    assert not _ran(_chromium_dom(page))
+    dom = _chromium_dom(page)
+    assert "ATTACK-DONE scripter" in dom, "the page did not stay (a planted <meta refresh> navigated away?)"
+    assert not _ran(dom)
     for name, text in hostile_run["pages"].items():
         head = text[:text.lower().index("</head>")]
         assert "Content-Security-Policy" in head and "<script" not in head.split("Content-Security-Policy")[0], name
