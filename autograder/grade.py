@@ -365,7 +365,7 @@ class Grader:
             data = untrusted.read_beneath(work, "executed.ipynb", MAX_EXECUTED_BYTES)
             execution.executed = untrusted.parse_notebook(data, len(rebuilt.notebook.cells), "its executed notebook")
         except untrusted.Refused as why:
-            printed = one_line(result.output.strip()[-300:], 300)
+            printed = one_line(result.output.strip()[-300:], 2000)[-300:]  # its end, escaped
             execution.problem = f"it left no usable executed notebook ({why})" + (
                 f"; the sandbox printed: {printed}" if printed and not result.killed else "")
         for index, (check, _) in rebuilt.checks.items():
