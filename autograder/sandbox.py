@@ -24,6 +24,7 @@ memory where no cgroup can be made): for machines without bubblewrap, chosen kno
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -410,9 +411,10 @@ def unmount_below(folder: Path) -> None:
     except OSError:
         return
     prefix = str(folder.resolve()) + "/"
-    points = [line.split()[4] for line in lines if len(line.split()) > 4]
+    unescape = lambda text: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)  # noqa: E731 (\040: space)
+    points = [unescape(line.split()[4]) for line in lines if len(line.split()) > 4]
     for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", point.encode().decode("unicode_escape")], capture_output=True)
+        subprocess.run(["umount", "--lazy", point], capture_output=True)
 
 
 def probe_controllers() -> dict[str, str]:

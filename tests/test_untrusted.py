@@ -175,10 +175,14 @@ def test_folders_without_permissions_are_removed_by_their_owner(memory_tmp):
 def test_a_leftover_staging_folder_is_recovered_or_set_aside(memory_tmp, monkeypatch):
     from autograder import grade
 
-    out = memory_tmp / "out"
+    out = memory_tmp / "out é"
     out.mkdir()
     (out / ".staging").mkdir()
     _hostile_tree(out / ".staging", DEPTH)  # a run killed while a learner's tree was in its scratch folder
+    scratch = out / ".staging" / "work" / "a scratch"
+    scratch.mkdir(parents=True)
+    if sandbox.mount_tmpfs(scratch, 1):  # and its scratch folder still mounted (as root)
+        (scratch / "file").write_text("x")
     with grade.OutputFolder(out) as folder:
         assert folder.stage().is_dir()
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # staged, not committed: nothing else
