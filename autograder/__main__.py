@@ -47,12 +47,14 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from autograder.grade import GradingError, grade
+    from autograder.grade import LIMIT_OPTIONS, GradingError, grade
 
+    chosen = {name: getattr(args, name) for name in LIMIT_OPTIONS if getattr(args, name) is not None}
     try:
         grades = grade(args.submissions, args.assignment, args.out, cell_timeout=args.cell_timeout,
                        notebook_timeout=args.notebook_timeout, model=args.model, run=not args.no_run,
-                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True, shard=args.shard, device=args.device)
+                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True, shard=args.shard, device=args.device,
+                       submission_limits=chosen)
     except GradingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -210,6 +212,17 @@ def main(argv: list[str] | None = None) -> int:
                        help="auto (default): bubblewrap, refused when missing; none: run learner code with your "
                             "own rights")
     grade.add_argument("--jobs", type=positive, default=1, help="submissions run at a time (%(default)s)")
+    whole = grade.add_argument_group("limits of each submission as a whole (recorded in run.json)")
+    whole.add_argument("--memory-mib", dest="submission_memory_mib", type=positive,
+                       help="memory of all its processes and in-memory files together (4096; 16384 on gpt2-small)")
+    whole.add_argument("--scratch-mib", dest="scratch_mib", type=positive, help="its scratch folder (1024)")
+    whole.add_argument("--tmp-mib", dest="tmp_mib", type=positive, help="its /tmp, and its /dev/shm (512 each)")
+    whole.add_argument("--output-kib", dest="output_kib", type=positive,
+                       help="of what the sandbox prints, kept (1024; the rest is read and dropped)")
+    whole.add_argument("--max-notebook-mib", dest="notebook_mib", type=positive,
+                       help="a larger submitted notebook is skipped unread (20)")
+    whole.add_argument("--max-cells", dest="cells", type=positive,
+                       help="a notebook with more cells is not run (2000)")
     grade.add_argument("--no-run", action="store_true",
                        help="do not execute again: rewrite grades.csv and feedback from the last run "
                             "(after manual grading)")

@@ -41,6 +41,7 @@ def nbgrader_config(
     from nbgrader.preprocessors import ClearHiddenTests, GetGrades
 
     from autograder.feedback import ScrubOutputs
+    from autograder.sanitise import SanitiseLearnerContent
 
     c = Config()
     c.CourseDirectory.root = str(root)
@@ -50,7 +51,8 @@ def nbgrader_config(
     c.CourseDirectory.db_url = f"sqlite:///{db_path}"
     # The MyST sources hold the solutions in clear: never copy them next to a learner notebook.
     c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.md"]
-    c.GenerateFeedback.preprocessors = [GetGrades, ScrubOutputs, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+    c.GenerateFeedback.preprocessors = [GetGrades, ScrubOutputs, SanitiseLearnerContent, ClearHiddenTests,
+                                        CSSHTMLHeaderPreprocessor]
     return c
 
 

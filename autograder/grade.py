@@ -23,6 +23,7 @@ A run, start to end:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import hashlib
 import html
@@ -47,12 +48,13 @@ from nbgrader.apps import NbGraderAPI
 
 import patchlab
 
-from autograder import gpu, interrupt, lms, record, restore, sandbox, summary
+from autograder import gpu, interrupt, lms, record, restore, sandbox, summary, untrusted
 from autograder.checks import References, judge
 from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
                                nbgrader_config, release_notebook)
 from autograder.feedback import hidden_test_lines, leaks
 from autograder.release import source_notebook, stale_solutions
+from autograder.sanitise import csv_cell, one_line, printable, with_csp
 
 if TYPE_CHECKING:
     from autograder.shard import Shard
@@ -62,7 +64,9 @@ GRADING_MODELS = {"ioi-mini": ["ioi-mini", "ioi-mini-reshaped"], "gpt2-small": [
 # Default (cell, notebook) time limits per model: GPT-2 small's patching loop is slow on a CPU.
 TIMEOUTS = {"ioi-mini": (CELL_TIMEOUT, NOTEBOOK_TIMEOUT), "gpt2-small": (1800, 5400)}
 MAX_SUBMISSION_BYTES = 20 * 1024 * 1024
-MAX_RESULT_BYTES = 60 * 1024 * 1024  # a test's records (GPT-2 small's activations in JSON: ~10 MB)
+# A test's records, by grading model (GPT-2 small with ioi-mini: ~10 MB in JSON; ioi-mini with its reshaped
+# twin, about half as wide: ~4 MB): read and parsed in memory, so no larger than they need be.
+MAX_RESULT_BYTES = {"ioi-mini": 16 * 1024 * 1024, "gpt2-small": 60 * 1024 * 1024}
 MAX_EXECUTED_BYTES = 40 * 1024 * 1024
 MAX_OUTPUT_CHARS = 20_000  # per output of a cell, in the feedback
 STATE = ("nbgrader", "feedback")  # the folders a run replaces as a whole
@@ -90,10 +94,13 @@ class Grade:
     detail: str = ""
     seconds: float = 0.0
 
+    def __post_init__(self) -> None:  # a skipped file's name, a detail quoting the sandbox: safe to print
+        self.student, self.detail = one_line(self.student, 300), one_line(self.detail, 1000)
+
     def row(self) -> dict[str, str]:
         fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
-        return {"student": self.student, "score": fmt(self.score), "max_score": fmt(self.max_score),
-                "status": self.status, "detail": self.detail}
+        return {"student": csv_cell(self.student), "score": fmt(self.score), "max_score": fmt(self.max_score),
+                "status": self.status, "detail": csv_cell(self.detail)}
 
 
 @dataclass
@@ -104,13 +111,16 @@ class Submission:
 
 @dataclass
 class Execution:
-    """What came back from one sandboxed run (all of it untrusted)."""
+    """What came back from one sandboxed run (all of it untrusted, read through :mod:`autograder.untrusted`)."""
 
     executed: nbformat.NotebookNode | None
-    results: dict[str, list] = field(default_factory=dict)
+    results: dict[str, list[dict]] = field(default_factory=dict)  # grade id: its records (checked)
     problem: str = ""  # why nothing usable came back
     killed: str = ""
     seconds: float = 0.0
+    refused: dict[str, str] = field(default_factory=dict)  # grade id: why its result file was not used
+    returncode: int | None = None
+    oom_kills: int = 0
 
 
 def learner_id(name: str) -> str | None:
@@ -122,7 +132,7 @@ def learner_id(name: str) -> str | None:
     return stem if re.fullmatch(r"[^\W_][\w.@+-]*", stem) and len(stem) <= 100 else None
 
 
-def inventory(folder: Path) -> tuple[list[Submission], list[Grade]]:
+def inventory(folder: Path, max_bytes: int = MAX_SUBMISSION_BYTES) -> tuple[list[Submission], list[Grade]]:
     """The submissions of ``folder`` and a ``skipped`` row for everything else in it."""
     subs, skipped, seen = [], [], set()
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
@@ -144,12 +154,12 @@ def inventory(folder: Path) -> tuple[list[Submission], list[Grade]]:
             try:
                 fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
                 with os.fdopen(fd, "rb") as handle:
-                    data = handle.read(MAX_SUBMISSION_BYTES + 1)
+                    data = handle.read(max_bytes + 1)
             except OSError as err:
                 why = f"could not be read ({err.strerror})"
             else:
-                if len(data) > MAX_SUBMISSION_BYTES:
-                    why = f"larger than {MAX_SUBMISSION_BYTES // 2**20} MiB: clear its outputs and submit again"
+                if len(data) > max_bytes:
+                    why = f"larger than {max_bytes / 2**20:g} MiB: clear its outputs and submit again"
                 else:
                     subs.append(Submission(learner_id(name), data))
                     seen.add(learner_id(name).casefold())
@@ -187,15 +197,23 @@ class OutputFolder:
 
     def recover(self) -> None:
         """Finish or undo what a run left: a commit that had begun is carried to its end, a staging
-        folder whose run had not finished is removed."""
+        folder whose run had not finished is removed (its scratch folders unmounted first), or, where
+        something in it cannot be removed, set aside as ``.staging.aside-STAMP``: never in the way."""
+        sandbox.unmount_below(self.out)
         if (self.staging / COMPLETE).exists():
             self.roll_forward()
         for name in STATE:  # a swap left half-done by a version of the grader without roll-forward
             live, old = self.out / name, self.out / f".old-{name}"
             if old.exists() and not live.exists():
                 old.rename(live)
-            shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(self.staging, ignore_errors=True)
+            self.discard(old)
+        self.discard(self.staging)
+
+    def discard(self, path: Path) -> None:
+        """Remove ``path`` (:func:`untrusted.remove_tree`); what cannot be removed is renamed aside."""
+        if not untrusted.remove_tree(path) and os.path.lexists(path):
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            path.rename(path.with_name(f"{path.name}.aside-{stamp}"))
 
     def stage(self) -> Path:
         """A copy of the last complete state to work on."""
@@ -223,14 +241,14 @@ class OutputFolder:
             new, live, old = self.staging / name, self.out / name, self.out / f".old-{name}"
             if new.exists():
                 if live.exists():
-                    shutil.rmtree(old, ignore_errors=True)
+                    self.discard(old)
                     live.rename(old)
                 new.rename(live)
-            shutil.rmtree(old, ignore_errors=True)
+            self.discard(old)
         for name in (self.staging / COMPLETE).read_text(encoding="utf-8").split():
             if (self.staging / name).exists():
                 os.replace(self.staging / name, self.out / name)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self.discard(self.staging)
 
 
 def csv_text(rows: Iterable[dict[str, str]]) -> str:
@@ -272,7 +290,7 @@ class Grader:
 
     def note(self, line: str) -> None:
         with self._log_lock:
-            self.log.append(line)
+            self.log.append(printable(line))
 
     # --- the gradebook ------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -312,10 +330,25 @@ class Grader:
 
     # --- phase 1: the sandboxed run ----------------------------------------------------------
     def execute(self, sub: Submission) -> tuple[restore.Rebuilt | None, Execution]:
-        """Rebuild and run one submission in its sandbox; never raises for what the submission is."""
+        """Rebuild and run one submission in its sandbox; never raises for what the submission is (nor
+        for anything but an interruption: that learner gets the grader's one-line reason)."""
         try:
-            nb = nbformat.reads(sub.data.decode("utf-8"), as_version=4)
+            return self._execute(sub)
+        except (sandbox.Stopped, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 (one learner's run never ends the others')
+            reason = f"the grader could not run it ({type(err).__name__}: {one_line(err, 200)})"
+            self.note(f"{sub.student}: {reason}")
+            return None, Execution(None, problem=reason)
+
+    def _execute(self, sub: Submission) -> tuple[restore.Rebuilt | None, Execution]:
+        if len(sub.data) > self.limits.notebook_mib * 2**20:
+            return None, Execution(None, problem=f"larger than {self.limits.notebook_mib} MiB")
+        try:  # its cells counted before nbformat reads them
+            nb = untrusted.parse_notebook(sub.data, self.limits.cells)
             nbformat.validate(nb)
+        except untrusted.Refused as why:
+            return None, Execution(None, problem=str(why))
         except Exception as err:  # any unreadable file: reported, the others go on
             return None, Execution(None, problem=f"not a readable notebook ({type(err).__name__})")
         try:
@@ -324,39 +357,43 @@ class Grader:
             return None, Execution(None, problem=f"its cells could not be matched to the assignment's "
                                                  f"({type(err).__name__})")
         work = self.staging / "work" / hashlib.sha256(sub.student.encode()).hexdigest()[:16]
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        nbformat.write(restore.for_sandbox(rebuilt), work / "run.ipynb")
         grader_dir = work.parent / "grader"
-        result = sandbox.run(self.sandbox_kind, [
-            sys.executable, "{grader}/runner.py", "run.ipynb", "executed.ipynb",
-            "--cell-timeout", str(self.cell_timeout), "--notebook-timeout", str(self.notebook_timeout),
-            "--max-output", str(MAX_OUTPUT_CHARS), "--preload", ",".join(PRELOAD)],
-            work, self.read_only(), grader_dir, self.kernel_env(), self.limits, group=self.sandboxes,
-            devices=self.devices)
-        execution = Execution(None, killed=result.killed, seconds=result.seconds)
-        executed = work / "executed.ipynb"
-        if executed.is_file() and not executed.is_symlink() and executed.stat().st_size <= MAX_EXECUTED_BYTES:
-            try:
-                execution.executed = nbformat.reads(executed.read_text(encoding="utf-8"), as_version=4)
-            except Exception:  # written by code the learner controls
-                execution.problem = "its executed notebook could not be read back"
-        elif executed.exists():
-            execution.problem = f"its outputs exceed {MAX_EXECUTED_BYTES // 2**20} MiB"
-        else:
-            execution.problem = "the notebook could not be run" + (f": {result.output.strip()[-300:]}"
-                                                                    if not result.killed else "")
-        for gid in {restore.grade_id(rebuilt.notebook.cells[i]) for i in rebuilt.checks}:
-            path = work / "results" / f"{gid}.json"  # only the test cells' own files are read
-            if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_RESULT_BYTES:
-                try:
-                    execution.results[gid] = json.loads(path.read_text(encoding="utf-8"))
-                except Exception:  # anything the learner wrote there: not a record
-                    pass
-        shutil.rmtree(work, ignore_errors=True)
+        with sandbox.Scratch(work, self.limits) as scratch:
+            nbformat.write(restore.for_sandbox(rebuilt), work / "run.ipynb")
+            result = sandbox.run(self.sandbox_kind, [
+                sys.executable, "{grader}/runner.py", "run.ipynb", "executed.ipynb",
+                "--cell-timeout", str(self.cell_timeout), "--notebook-timeout", str(self.notebook_timeout),
+                "--max-output", str(MAX_OUTPUT_CHARS), "--preload", ",".join(PRELOAD)],
+                work, self.read_only(), grader_dir, self.kernel_env(), self.limits, group=self.sandboxes,
+                devices=self.devices)
+            execution = self.read_back(work, rebuilt, result)
         self.note(f"{sub.student}: ran in {result.seconds:.1f} s in sandbox '{self.sandbox_kind}'"
-                  + (f", killed: {result.killed}" if result.killed else ""))
+                  + (f", peak memory {result.peak_mib} MiB" if result.peak_mib is not None else "")
+                  + (f", killed: {result.killed}" if result.killed else "")
+                  + (f", {result.oom_kills} process(es) killed at the memory limit" if result.oom_kills else "")
+                  + ("" if not scratch.left else ", its scratch folder could not be removed (set aside at the end)"))
         return rebuilt, execution
+
+    def read_back(self, work: Path, rebuilt: restore.Rebuilt, result: sandbox.Result) -> Execution:
+        """What the run left in ``work``, read as hostile data: the executed notebook (as many cells as
+        were run) and each test cell's own result file, checked against their schemas."""
+        execution = Execution(None, killed=result.killed, seconds=result.seconds, returncode=result.returncode,
+                              oom_kills=result.oom_kills)
+        try:
+            data = untrusted.read_beneath(work, "executed.ipynb", MAX_EXECUTED_BYTES)
+            execution.executed = untrusted.parse_notebook(data, len(rebuilt.notebook.cells), "its executed notebook")
+        except untrusted.Refused as why:
+            printed = one_line(result.output.strip()[-300:], 2000)[-300:]  # its end, escaped
+            execution.problem = f"it left no usable executed notebook ({why})" + (
+                f"; the sandbox printed: {printed}" if printed and not result.killed else "")
+        for index, (check, _) in rebuilt.checks.items():
+            gid = restore.grade_id(rebuilt.notebook.cells[index])
+            try:  # only the test cells' own files are read
+                data = untrusted.read_beneath(work, f"results/{gid}.json", MAX_RESULT_BYTES[self.model])
+                execution.results[gid] = untrusted.parse_results(data, check)
+            except untrusted.Refused as why:
+                execution.refused[gid] = str(why)
+        return execution
 
     def read_only(self) -> list[Path]:
         paths = sandbox.python_read_only_paths()
@@ -403,25 +440,66 @@ class Grader:
 
     # --- phase 2: trusted scoring -------------------------------------------------------------
     def score(self, sub: Submission, rebuilt: restore.Rebuilt | None, execution: Execution) -> Grade:
-        """Judge, record in the gradebook and write the feedback page of one executed submission."""
+        """Judge, record in the gradebook and write the feedback page of one executed submission; any
+        error while doing so makes this learner ``crashed`` with the grader's one-line reason, and
+        leaves every other learner's row as it is."""
+        try:
+            return self._score(sub, rebuilt, execution)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 (never the whole class's run)
+            reason = f"the grader could not score it ({type(err).__name__}: {one_line(err, 200)})"
+            self.note(f"{sub.student}: {reason}")
+            self.pages_due = [g for g in self.pages_due if g.student != sub.student]
+            return self.not_run(sub.student, reason)
+
+    def _score(self, sub: Submission, rebuilt: restore.Rebuilt | None, execution: Execution) -> Grade:
         if rebuilt is None or execution.executed is None:
             return self.not_run(sub.student, execution.problem or "it did not run", execution.killed)
         graded = rebuilt.notebook
         if len(execution.executed.cells) != len(graded.cells):
             return self.not_run(sub.student, "its executed notebook does not match what was run")
-        stopped = ""
+        stopped, never_ran = "", []
         for index, (cell, ran) in enumerate(zip(graded.cells, execution.executed.cells)):
             if cell.cell_type != "code":
                 continue
-            outputs = [o for o in ran.get("outputs", []) if isinstance(o, dict)]
+            outputs = untrusted.clean_outputs(ran.get("outputs"))
             if restore.is_test(cell):
+                gid = restore.grade_id(cell)
+                if not outputs and gid not in execution.results:  # the run ended before this test
+                    never_ran.append(gid)
+                    outputs = [restore_error("NotebookTimeoutError" if execution.killed else "DeadKernelError",
+                                             "not run: the run had ended before this test")]
                 cell.outputs = self.verdict(cell, rebuilt.checks.get(index), execution, outputs)
                 stopped = stopped or stopped_by(outputs)
             else:
-                cell.outputs = [nbformat.from_dict(o) for o in outputs]
+                cell.outputs = outputs
         if execution.killed and not stopped:
             stopped = "timed_out"
-        return self.finish(sub.student, graded, stopped, execution)
+        grade = self.finish(sub.student, graded, stopped, execution)
+        grade.detail = "; ".join(filter(None, [grade.detail, self.what_stopped(graded, execution, never_ran)]))
+        return grade
+
+    def what_stopped(self, graded: nbformat.NotebookNode, execution: Execution, never_ran: list[str]) -> str:
+        """Which cell ran past which limit, where the kernel died, which tests never ran (for ``detail``)."""
+        said = []
+        for number, cell in enumerate(graded.cells, 1):
+            names = [o.get("ename") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            label = f"cell {number}" + (f" ({restore.grade_id(cell)})" if restore.grade_id(cell) else "")
+            evalues = " ".join(str(o.get("evalue", "")) for o in cell.get("outputs", []))
+            if "CellTimeoutError" in names:
+                said.append(f"{label} ran past its time limit ({self.cell_timeout} s per cell)")
+            elif "NotebookTimeoutError" in names and not evalues.startswith("not run"):
+                said.append(f"{label} ran past the notebook's {self.notebook_timeout} s limit")
+            elif "DeadKernelError" in names and "not run" not in evalues:
+                said.append(f"the kernel died in {label}")
+        if execution.oom_kills:
+            said.append(f"the memory limit ({self.limits.submission_memory_mib} MiB, all its processes together) "
+                        f"was reached ({execution.oom_kills} process(es) killed)")
+        if never_ran:
+            code = "" if execution.returncode in (0, None) else f" (exit code {execution.returncode})"
+            said.append(f"its run ended{code} before {', '.join(never_ran)} ran")
+        return one_line("; ".join(dict.fromkeys(said)), 500)
 
     def verdict(self, cell: nbformat.NotebookNode, check: tuple[str, str] | None, execution: Execution,
                 outputs: list[dict]) -> list[nbformat.NotebookNode]:
@@ -430,15 +508,16 @@ class Grader:
         errors = [o for o in outputs if o.get("output_type") == "error" and o.get("ename") in STOP_ERRORS]
         if errors:
             return [restore_error(errors[0].get("ename", "Error"), str(errors[0].get("evalue", ""))[:300])]
-        data = execution.results.get(gid)
-        if check is None or not isinstance(data, dict) or data.get("check") != check[0]:
+        records = execution.results.get(gid)
+        if check is None or records is None:
             raised = next((f" (it stopped with {o.get('ename')}: {str(o.get('evalue', ''))[:200]})" for o in outputs
                            if o.get("output_type") == "error"), "")
-            return [restore_error("AssertionError", "this test could not record your results" + raised + ": run "
-                                  "every cell of the notebook in order and keep the test cells as they are")]
+            refused = f" (its result file was not used: {execution.refused[gid]})" if gid in execution.refused else ""
+            return [restore_error("AssertionError", "this test could not record your results" + raised + refused +
+                                  ": run every cell of the notebook in order and keep the test cells as they are")]
         try:
-            message = judge(check[0], list(data.get("records", [])), self.references)
-        except Exception as err:  # malformed records from the sandbox
+            message = judge(check[0], records, self.references)
+        except Exception as err:  # records that pass the schema and still cannot be judged
             message = f"your results could not be checked ({type(err).__name__})"
         if message is None:
             return [nbformat.v4.new_output("stream", name="stdout", text="Passed.\n")]
@@ -478,8 +557,12 @@ class Grader:
 
     def not_run(self, student: str, detail: str, killed: str = "") -> Grade:
         status = "timed_out" if killed else "crashed"
-        grade = Grade(student, None, record.max_score(self.db, self.assignment), status, detail or killed)
-        self.write_page(student, self.fallback_page(grade))
+        grade = Grade(student, None, None, status, one_line(detail or killed, 500))
+        try:  # the gradebook or the page may be what failed: the row is this one all the same
+            grade.max_score = record.max_score(self.db, self.assignment)
+            self.write_page(student, self.fallback_page(grade))
+        except Exception as err:  # noqa: BLE001
+            self.note(f"{student}: no feedback page ({type(err).__name__}: {one_line(err, 200)})")
         return grade
 
     # --- feedback -----------------------------------------------------------------------------
@@ -490,11 +573,15 @@ class Grader:
         for grade in self.pages_due:
             folder = self.course / "feedback" / grade.student
             shutil.rmtree(folder, ignore_errors=True)  # only this run's page is read
-            with environment():
-                self.api.generate_feedback(self.assignment, student_id=grade.student, force=True)
+            try:
+                with environment():
+                    self.api.generate_feedback(self.assignment, student_id=grade.student, force=True)
+                page = folder / self.assignment / f"{self.assignment}.html"
+                text = page.read_text(encoding="utf-8") if page.is_file() else ""
+            except Exception as err:  # noqa: BLE001 (one learner's page never stops the others')
+                self.note(f"{grade.student}: nbgrader's feedback failed ({type(err).__name__}: {one_line(err, 200)})")
+                text = ""
             interrupt.check()  # nbgrader catches a Ctrl-C as any other error
-            page = folder / self.assignment / f"{self.assignment}.html"
-            text = page.read_text(encoding="utf-8") if page.is_file() else ""
             leaked = leaks(text, self.hidden)
             if not text or leaked:
                 self.note(f"{grade.student}: feedback replaced: " + ("it quoted hidden tests" if leaked else
@@ -504,7 +591,8 @@ class Grader:
         self.pages_due = []
 
     def write_page(self, student: str, text: str) -> None:
-        atomic_write(self.staging / "feedback" / f"{student}.html", text)
+        """A feedback page, with the Content-Security-Policy that lets nothing in it run or load."""
+        atomic_write(self.staging / "feedback" / f"{student}.html", with_csp(text))
 
     def fallback_page(self, grade: Grade) -> str:
         title = html.escape(f"{self.assignment}: {grade.student}")
@@ -584,6 +672,21 @@ def check_options(assignment: str, model: str, cell_timeout: int, notebook_timeo
         raise GradingError(f"--jobs must be from 1 to 64, not {jobs}")
 
 
+# What each whole-submission limit may be set to (--memory-mib ... --max-cells): (option, lowest, highest).
+LIMIT_OPTIONS = {"submission_memory_mib": ("--memory-mib", 256, 2**20), "scratch_mib": ("--scratch-mib", 16, 2**20),
+                 "tmp_mib": ("--tmp-mib", 16, 2**16), "output_kib": ("--output-kib", 16, 2**20),
+                 "notebook_mib": ("--max-notebook-mib", 1, 1024), "cells": ("--max-cells", 10, 100_000)}
+
+
+def check_limits(limits: sandbox.Limits) -> sandbox.Limits:
+    """``limits``, each whole-submission limit within :data:`LIMIT_OPTIONS`, or one line saying which is not."""
+    for name, (option, low, high) in LIMIT_OPTIONS.items():
+        value = getattr(limits, name)
+        if not isinstance(value, int) or not low <= value <= high:
+            raise GradingError(f"{option} must be a whole number from {low} to {high}, not {value}")
+    return limits
+
+
 def grade(
     submissions: Path,
     assignment: str,
@@ -598,6 +701,7 @@ def grade(
     progress: bool = False,
     shard: Shard | None = None,
     device: str = "cpu",
+    submission_limits: dict[str, int] | None = None,
 ) -> list[Grade]:
     """Grade every ``submissions/LEARNER.ipynb`` for ``assignment``; write ``grades.csv``,
     ``feedback/LEARNER.html``, ``grading.log`` and ``run.json`` into ``out``. With ``run=False``
@@ -609,6 +713,11 @@ def grade(
         cell_timeout = cell_timeout or TIMEOUTS[model][0]
         notebook_timeout = notebook_timeout or TIMEOUTS[model][1]
     check_options(assignment, model, cell_timeout or 0, notebook_timeout or 0, jobs)
+    # GPT-2 small and its caches need more address space than the course model.
+    limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
+                                      cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120,
+                                      submission_memory_mib=4096 if model == "ioi-mini" else 16384)
+    limits = check_limits(dataclasses.replace(limits, **(submission_limits or {})))
     stale = stale_solutions([assignment])
     if stale:
         raise GradingError(f"{'; '.join(stale)}: run `python -m autograder release` first")
@@ -622,10 +731,7 @@ def grade(
             gpu.check_torch()
     except (sandbox.SandboxError, gpu.GpuError) as err:
         raise GradingError(str(err)) from None
-    # GPT-2 small and its caches need more address space than the course model.
-    limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
-                                      cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120)
-    subs, skipped = inventory(submissions)
+    subs, skipped = inventory(submissions, limits.notebook_mib * 2**20)
     if shard is not None:
         subs, skipped = shard.select(subs, skipped)
     start = time.monotonic()
@@ -658,7 +764,8 @@ def grade(
         grades.sort(key=lambda g: g.student)
         run_record = {"assignment": assignment, "model": model, "models": GRADING_MODELS[model],
                       "sandbox": kind, "device": device, "executed": run, "jobs": jobs,
-                      "limits": {**limits.__dict__, "enforced": sandbox.enforced_limits(kind)},
+                      "limits": {**limits.__dict__, "enforced": sandbox.enforced_limits(kind),
+                                 "whole_submission": sandbox.whole_limits(kind)},
                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "seconds": round(time.monotonic() - start, 1), "submissions": len(subs),
                       "skipped": len(skipped)}

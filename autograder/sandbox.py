@@ -3,27 +3,34 @@
 ``bwrap`` (bubblewrap, Debian package ``bubblewrap``) gives the command its own mount, PID, network,
 IPC, UTS and user namespaces: it sees a read-only Python environment (the interpreter, the venv,
 the ``patchlab`` package, the grader's in-kernel modules), its own scratch folder (read-write,
-the only place it can write apart from a private ``/tmp``), and nothing else: not the submissions
-folder, not the output folder or gradebook, not ``solutions/``, not other learners; no network
-(the new network namespace holds only loopback); every process it starts ends when it ends (its PID
-namespace dies with it). No capabilities are kept. Limits: address space per process
-(``RLIMIT_AS``), CPU seconds per process (``RLIMIT_CPU``), size of any file written
-(``RLIMIT_FSIZE``), number of processes (a ``pids`` cgroup where one can be made, else
-``RLIMIT_NPROC``, which the kernel does not apply to root), and wall-clock time (the whole sandbox
-is killed).
+the only place it can write apart from a private ``/tmp`` and ``/dev/shm``; ``/`` and ``/dev`` are
+read-only), and nothing else: not the submissions folder, not the output folder or gradebook, not
+``solutions/``, not other learners; no network (the new network namespace holds only loopback);
+every process it starts ends when it ends (its PID namespace dies with it). No capabilities are kept.
 
-``none`` runs the same command without isolation (the same limits, except the process count where
-no cgroup can be made): for machines without bubblewrap, chosen knowingly by the instructor.
+Limits of the submission as a whole: memory of all its processes and in-memory files together (a
+memory cgroup, v2 or v1, where one can be made; else only the sizes of ``/tmp`` and ``/dev/shm``
+and the per-process limit below), number of processes (a ``pids`` cgroup where one can be made,
+else ``RLIMIT_NPROC``, which the kernel does not apply to root), the scratch folder's size (a sized
+tmpfs mounted there, :class:`Scratch`, where the grader may mount: as root), what it prints (read
+while it runs, kept up to a byte cap, the rest dropped), and wall-clock time (the whole sandbox is
+killed). Per process: address space (``RLIMIT_AS``), CPU seconds (``RLIMIT_CPU``), size of any file
+written (``RLIMIT_FSIZE``). :func:`whole_limits` says which of them this machine enforces.
+
+``none`` runs the same command without isolation (the same limits, except the process count and
+memory where no cgroup can be made): for machines without bubblewrap, chosen knowingly by the instructor.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +40,9 @@ from typing import Sequence
 KINDS = ("auto", "bwrap", "none")
 INSTALL_HINT = ("bubblewrap is not installed: install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`) or "
                 "pass `--sandbox none` to run learner code with your own rights")
-CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+CGROUP_V2 = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
+CGROUP_V1 = {"pids": Path("/sys/fs/cgroup/pids"), "memory": Path("/sys/fs/cgroup/memory")}
+MIB = 2**20
 
 
 class SandboxError(RuntimeError):
@@ -75,24 +84,33 @@ class Group:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one sandboxed run may use."""
+    """What one submission may use (its sandboxed run, and the notebook it hands in)."""
 
     memory_mib: int = 6144  # address space per process
     cpu_seconds: int = 1800  # CPU time per process
     processes: int = 64
     file_mib: int = 64  # largest file it may write
     wall_seconds: float = 900.0
+    submission_memory_mib: int = 4096  # all its processes and in-memory files together (memory cgroup)
+    scratch_mib: int = 1024  # its scratch folder (a sized tmpfs)
+    tmp_mib: int = 512  # its /tmp, and its /dev/shm (each a sized tmpfs)
+    output_kib: int = 1024  # of what it prints (stdout and stderr), kept; the rest is read and dropped
+    notebook_mib: int = 20  # the submitted notebook, checked before anything runs
+    cells: int = 2000  # cells of the submitted notebook, checked before anything runs
 
 
 @dataclass
 class Result:
     """How a sandboxed run ended: ``returncode`` (negative: killed by that signal), ``killed`` (why
-    the sandbox killed it, or ""), what it printed (cut to ``max_output`` characters)."""
+    the sandbox killed it, or ""), what it printed (cut to ``max_output`` characters), ``oom_kills``:
+    processes its memory cgroup killed."""
 
     returncode: int
     output: str
     seconds: float
     killed: str = ""
+    oom_kills: int = 0
+    peak_mib: int | None = None  # the most memory its processes and in-memory files held together
 
 
 def resolve_kind(kind: str) -> str:
@@ -129,17 +147,18 @@ def _system_binds() -> list[str]:
 
 
 GRADER_DIR = "/grader"  # where the sandbox sees the grader's own in-kernel modules
-TMP_BYTES = 512 * 1024 * 1024  # the private /tmp is memory: capped
 
 
 def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader: Path, env: dict[str, str],
-                  devices: Sequence[str] = ()) -> list[str]:
+                  limits: Limits = Limits(), devices: Sequence[str] = ()) -> list[str]:
     """The ``bwrap`` command line running ``argv`` with ``scratch`` as ``/submission`` (its working
-    folder, read-write), ``grader`` as ``/grader``, each of ``read_only`` at its own path, and the
+    folder, read-write), ``grader`` as ``/grader`` and each of ``read_only`` at its own path; its
+    ``/tmp`` and ``/dev/shm`` in memory of a fixed size, ``/`` and ``/dev`` read-only, and the
     bubblewrap arguments ``devices`` (a GPU's, :func:`autograder.gpu.bind_args`) after ``/dev``."""
+    tmp = str(limits.tmp_mib * MIB)
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", "1000", "--gid", "1000", "--hostname", "sandbox", *_system_binds(),
-            "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", *devices]
+            "--size", tmp, "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--size", tmp, "--tmpfs", "/dev/shm", *devices]
     bound = list(dict.fromkeys(Path(p).resolve() for p in read_only))
     for path in bound:
         args += ["--ro-bind", str(path), str(path)]
@@ -148,42 +167,146 @@ def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader:
     for path in dict.fromkeys(Path(os.path.abspath(p)) for p in read_only):
         if path not in bound and not any(folder in path.parents for folder in bound):
             args += ["--symlink", str(path.resolve()), str(path)]
-    args += ["--ro-bind", str(grader), GRADER_DIR, "--bind", str(scratch), "/submission", "--chdir", "/submission",
-             "--clearenv"]
+    args += ["--ro-bind", str(grader), GRADER_DIR, "--bind", str(scratch), "/submission",
+             "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/submission", "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]
     return [*args, "--", *argv]
 
 
-def _pids_cgroup(limit: int) -> Path | None:
-    """A fresh ``pids`` cgroup (v1 or v2) limited to ``limit`` processes, or None where none can be made."""
-    for root in CGROUP_ROOTS:
-        if not (root / "cgroup.procs").exists():
-            continue
-        group = root / f"autograder-{os.getpid()}-{time.monotonic_ns()}"
+class Cgroups:
+    """The cgroups one run is put in: ``pids`` (``processes``) and ``memory`` (``submission_memory_mib``,
+    no swap), each made in cgroup v2 where it offers the controller, else in v1, else not at all."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.paths: list[Path] = []
+        self.controllers: dict[str, str] = {}  # controller: "cgroup v2" / "cgroup v1"
+        memory = str(limits.submission_memory_mib * MIB)
+        name = f"autograder-{os.getpid()}-{time.monotonic_ns()}"
+        wanted = {"pids": [("pids.max", str(limits.processes))],
+                  "memory": [("memory.max", memory), ("memory.swap.max", "0")]}
+        for root in CGROUP_V2:
+            if not (root / "cgroup.subtree_control").exists() or not os.access(root, os.W_OK):
+                continue
+            offered = (root / "cgroup.subtree_control").read_text().split()  # what a child group gets
+            settings = [pair for controller in wanted if controller in offered for pair in wanted[controller]]
+            group = self._make(root / name, settings) if settings else None
+            if group is not None:
+                self.controllers.update({c: "cgroup v2" for c in wanted if c in offered})
+                break
+        v1 = {"pids": [("pids.max", str(limits.processes))],
+              "memory": [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)]}
+        for controller, settings in v1.items():
+            root = CGROUP_V1[controller]
+            if controller not in self.controllers and (root / "cgroup.procs").exists() and os.access(root, os.W_OK):
+                if self._make(root / name, settings) is not None:
+                    self.controllers[controller] = "cgroup v1"
+
+    def _make(self, group: Path, settings: list[tuple[str, str]]) -> Path | None:
+        """``group`` made with ``settings`` (a missing ``memory.swap.max``/``memsw`` file, where the kernel
+        has no swap accounting, is skipped), or None (nothing left behind)."""
         try:
             group.mkdir()
-            (group / "pids.max").write_text(str(limit))
-            return group
         except OSError:
+            return None
+        try:
+            for file, value in settings:
+                if file.endswith(("swap.max", "memsw.limit_in_bytes")) and not (group / file).exists():
+                    continue
+                (group / file).write_text(value)
+        except OSError:
+            _rmdir(group)
+            return None
+        self.paths.append(group)
+        return group
+
+    def join(self) -> None:
+        """Put the calling process in every group (in the child, before exec)."""
+        for group in self.paths:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
+    def kill(self) -> None:
+        for group in self.paths:
             try:
-                group.rmdir()
+                pids = (group / "cgroup.procs").read_text().split()
             except OSError:
-                pass
-    return None
+                continue
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def oom_kills(self) -> int:
+        """Processes killed for the memory limit (v2: ``memory.events``; v1: ``memory.oom_control``)."""
+        for group in self.paths:
+            for file in ("memory.events", "memory.oom_control"):
+                try:
+                    lines = (group / file).read_text().splitlines()
+                except OSError:
+                    continue
+                counts = dict(line.split()[:2] for line in lines if len(line.split()) >= 2)
+                if "oom_kill" in counts:
+                    return int(counts["oom_kill"])
+        return 0
+
+    def peak_mib(self) -> int | None:
+        for group in self.paths:
+            for file in ("memory.peak", "memory.max_usage_in_bytes"):
+                try:
+                    return int((group / file).read_text()) // MIB
+                except (OSError, ValueError):
+                    continue
+        return None
+
+    def remove(self) -> None:
+        """Kill what is left and remove the groups (retried while the kernel reaps the last processes)."""
+        for group in self.paths:
+            for _ in range(50):
+                self.kill()
+                if _rmdir(group):
+                    break
+                time.sleep(0.05)
+        self.paths = []
 
 
-def _kill_group(cgroup: Path | None, proc: subprocess.Popen) -> None:
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+def _kill_group(cgroups: Cgroups | None, proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    if cgroup is not None:
-        for pid in (cgroup / "cgroup.procs").read_text().split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    if cgroups is not None:
+        cgroups.kill()
+
+
+class _Reader(threading.Thread):
+    """Reads a pipe to its end as it is written, keeping its last ``cap`` bytes (where an error is
+    told): what came before is counted and dropped, so a run that prints gigabytes costs the grader
+    at most twice ``cap`` bytes."""
+
+    def __init__(self, pipe: object, cap: int) -> None:
+        super().__init__(daemon=True)
+        self.pipe, self.cap = pipe, cap
+        self.kept = bytearray()
+        self.dropped = 0
+
+    def run(self) -> None:
+        try:
+            while chunk := os.read(self.pipe.fileno(), 1 << 16):
+                self.kept += chunk
+                if len(self.kept) > 2 * self.cap:
+                    self.dropped += len(self.kept) - self.cap
+                    del self.kept[:-self.cap]
+        except (OSError, ValueError):  # closed under it: what was read is kept
+            pass
 
 
 def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader: Path, env: dict[str, str],
@@ -192,26 +315,25 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
     """Run ``argv`` in the sandbox ``kind`` (``bwrap`` or ``none``) with ``limits``, one of ``group``
     (raises :class:`Stopped` when it was stopped); never raises for what the command does.
     ``{grader}`` in ``argv`` and ``env`` is where ``grader`` is seen. Under ``none`` the command runs
-    in ``scratch`` with ``env`` alone."""
+    in ``scratch`` with ``env`` alone. Of its output the last ``limits.output_kib`` are kept as it
+    is read, the last ``max_output`` characters of them returned."""
     seen = GRADER_DIR if kind == "bwrap" else str(grader)
     argv = [a.replace("{grader}", seen) for a in argv]
     env = {k: v.replace("{grader}", seen) for k, v in env.items()}
-    cgroup = _pids_cgroup(limits.processes)
+    cgroups = Cgroups(limits)
     # RLIMIT_NPROC counts every process of the user: allow the ones already running.
     nproc = limits.processes + (_processes_of(os.geteuid()) if os.geteuid() else 0)
 
-    def child_setup() -> None:  # in the child, before exec: limits, own process group, cgroup
+    def child_setup() -> None:  # in the child, before exec: limits, own process group, cgroups
         os.setsid()
-        if cgroup is not None:
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-        mib = 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mib * mib,) * 2)
+        cgroups.join()
+        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mib * MIB,) * 2)
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds,) * 2)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mib * mib,) * 2)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mib * MIB,) * 2)
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc,) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    command = bwrap_command(argv, scratch, read_only, grader, env, devices) if kind == "bwrap" else argv
+    command = bwrap_command(argv, scratch, read_only, grader, env, limits, devices) if kind == "bwrap" else argv
     group = group or Group()
     start = time.monotonic()
     try:
@@ -219,41 +341,115 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            preexec_fn=child_setup)
     except BaseException:  # stopped, or it could not start: no cgroup left behind
-        if cgroup is not None:
-            cgroup.rmdir()
+        cgroups.remove()
         raise
+    reader = _Reader(proc.stdout, limits.output_kib * 1024)
+    reader.start()
     killed = ""
     try:
-        output, _ = proc.communicate(timeout=limits.wall_seconds)
+        proc.wait(timeout=limits.wall_seconds)
     except subprocess.TimeoutExpired:
         killed = f"it ran past the {limits.wall_seconds:g} s limit"
-        _kill_group(cgroup, proc)
-        output, _ = proc.communicate()
+        _kill_group(cgroups, proc)
+        proc.wait()
     except BaseException:  # Ctrl-C in the grader: nothing of the learner's may outlive it
-        _kill_group(cgroup, proc)
+        _kill_group(cgroups, proc)
         proc.wait()
         raise
     finally:
         group.ended(proc)
-        if cgroup is not None:
-            _kill_group(cgroup, proc)
-            for _ in range(50):
-                try:
-                    cgroup.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-    text = output.decode("utf-8", "replace")
-    if len(text) > max_output:
-        text = text[:max_output] + f"\n[... {len(text) - max_output} more characters cut]"
-    return Result(proc.returncode, text, time.monotonic() - start, killed)
+        _kill_group(cgroups, proc)
+        oom_kills, peak = cgroups.oom_kills(), cgroups.peak_mib()
+        cgroups.remove()
+        reader.join(timeout=10)  # the pipe ends with its last writer: all are dead (a pipe kept open elsewhere
+        proc.stdout.close()      # under `none`, by a process outside any cgroup, is not waited for)
+    text = bytes(reader.kept).decode("utf-8", "replace")
+    cut = reader.dropped + max(len(text) - max_output, 0)
+    if cut:
+        text = f"[... {cut} earlier characters cut]\n" + text[-max_output:]
+    return Result(proc.returncode, text, time.monotonic() - start, killed, oom_kills, peak)
+
+
+class Scratch:
+    """A run's scratch folder ``path``, made fresh: a tmpfs of ``limits.scratch_mib`` mounted there where
+    the grader may mount one (as root), else a plain folder. On leaving, unmounted (lazily: never
+    blocked) and removed whatever is in it (:func:`autograder.untrusted.remove_tree`); ``left`` is
+    False when something could not be removed."""
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path, self.limits = path, limits
+        self.mounted = False
+        self.left = False
+
+    def __enter__(self) -> "Scratch":
+        from autograder.untrusted import remove_tree
+
+        remove_tree(self.path)
+        self.path.mkdir(parents=True)
+        self.mounted = mount_tmpfs(self.path, self.limits.scratch_mib)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from autograder.untrusted import remove_tree
+
+        if self.mounted:
+            subprocess.run(["umount", "--lazy", str(self.path)], capture_output=True)
+        self.left = not remove_tree(self.path)
+
+
+def mount_tmpfs(path: Path, mib: int) -> bool:
+    """Mount a tmpfs of ``mib`` MiB (and as many inodes as 4 KiB files would fill) on ``path``; False
+    where this process may not mount."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    options = f"size={mib}m,nr_inodes={max(mib * 256, 1024)},mode=0755,nosuid,nodev"
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "autograder-scratch", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def unmount_below(folder: Path) -> None:
+    """Lazily unmount every mount below ``folder`` (scratch folders a killed run left mounted)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    prefix = str(folder.resolve()) + "/"
+    unescape = lambda text: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)  # noqa: E731 (\040: space)
+    points = [unescape(line.split()[4]) for line in lines if len(line.split()) > 4]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True)
+
+
+def probe_controllers() -> dict[str, str]:
+    """The cgroup controllers a run gets here ({"pids": "cgroup v1", ...}), from a group made and removed."""
+    probe = Cgroups(Limits())
+    probe.remove()
+    return probe.controllers
+
+
+def whole_limits(kind: str) -> dict[str, str]:
+    """How each whole-submission limit is enforced on this machine (for ``run.json``), from a probe."""
+    controllers = probe_controllers()
+    with tempfile.TemporaryDirectory(prefix="autograder-probe-") as folder:
+        tmpfs = mount_tmpfs(Path(folder), 1)
+        if tmpfs:
+            subprocess.run(["umount", "--lazy", folder], capture_output=True)
+    sized = "sized tmpfs" if kind == "bwrap" else "NOT bounded (no sandbox: the machine's own)"
+    return {
+        "memory": (f"{controllers['memory']}: all processes and in-memory files together" if "memory" in controllers
+                   else "NOT as a whole (no memory cgroup here): address space per process; /tmp and /dev/shm: "
+                   + sized),
+        "processes": (controllers["pids"] if "pids" in controllers else
+                      "RLIMIT_NPROC (not applied to root)" if os.geteuid() == 0 else "RLIMIT_NPROC"),
+        "scratch": "sized tmpfs" if tmpfs else "NOT as a whole (the grader may not mount): each file up to file_mib",
+        "tmp": sized, "output": "read with a byte cap", "notebook": "size and cells checked before it runs",
+    }
 
 
 def enforced_limits(kind: str) -> list[str]:
     """What a run of ``kind`` here isolates and limits, for the record of a grading run."""
     limits = ["memory", "cpu time", "file size", "wall time"]
-    if os.geteuid() != 0 or any((root / "cgroup.procs").exists() and os.access(root, os.W_OK)
-                                for root in CGROUP_ROOTS):
+    if os.geteuid() != 0 or "pids" in probe_controllers():
         limits.append("processes")
     isolation = ["filesystem", "network", "processes outlive nothing", "no capabilities"] if kind == "bwrap" else []
     return isolation + limits

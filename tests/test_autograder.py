@@ -92,9 +92,9 @@ def test_each_submission_gets_its_grade_status_and_diagnosis(graded, group, fixt
 @pytest.mark.slow
 @needs_sandbox
 def test_every_entry_that_is_not_graded_gets_a_skipped_row(graded):
-    rows = read_grades(graded["out"]["logit_difference"])
+    rows = read_grades(graded["out"]["logit_difference"])  # a name a spreadsheet would compute starts with '
     for name, reason in (("notes.txt", "not a notebook"), ("nested", "a folder"),
-                         ("outside.ipynb", "symbolic link"), ("-dash.ipynb", "learner id")):
+                         ("outside.ipynb", "symbolic link"), ("'-dash.ipynb", "learner id")):
         assert rows[name]["status"] == "skipped" and reason in rows[name]["detail"], rows[name]
     pages = " ".join(p.read_text(encoding="utf-8") for p in (graded["out"]["logit_difference"] / "feedback").iterdir())
     assert "root:x:0:0" not in pages

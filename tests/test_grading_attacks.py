@@ -10,6 +10,12 @@ baseline, that nothing of the learners outlives the run, that the submissions fo
 byte-identical, that no feedback page shows a hidden test, the solution or another learner's code,
 and that no connection left the sandbox.
 
+A second run grades the issue-16 fixtures (``attacks.hostile``: a link into a classmate's scratch
+folder, a run killed before any test, result files of the wrong types, a tree too deep to walk, 30000
+cells, script in outputs and answers, control characters and 1 GiB on the sandbox's stdout, memory
+spread over processes and /dev/shm, a scratch folder filled, file names a spreadsheet would run) with
+small whole-submission limits, and opens the feedback pages in headless Chromium.
+
 Needs bubblewrap: skipped without it, except under CI (set ``CI``), where that fails.
 """
 
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
 import html
+import json
 import os
 import re
 import shutil
@@ -268,3 +276,127 @@ def test_malformed_submissions_do_not_stop_the_run(tmp_path):
 
 def honest_solution() -> list:
     return attacks.honest()[:1]
+
+
+# --- issue 16: each class of failure that bent the grader (a link, a type, a tree, resources, pages) ----
+
+HOSTILE = attacks.hostile(attacks.Context(Path("/out"), Path("/submissions"), 1, "m"))
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """The issue-16 fixtures graded together, with small whole-submission limits (what it wrote kept);
+    then a second run (``--no-run``) on the same output folder."""
+    base = tmp_path_factory.mktemp("hostile")
+    submissions, out = base / "submissions", base / "out"
+    ctx = attacks.Context(out=out, submissions=submissions, port=1, marker="unused")
+    fixtures.write(attacks.hostile(ctx), submissions)
+    entries = attacks.hostile_entries(submissions)
+    run = grading.grade(submissions, attacks.LD, out, *OPTIONS, *attacks.HOSTILE_OPTIONS, check=False)
+    kept = base / "first"
+    shutil.copytree(out, kept, symlinks=True)
+    again = grading.grade(submissions, attacks.LD, out, "--no-run", check=False)
+    pages = {p.stem: p.read_text(encoding="utf-8") for p in (kept / "feedback").iterdir()} \
+        if (kept / "feedback").is_dir() else {}
+    return {"run": run, "again": again, "out": kept, "again_out": out, "entries": entries, "pages": pages,
+            "run_json": json.loads((kept / "run.json").read_text()) if (kept / "run.json").exists() else {}}
+
+
+def test_the_hostile_run_finishes_and_lists_the_whole_submission_limits(hostile_run):
+    assert hostile_run["run"].returncode == 0, hostile_run["run"].stdout[-3000:] + hostile_run["run"].stderr[-3000:]
+    assert hostile_run["again"].returncode == 0, hostile_run["again"].stderr[-3000:]
+    assert {p.name for p in hostile_run["again_out"].iterdir()} == GRADER_FILES
+    limits = hostile_run["run_json"]["limits"]
+    assert (limits["submission_memory_mib"], limits["scratch_mib"]) == (attacks.MEMORY_LIMIT_MIB,
+                                                                        attacks.SCRATCH_LIMIT_MIB)
+    assert set(limits["whole_submission"]) == {"memory", "processes", "scratch", "tmp", "output", "notebook"}
+
+
+@pytest.mark.parametrize("fixture", HOSTILE, ids=[f.name for f in HOSTILE])
+def test_a_hostile_submission_gets_the_status_and_score_it_earns(hostile_run, fixture):
+    row = read_grades(hostile_run["out"])[fixture.name]
+    expected = "" if fixture.score is None else f"{fixture.score:g}"
+    assert (row["status"], row["score"], row["max_score"]) == (fixture.status, expected, "5"), row
+
+
+def test_a_link_into_a_classmates_scratch_folder_gains_nothing(hostile_run):
+    assert printed(hostile_run["pages"]["link_thief"], "LINKED")  # the link was made while the classmate ran
+    assert "Passed" not in page_text(hostile_run["pages"]["link_thief"])
+
+
+def test_no_test_result_is_never_a_number_and_a_cell_past_its_limit_is_named(hostile_run):
+    rows = read_grades(hostile_run["out"])
+    assert "before test_logit_diff_per_prompt, test_mean_logit_diff, test_normalised_metric ran" in \
+        rows["nothing_ran"]["detail"]
+    assert "cell 18 ran past its time limit (60 s per cell)" in rows["classmate_slow"]["detail"]
+    assert "30018 cells, more than the limit of 2000" in rows["many_cells"]["detail"]
+
+
+def test_every_resource_is_bounded_for_the_submission_as_a_whole(hostile_run):
+    enforced = hostile_run["run_json"]["limits"]["whole_submission"]
+    pages = hostile_run["pages"]
+    assert printed(pages["spreader"], "BLOCKED")[-2:] == ["write into /: OSError", "write into /dev: OSError"]
+    assert printed(pages["tree_builder"], "TREE") == ["built"]  # and its tree did not stop the run
+    if enforced["memory"].startswith("NOT"):
+        pytest.skip("no memory cgroup here: " + enforced["memory"])
+    held = int(printed(pages["spreader"], "SPREAD")[0].split()[1])
+    assert held < attacks.MEMORY_LIMIT_MIB, printed(pages["spreader"], "SPREAD")
+    if enforced["scratch"].startswith("NOT"):
+        pytest.skip("the scratch folder is not bounded here: " + enforced["scratch"])
+    filled = int(printed(pages["scratch_filler"], "FILLED")[0].split()[0])
+    assert filled <= attacks.SCRATCH_LIMIT_MIB
+
+
+def test_terminal_csv_and_log_hold_no_control_characters_or_formulas(hostile_run):
+    out, run = hostile_run["out"], hostile_run["run"]
+    for name, text in [("terminal", run.stdout + run.stderr), ("grades.csv", (out / "grades.csv").read_text()),
+                       ("grading.log", (out / "grading.log").read_text())]:
+        assert not CONTROL.findall(text), f"{name} holds control characters {sorted(set(CONTROL.findall(text)))}"
+    with open(out / "grades.csv", newline="", encoding="utf-8") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))] == []
+    rows = read_grades(out)
+    assert "'=HYPERLINK(\"evil.example\",\"solution\").ipynb" in rows
+    assert "\\x1b[2J\\x1b[Hsolution,5,5,graded\\x0d.ipynb" in rows
+    assert "\\x1b[2J\\x1b[31mSHOUTED\\x1b[0m" in rows["shouter"]["detail"]  # what it printed, shown, not acted on
+
+
+def _chromium_dom(page: Path) -> str:
+    """The page's DOM after Debian's headless chromium loaded it (its scripts, if any, run)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is needed for the feedback-page test (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    profile = page.parent / "chromium-profile"
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={profile}", "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    assert "</html>" in done.stdout, done.stderr[-2000:]
+    return done.stdout
+
+
+def _ran(dom: str) -> bool:
+    """Whether the planted script (attacks.PLANT) ran (it writes a text no page holds otherwise) or
+    the planted elements exist as elements (in text, their ``<`` is ``&lt;``)."""
+    return "PWNED-42" in dom or re.search(r'<[a-z]+[^<>]*(data-pwned=|id="fake-score")', dom) is not None
+
+
+def test_no_learner_script_runs_in_a_feedback_page(hostile_run, tmp_path):
+    from autograder.sanitise import with_csp
+
+    control = tmp_path / "control.html"  # the harness sees a script that runs
+    control.write_text(f"<html><head></head><body><img src=x onerror=\"{attacks.PLANT}\"></body></html>")
+    assert _ran(_chromium_dom(control))
+    walled = tmp_path / "walled.html"  # the second wall alone: the same page with the policy
+    walled.write_text(with_csp(control.read_text()))
+    assert not _ran(_chromium_dom(walled))
+    page = tmp_path / "scripter.html"
+    page.write_text(hostile_run["pages"]["scripter"], encoding="utf-8")
+    dom = _chromium_dom(page)
+    assert "ATTACK-DONE scripter" in dom, "the page did not stay (a planted <meta refresh> navigated away?)"
+    assert not _ran(dom)
+    for name, text in hostile_run["pages"].items():
+        head = text[:text.lower().index("</head>")]
+        assert "Content-Security-Policy" in head and "<script" not in head.split("Content-Security-Policy")[0], name

@@ -225,6 +225,9 @@ def test_a_second_run_into_a_held_folder_is_refused(tmp_path):
     (("--sandbox", "docker"), "invalid choice: 'docker'"),
     (("--shard", "2/2"), "must be I/N, shard I of N counted from 0"),
     (("--device", "tpu"), "invalid choice: 'tpu'"),
+    (("--memory-mib", "100"), "--memory-mib must be a whole number from 256 to 1048576, not 100"),
+    (("--max-cells", "0"), "0 is not 1 or more"),
+    (("--scratch-mib", "lots"), "'lots' is not a whole number"),
 ])
 def test_bad_option_values_are_refused_in_one_line(tmp_path, options, message):
     proc = subprocess.run(autograder("grade", tmp_path, "--assignment", "logit_difference", "--out",
