@@ -158,7 +158,7 @@ def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader:
     tmp = str(limits.tmp_mib * MIB)
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", "1000", "--gid", "1000", "--hostname", "sandbox", *_system_binds(),
-            "--size", tmp, "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--size", tmp, "--tmpfs", "/dev/shm", *devices]
+            "--size", tmp, "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", *devices, "--size", tmp, "--tmpfs", "/dev/shm"]
     bound = list(dict.fromkeys(Path(p).resolve() for p in read_only))
     for path in bound:
         args += ["--ro-bind", str(path), str(path)]

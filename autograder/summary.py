@@ -1,7 +1,7 @@
 """The class at a glance: ``OUT_DIR/summary.html``, one page per grading run.
 
 The score histogram, the mean score of each question, the most frequent named diagnoses (the known
-mistakes of :data:`autograder.diagnose.MESSAGES` found in the test cells' verdicts of the graded
+mistakes of :data:`patchlab.check.MESSAGES` found in the test cells' verdicts of the graded
 notebooks) with who got them, the learners whose run timed out or crashed, and the grading time
 (``run.json``). Drawn with plotly in the course's template, plotly.js inlined once (the page reads
 offline, and wherever it is copied). Everything taken from a notebook or a learner id is escaped.
@@ -48,7 +48,7 @@ td.n, th.n { text-align: right; white-space: nowrap; }
 
 @dataclass
 class Diagnosis:
-    name: str  # a key of autograder.diagnose.MESSAGES, or UNNAMED
+    name: str  # a key of patchlab.check.MESSAGES, or UNNAMED
     title: str  # the message's own first words, e.g. "Sign flipped"
     question: str
     learners: list[str] = field(default_factory=list)
@@ -57,7 +57,7 @@ class Diagnosis:
 def diagnoses(root: Path, res: Results) -> list[Diagnosis]:
     """The diagnoses in the graded notebooks' test cells, most frequent first: each known mistake per
     question, and per question the other failures (described in words, not named)."""
-    from autograder.diagnose import MESSAGES
+    from patchlab.check import MESSAGES
 
     found: dict[tuple[str, str], Diagnosis] = {}
     for student in res.learners:

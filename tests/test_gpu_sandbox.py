@@ -69,7 +69,7 @@ def test_bind_list_holds_the_nvidia_devices_and_driver_libraries_only(tmp_path: 
         ("--symlink", str(driver / "libcuda.so.560.35"), str(driver / "libcuda.so.1")),
         ("--ro-bind", str(driver / "libnvidia-ptxjitcompiler.so.1"), str(driver / "libnvidia-ptxjitcompiler.so.1")),
     ]
-    command = sandbox.bwrap_command(["python"], tmp_path, [], tmp_path, {}, args)
+    command = sandbox.bwrap_command(["python"], tmp_path, [], tmp_path, {}, devices=args)
     at = command.index("--dev")
     assert command[at:at + 2 + len(args)] == ["--dev", "/dev", *args]  # after the fresh /dev, not under it
     assert "nvidia" not in " ".join(sandbox.bwrap_command(["python"], tmp_path, [], tmp_path, {}))
@@ -115,7 +115,7 @@ def test_bubblewrap_takes_the_bind_list(tmp_path: Path) -> None:
     args = gpu.bind_args(dev, LISTING.format(driver=driver))
     (tmp_path / "scratch").mkdir()
     command = sandbox.bwrap_command(["/bin/sh", "-c", f"ls /dev; ls {driver}; readlink {driver}/libcuda.so.1"],
-                                    tmp_path / "scratch", [], tmp_path, {"PATH": "/usr/bin:/bin"}, args)
+                                    tmp_path / "scratch", [], tmp_path, {"PATH": "/usr/bin:/bin"}, devices=args)
     proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     seen = proc.stdout.split()
