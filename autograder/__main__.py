@@ -47,17 +47,20 @@ def _grade(args: argparse.Namespace) -> int:
     try:
         grades = grade(args.submissions, args.assignment, args.out, cell_timeout=args.cell_timeout,
                        notebook_timeout=args.notebook_timeout, model=args.model, run=not args.no_run,
-                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True)
+                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True, students=args.student,
+                       late=(args.deadline, args.late_penalty, args.late_penalty_max))
     except GradingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for g in grades:
         score = "-" if g.score is None else f"{g.score:g}"
         total = "-" if g.max_score is None else f"{g.max_score:g}"
-        print(f"{g.student:<24} {score:>5} / {total:<5} {g.status:<18} {g.detail}")
+        late = f" (late {g.late:.1f} days, -{g.penalty:g} points)" if g.late and g.penalty else ""
+        print(f"{g.student:<24} {score:>5} / {total:<5} {g.status:<18} {g.detail}{late}")
     skipped = sum(g.status == "skipped" for g in grades)
-    print(f"{len(grades) - skipped} submissions graded, {skipped} entries skipped: {args.out / 'grades.csv'}, "
-          f"feedback in {args.out / 'feedback'}")
+    done = "reported again" if args.no_run else "graded"
+    print(f"{len(grades) - skipped} submissions {done}, {skipped} entries skipped; every learner graded into this "
+          f"folder: {args.out / 'grades.csv'}, feedback in {args.out / 'feedback'}")
     return 0
 
 
@@ -123,8 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                             "own rights")
     grade.add_argument("--jobs", type=positive, default=1, help="submissions run at a time (%(default)s)")
     grade.add_argument("--no-run", action="store_true",
-                       help="do not execute again: rewrite grades.csv and feedback from the last run "
-                            "(after manual grading)")
+                       help="do not execute again: report every learner graded so far again from the last "
+                            "run and the gradebook (after manual grading)")
+    grade.add_argument("--student", action="append", metavar="ID",
+                       help="grade only this learner (repeatable); the others in OUT_DIR are kept")
+    grade.add_argument("--deadline", metavar="ISO8601",
+                       help="the deadline (e.g. 2026-12-01T23:59, local time unless it says +01:00): a file "
+                            "modified later is late; kept for later runs into OUT_DIR")
+    grade.add_argument("--late-penalty", metavar="RATE",
+                       help="points off per day or part of a day late, as a percentage of the maximum score "
+                            "(e.g. 10%%/day; default 0%%/day)")
+    grade.add_argument("--late-penalty-max", metavar="MAX",
+                       help="the most a late submission loses (default 100%% of the maximum score)")
     grade.set_defaults(run=_grade)
 
     score = commands.add_parser("score", help="record a manual grade (e.g. of the written interpretation)")
