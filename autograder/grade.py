@@ -178,6 +178,7 @@ class OutputFolder:
         self.out = out
         self.staging = out / ".staging"
         self._lock = None
+        self._gradebook: tuple[int, int] | None = None  # the live gradebook as staged
 
     def __enter__(self) -> "OutputFolder":
         self.out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +213,7 @@ class OutputFolder:
 
     def stage(self) -> Path:
         """A copy of the last complete state to work on."""
+        self._gradebook = self.gradebook_state()
         self.staging.mkdir()
         for name in STATE:
             if (self.out / name).exists():
@@ -223,11 +225,23 @@ class OutputFolder:
     def commit(self, files: dict[str, str]) -> None:
         """Replace the state folders and the top-level ``files`` ({name: text}) with the staging copy:
         once the staging copy is marked complete, a run stopped at any moment (even by kill -9) is
-        carried to its end by the next (:meth:`recover`), so the folder never mixes two runs."""
+        carried to its end by the next (:meth:`recover`), so the folder never mixes two runs. Refused
+        when the live gradebook changed since :meth:`stage` (scores typed into formgrader meanwhile),
+        which the staging copy would overwrite."""
+        if self.gradebook_state() != self._gradebook:
+            raise GradingError(f"the gradebook {self.out / 'nbgrader' / 'gradebook.db'} changed during this run (scores "
+                               "entered in formgrader?): nothing was written, and they are kept; run the command again")
         for name, text in files.items():
             atomic_write(self.staging / name, text)
         atomic_write(self.staging / COMPLETE, "".join(f"{name}\n" for name in files))
         self.roll_forward()
+
+    def gradebook_state(self) -> tuple[int, int] | None:
+        try:
+            stat = (self.out / "nbgrader" / "gradebook.db").stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
 
     def roll_forward(self) -> None:
         """Move each part of a complete staging copy into place, each by an atomic rename; at any
