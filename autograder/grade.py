@@ -23,11 +23,9 @@ A run, start to end:
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import hashlib
 import html
-import io
 import json
 import os
 import re
@@ -540,6 +538,8 @@ class Grader:
                       submitted=self.submitted.get(student), questions=dict.fromkeys(self.questions))
         if self.late and grade.submitted:
             grade.late = self.late.days_late(grade.submitted)
+        # an earlier run's graded notebook is not this result: --no-run must not report it again
+        shutil.rmtree(self.autograded(student).parent, ignore_errors=True)
         self.write_page(student, self.fallback_page(grade))
         return grade
 
@@ -689,8 +689,8 @@ def grade(
     the last run and the gradebook (after manual grading). ``late``: the deadline, the penalty per day
     and its maximum as written on the command line (:func:`autograder.late.combine`; what is not given
     comes from the last rule recorded in ``out``); ``submitted``: when each learner handed in (default:
-    the file's modification time). Returns this run's rows. Raises :class:`GradingError` (one line) when the run
-    cannot start."""
+    the file's modification time). Returns this run's rows. Raises :class:`GradingError` (one line)
+    when the run cannot start."""
     submissions, out = Path(submissions).resolve(), Path(out).resolve()
     if model in TIMEOUTS:
         cell_timeout = cell_timeout or TIMEOUTS[model][0]
@@ -747,17 +747,19 @@ def grade(
         else:
             grader.prepare()
             files = {sub.student: sub for sub in subs}
-            learners = [s for s in grader.graded_learners() if not students or s in students]
+            wanted = {s.casefold() for s in students or []}
+            learners = [s for s in grader.graded_learners() if not wanted or s.casefold() in wanted]
             for student in learners:  # as handed in when graded (the row's time), else the file's
-                earlier = book.rows.get(student, {}).get("submitted")
-                if earlier:
+                earlier = book.rows.get(student, {}).get("submitted", "")
+                try:
                     grader.submitted[student] = datetime.fromisoformat(earlier)
-                elif student in files:
-                    grader.submitted[student] = datetime.fromtimestamp(files[student].mtime, timezone.utc)
+                except ValueError:  # no time recorded (or the cell was edited by hand)
+                    if student in files:
+                        grader.submitted[student] = datetime.fromtimestamp(files[student].mtime, timezone.utc)
             grader.submitted.update(submitted or {})
             grades = [grader.collect(student) for student in learners]
             grades += [Grade(sub.student, None, None, "skipped", "not graded yet: grade without --no-run")
-                       for sub in subs if sub.student not in learners]
+                       for sub in subs if sub.student not in learners and sub.student not in book.rows]
             grader.write_feedback()
         grades += skipped
         grades.sort(key=lambda g: g.student)

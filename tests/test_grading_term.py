@@ -93,6 +93,7 @@ def test_a_notebook_of_another_assignment_is_skipped_with_a_reason(term):
     assert row["status"] == "skipped" and row["score"] == ""
     assert "a notebook of logit_difference, not residual_patching" in row["detail"]
     assert "wrong.html" not in term["pages"]
+    assert term["final"]["wrong"] == row  # kept by --no-run and by the runs of other learners
 
 
 @pytest.mark.slow
