@@ -54,11 +54,12 @@ def _grade(args: argparse.Namespace) -> int:
         grades = grade(args.submissions, args.assignment, args.out, cell_timeout=args.cell_timeout,
                        notebook_timeout=args.notebook_timeout, model=args.model, run=not args.no_run,
                        sandbox_kind=args.sandbox, jobs=args.jobs, progress=True, shard=args.shard, device=args.device,
-                       submission_limits=chosen)
+                       submission_limits=chosen, students=args.student,
+                       late=(args.deadline, args.late_penalty, args.late_penalty_max))
     except GradingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return _report(grades, args.out)
+    return _report(grades, args.out, "reported again" if args.no_run else "graded")
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -70,18 +71,19 @@ def _merge(args: argparse.Namespace) -> int:
     except GradingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return _report(grades, args.out)
+    return _report(grades, args.out, "merged")
 
 
-def _report(grades: list[Grade], out: Path) -> int:
+def _report(grades: list[Grade], out: Path, done: str) -> int:
     """Print each learner's row and where the results are."""
     for g in grades:
         score = "-" if g.score is None else f"{g.score:g}"
         total = "-" if g.max_score is None else f"{g.max_score:g}"
-        print(f"{g.student:<24} {score:>5} / {total:<5} {g.status:<18} {g.detail}")
+        late = f" (late {g.late:.1f} days, -{g.penalty:g} points)" if g.late and g.penalty else ""
+        print(f"{g.student:<24} {score:>5} / {total:<5} {g.status:<18} {g.detail}{late}")
     skipped = sum(g.status == "skipped" for g in grades)
-    print(f"{len(grades) - skipped} submissions graded, {skipped} entries skipped: {out / 'grades.csv'}, "
-          f"feedback in {out / 'feedback'}")
+    print(f"{len(grades) - skipped} submissions {done}, {skipped} entries skipped; every learner graded into this "
+          f"folder: {out / 'grades.csv'}, feedback in {out / 'feedback'}")
     return 0
 
 
@@ -224,8 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     whole.add_argument("--max-cells", dest="cells", type=positive,
                        help="a notebook with more cells is not run (2000)")
     grade.add_argument("--no-run", action="store_true",
-                       help="do not execute again: rewrite grades.csv and feedback from the last run "
-                            "(after manual grading)")
+                       help="do not execute again: report every learner graded so far again from the last "
+                            "run and the gradebook (after manual grading)")
+    grade.add_argument("--student", action="append", metavar="ID",
+                       help="grade only this learner (repeatable); the others in OUT_DIR are kept")
+    grade.add_argument("--deadline", metavar="ISO8601",
+                       help="the deadline (e.g. 2026-12-01T23:59, local time unless it says +01:00): a file "
+                            "modified later is late; kept for later runs into OUT_DIR")
+    grade.add_argument("--late-penalty", metavar="RATE",
+                       help="points off per day or part of a day late, as a percentage of the maximum score "
+                            "(e.g. 10%%/day; default 0%%/day)")
+    grade.add_argument("--late-penalty-max", metavar="MAX",
+                       help="the most a late submission loses (default 100%% of the maximum score)")
     grade.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                        help="cpu (default), or cuda: the NVIDIA GPU bound into the sandbox (its device nodes and "
                             "driver libraries only), the references and the learner's code on it")

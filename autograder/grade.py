@@ -15,9 +15,11 @@ A run, start to end:
 4. **Score** (here, outside every sandbox): the recorded values are judged against references
    computed here (:mod:`autograder.checks`), the verdicts become the test cells' outputs, nbgrader's
    gradebook records the scores (:mod:`autograder.record`) and nbgrader writes the feedback pages.
-5. **Commit**: ``grades.csv``, ``grading.log``, ``run.json``, ``summary.html`` (:mod:`autograder.summary`),
-   the feedback pages and the course folder replace the previous ones, each by an atomic rename. An
-   interruption before this step changes nothing; the next run starts again from the last complete state.
+5. **Commit**: ``grades.csv``, ``grading.log``, ``run.json`` (the class's record, which only grows:
+   :mod:`autograder.classrecord`), ``summary.html`` (:mod:`autograder.summary`),
+   the feedback pages and the course folder replace the previous ones,
+   each by an atomic rename. An interruption before this step changes nothing; the next run starts
+   again from the last complete state.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import dataclasses
 import fcntl
 import hashlib
 import html
-import io
 import json
 import os
 import re
@@ -50,16 +51,17 @@ import patchlab
 
 from autograder import gpu, interrupt, lms, record, restore, sandbox, summary, untrusted
 from autograder.checks import References, judge
+from autograder.classrecord import ClassRecord, RecordError
 from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
                                nbgrader_config, release_notebook)
-from autograder.feedback import hidden_test_lines, leaks
+from autograder.feedback import exercise_titles, hidden_test_lines, leaks, polish
+from autograder.late import LatePolicy, LateRuleError, combine, timestamp
 from autograder.release import source_notebook, stale_solutions
 from autograder.sanitise import csv_cell, one_line, printable, with_csp
 
 if TYPE_CHECKING:
     from autograder.shard import Shard
 
-CSV_FIELDS = ("student", "score", "max_score", "status", "detail")
 GRADING_MODELS = {"ioi-mini": ["ioi-mini", "ioi-mini-reshaped"], "gpt2-small": ["gpt2-small", "ioi-mini"]}
 # Default (cell, notebook) time limits per model: GPT-2 small's patching loop is slow on a CPU.
 TIMEOUTS = {"ioi-mini": (CELL_TIMEOUT, NOTEBOOK_TIMEOUT), "gpt2-small": (1800, 5400)}
@@ -93,20 +95,35 @@ class Grade:
     status: str
     detail: str = ""
     seconds: float = 0.0
+    submitted: datetime | None = None
+    late: float | None = None  # days after the deadline (None: no deadline)
+    penalty: float | None = None  # points taken off ``score`` for lateness
+    questions: dict[str, float | None] = field(default_factory=dict)  # points per graded cell; None: not scored
+    to_grade: list[str] = field(default_factory=list)  # answers waiting for a score by hand
 
     def __post_init__(self) -> None:  # a skipped file's name, a detail quoting the sandbox: safe to print
         self.student, self.detail = one_line(self.student, 300), one_line(self.detail, 1000)
 
     def row(self) -> dict[str, str]:
-        fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
+        fmt = lambda v: "" if v is None else f"{round(v, 4):g}"  # noqa: E731
         return {"student": csv_cell(self.student), "score": fmt(self.score), "max_score": fmt(self.max_score),
-                "status": self.status, "detail": csv_cell(self.detail)}
+                "status": self.status, "detail": csv_cell(self.detail),
+                "submitted": timestamp(self.submitted.timestamp()) if self.submitted else "",
+                "late": "" if self.late is None else f"{self.late:.2f}", "penalty": fmt(self.penalty),
+                **{gid: fmt(points) for gid, points in self.questions.items()}}
+
+    def outcome(self) -> str:
+        """One line for the console: the learner, its status and score, its run's time."""
+        score = "" if self.score is None else f" {self.score:g}/{self.max_score:g}"
+        took = f" in {self.seconds:.1f} s" if self.seconds else ""
+        return f"{self.student}: {self.status}{score}{took}" + (f" ({self.detail})" if self.detail else "")
 
 
 @dataclass
 class Submission:
     student: str
     data: bytes
+    mtime: float = 0.0  # the file's modification time (the time it was handed in, for --deadline)
 
 
 @dataclass
@@ -155,13 +172,14 @@ def inventory(folder: Path, max_bytes: int = MAX_SUBMISSION_BYTES) -> tuple[list
                 fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
                 with os.fdopen(fd, "rb") as handle:
                     data = handle.read(max_bytes + 1)
+                    mtime = os.fstat(fd).st_mtime
             except OSError as err:
                 why = f"could not be read ({err.strerror})"
             else:
                 if len(data) > max_bytes:
                     why = f"larger than {max_bytes / 2**20:g} MiB: clear its outputs and submit again"
                 else:
-                    subs.append(Submission(learner_id(name), data))
+                    subs.append(Submission(learner_id(name), data, mtime))
                     seen.add(learner_id(name).casefold())
         if why:
             skipped.append(Grade(name, None, None, "skipped", why))
@@ -175,6 +193,7 @@ class OutputFolder:
         self.out = out
         self.staging = out / ".staging"
         self._lock = None
+        self._gradebook: tuple[int, int] | None = None  # the live gradebook as staged
 
     def __enter__(self) -> "OutputFolder":
         self.out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +236,7 @@ class OutputFolder:
 
     def stage(self) -> Path:
         """A copy of the last complete state to work on."""
+        self._gradebook = self.gradebook_state()
         self.staging.mkdir()
         for name in STATE:
             if (self.out / name).exists():
@@ -228,11 +248,23 @@ class OutputFolder:
     def commit(self, files: dict[str, str]) -> None:
         """Replace the state folders and the top-level ``files`` ({name: text}) with the staging copy:
         once the staging copy is marked complete, a run stopped at any moment (even by kill -9) is
-        carried to its end by the next (:meth:`recover`), so the folder never mixes two runs."""
+        carried to its end by the next (:meth:`recover`), so the folder never mixes two runs. Refused
+        when the live gradebook changed since :meth:`stage` (scores typed into formgrader meanwhile),
+        which the staging copy would overwrite."""
+        if self.gradebook_state() != self._gradebook:
+            raise GradingError(f"the gradebook {self.out / 'nbgrader' / 'gradebook.db'} changed during this run (scores "
+                               "entered in formgrader?): nothing was written, and they are kept; run the command again")
         for name, text in files.items():
             atomic_write(self.staging / name, text)
         atomic_write(self.staging / COMPLETE, "".join(f"{name}\n" for name in files))
         self.roll_forward()
+
+    def gradebook_state(self) -> tuple[int, int] | None:
+        try:
+            stat = (self.out / "nbgrader" / "gradebook.db").stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
 
     def roll_forward(self) -> None:
         """Move each part of a complete staging copy into place, each by an atomic rename; at any
@@ -249,15 +281,6 @@ class OutputFolder:
             if (self.staging / name).exists():
                 os.replace(self.staging / name, self.out / name)
         self.discard(self.staging)
-
-
-def csv_text(rows: Iterable[dict[str, str]]) -> str:
-    """``grades.csv``: its header and ``rows`` (:meth:`Grade.row`)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -284,9 +307,17 @@ class Grader:
         self.source = nbformat.read(source_notebook(assignment), as_version=4)
         self.release = nbformat.read(release_notebook(assignment), as_version=4)
         self.hidden = hidden_test_lines(self.source)
+        titles = exercise_titles(self.source)
+        graded = [(i, c.metadata.nbgrader) for i, c in enumerate(self.source.cells)
+                  if c.metadata.get("nbgrader", {}).get("grade")]
+        self.questions = [meta["grade_id"] for _, meta in graded]  # grades.csv's columns of points
+        self.titles = {meta["grade_id"]: titles[i] for i, meta in graded if titles[i]}
+        self.points = {meta["grade_id"]: float(meta.get("points", 0)) for _, meta in graded}
         self.references = References(GRADING_MODELS[model], device)
         self.sandboxes = sandbox.Group()
         self.pages_due: list[Grade] = []  # scored, their feedback page to write (write_feedback)
+        self.late: LatePolicy | None = None
+        self.submitted: dict[str, datetime] = {}  # when each learner handed in, for the late rule
 
     def note(self, line: str) -> None:
         with self._log_lock:
@@ -312,6 +343,29 @@ class Grader:
             interrupt.check()  # nbgrader catches a Ctrl-C as any other error
             if not result["success"]:
                 raise GradingError(f"nbgrader could not register the assignment: {result.get('error', '')[-300:]}")
+
+    def sort_out(self, subs: list[Submission]) -> tuple[list[Submission], list[Grade]]:
+        """The submissions that are notebooks of this assignment, and a ``skipped`` row for each
+        notebook of another (told by its grade ids, or its read-only cells' text when an editor
+        stripped them). A file that is no readable notebook stays: its run reports it."""
+        found = {name: restore.marks(nbformat.read(release_notebook(name), as_version=4)) for name in assignments()}
+        own = {name: found[name] - set().union(*(m for other, m in found.items() if other != name)) for name in found}
+        kept, skipped = [], []
+        for sub in subs:
+            try:
+                nb = nbformat.reads(sub.data.decode("utf-8"), as_version=4)
+                ours = restore.belongs(nb, own[self.assignment])
+                other = next((name for name in own if restore.belongs(nb, own[name])), None)
+            except Exception:  # not a notebook nbformat and nbgrader can read: its run says so
+                ours = True
+            if ours:
+                kept.append(sub)
+                continue
+            why = (f"a notebook of {other}, not {self.assignment}: grade it with --assignment {other}" if other else
+                   f"not a notebook of {self.assignment} (none of its cells is the assignment's)")
+            self.note(f"{sub.student}: skipped: {why}")
+            skipped.append(Grade(sub.student, None, None, "skipped", why))
+        return kept, skipped
 
     def check_models(self) -> None:
         """Every grading model loads here (the references need them), or one line saying what to do."""
@@ -527,24 +581,38 @@ class Grader:
         autograded = self.autograded(student)
         autograded.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(graded, autograded)
-        scores = record.save(self.db, self.course, self.assignment, student, graded, self.note)
-        grade = self.grade_of(student, scores, stopped)
-        grade.seconds = execution.seconds
+        when = self.submitted.get(student)
+        penalty = (lambda max_score: self.late.penalty(when, max_score)) if self.late and when else None
+        scores = record.save(self.db, self.course, self.assignment, student, graded, self.note, when, penalty)
+        grade = self.grade_of(student, scores, stopped, stopped_cells(graded))
+        grade.seconds, grade.submitted = execution.seconds, when
+        if self.late and when:
+            grade.late = self.late.days_late(when)
         self.pages_due.append(grade)
         return grade
 
-    def grade_of(self, student: str, scores: record.Scores, stopped: str) -> Grade:
+    def grade_of(self, student: str, scores: record.Scores, stopped: str, where: str) -> Grade:
+        """The learner's row; ``where``: the cells a limit stopped (:func:`stopped_cells`)."""
+        penalty = scores.penalty if self.late else None
         if stopped:
-            where = {"crashed": "the kernel died before every test had run",
-                     "timed_out": "a time limit was hit before every test had run"}[stopped]
-            return Grade(student, None, scores.max_score, stopped, where)
+            before = {"crashed": "the kernel died before every test had run",
+                      "timed_out": "a time limit was hit before every test had run"}[stopped]
+            return Grade(student, None, scores.max_score, stopped, "; ".join(filter(None, [before, where])),
+                         questions=dict.fromkeys(scores.cells))
+        score = scores.score - scores.penalty
         if scores.to_grade:
-            return Grade(student, scores.score, scores.max_score, "needs_manual_grade",
-                         f"to grade by hand: {', '.join(scores.to_grade)}")
-        return Grade(student, scores.score, scores.max_score, "graded")
+            return Grade(student, score, scores.max_score, "needs_manual_grade",
+                         "; ".join(filter(None, [f"to grade by hand: {', '.join(scores.to_grade)}", where])),
+                         penalty=penalty, questions=scores.cells, to_grade=scores.to_grade)
+        return Grade(student, score, scores.max_score, "graded", where, penalty=penalty, questions=scores.cells)
 
     def autograded(self, student: str) -> Path:
         return self.course / "autograded" / student / self.assignment / f"{self.assignment}.ipynb"
+
+    def graded_learners(self) -> list[str]:
+        """Every learner with a graded notebook of this assignment in the gradebook's folder."""
+        folder = self.course / "autograded"
+        return sorted(p.name for p in folder.iterdir() if self.autograded(p.name).is_file()) if folder.is_dir() else []
 
     def collect(self, student: str) -> Grade:
         """``--no-run``: the grade and feedback from the last run's notebook and the gradebook."""
@@ -557,7 +625,12 @@ class Grader:
 
     def not_run(self, student: str, detail: str, killed: str = "") -> Grade:
         status = "timed_out" if killed else "crashed"
-        grade = Grade(student, None, None, status, one_line(detail or killed, 500))
+        grade = Grade(student, None, None, status, one_line(detail or killed, 500),
+                      submitted=self.submitted.get(student), questions=dict.fromkeys(self.questions))
+        if self.late and grade.submitted:
+            grade.late = self.late.days_late(grade.submitted)
+        # an earlier run's graded notebook is not this result: --no-run must not report it again
+        shutil.rmtree(self.autograded(student).parent, ignore_errors=True)
         try:  # the gradebook or the page may be what failed: the row is this one all the same
             grade.max_score = record.max_score(self.db, self.assignment)
             self.write_page(student, self.fallback_page(grade))
@@ -582,6 +655,8 @@ class Grader:
                 self.note(f"{grade.student}: nbgrader's feedback failed ({type(err).__name__}: {one_line(err, 200)})")
                 text = ""
             interrupt.check()  # nbgrader catches a Ctrl-C as any other error
+            if text:
+                text = polish(text, self.titles, {gid: self.points.get(gid, 0) for gid in grade.to_grade})
             leaked = leaks(text, self.hidden)
             if not text or leaked:
                 self.note(f"{grade.student}: feedback replaced: " + ("it quoted hidden tests" if leaked else
@@ -609,9 +684,8 @@ class Runs:
     are cancelled and ``sandboxes`` stopped (those running killed, none started after)."""
 
     def __init__(self, execute: Callable[[Submission], tuple[restore.Rebuilt | None, Execution]],
-                 subs: list[Submission], jobs: int, sandboxes: sandbox.Group, progress: bool) -> None:
-        self.execute, self.subs, self.jobs = execute, subs, jobs
-        self.sandboxes, self.progress = sandboxes, progress
+                 subs: list[Submission], jobs: int, sandboxes: sandbox.Group) -> None:
+        self.execute, self.subs, self.jobs, self.sandboxes = execute, subs, jobs, sandboxes
 
     def __enter__(self) -> "Runs":
         self.pool = ThreadPoolExecutor(max_workers=self.jobs)
@@ -623,11 +697,8 @@ class Runs:
         return self
 
     def completed(self) -> Iterator[tuple[Submission, tuple[restore.Rebuilt | None, Execution]]]:
-        for done, future in enumerate(as_completed(self.futures), 1):
-            sub = self.futures[future]
-            if self.progress:
-                print(f"  ran {done}/{len(self.futures)}: {sub.student}", flush=True)
-            yield sub, future.result()
+        for future in as_completed(self.futures):
+            yield self.futures[future], future.result()
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         if kind is None:
@@ -635,6 +706,29 @@ class Runs:
             return
         self.sandboxes.stop()  # the running ones killed, no more started: the threads end at once
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# What stopped a cell, for grades.csv's detail (runner.py writes these errors into the cell).
+STOP_LIMITS = {"CellTimeoutError": "the cell time limit (--cell-timeout)",
+               "NotebookTimeoutError": "the notebook time limit (--notebook-timeout)",
+               "DeadKernelError": "the kernel dying (it exited, was killed or ran out of memory)"}
+
+
+def stopped_cells(nb: nbformat.NotebookNode, most: int = 3) -> str:
+    """The cells of a graded notebook that a limit stopped, in words ('' if none): "cell 12 (1.2 Mean
+    logit difference) stopped by the cell time limit (--cell-timeout)". Cells left unrun after a
+    notebook timeout or a dead kernel are not named again."""
+    titles = exercise_titles(nb)
+    found: list[tuple[int, str]] = []
+    for index, cell in enumerate(nb.cells):
+        errors = [o.get("ename") for o in cell.get("outputs", []) if isinstance(o, dict)
+                  and o.get("output_type") == "error"] if cell.cell_type == "code" else []
+        stop = next((name for name in errors if name in STOP_LIMITS), None)
+        if stop and (not found or stop == "CellTimeoutError" or found[-1][1] != stop):
+            found.append((index, stop))
+    words = [f"cell {index + 1}" + (f" ({titles[index]})" if titles[index] else "") + f" stopped by {STOP_LIMITS[stop]}"
+             for index, stop in found[:most]]
+    return "; ".join(words + ([f"{len(found) - most} more"] if len(found) > most else []))
 
 
 def stopped_by(outputs: list[dict]) -> str:
@@ -702,12 +796,20 @@ def grade(
     shard: Shard | None = None,
     device: str = "cpu",
     submission_limits: dict[str, int] | None = None,
+    students: list[str] | None = None,
+    late: tuple[str | None, str | None, str | None] = (None, None, None),
+    submitted: dict[str, datetime] | None = None,
 ) -> list[Grade]:
-    """Grade every ``submissions/LEARNER.ipynb`` for ``assignment``; write ``grades.csv``,
-    ``feedback/LEARNER.html``, ``grading.log`` and ``run.json`` into ``out``. With ``run=False``
-    nothing is executed again: grades and feedback are rewritten from the last run (after manual
-    grading). With ``shard``, only that shard's share (:mod:`autograder.shard`). Raises
-    :class:`GradingError` (one line) when the run cannot start."""
+    """Grade every ``submissions/LEARNER.ipynb`` for ``assignment`` (only ``students`` when given) into
+    ``out``: the learners graded are added to, or updated in, ``grades.csv``, ``feedback/LEARNER.html``,
+    ``grading.log`` and ``run.json``; every other learner there is kept (:mod:`autograder.classrecord`).
+    With ``run=False`` nothing is executed again: every learner graded so far is reported again from
+    the last run and the gradebook (after manual grading). ``late``: the deadline, the penalty per day
+    and its maximum as written on the command line (:func:`autograder.late.combine`; what is not given
+    comes from the last rule recorded in ``out``); ``submitted``: when each learner handed in (default:
+    the file's modification time). Returns this run's rows. Raises :class:`GradingError` (one line)
+    when the run cannot start. With ``shard``, only that shard's share
+    (:mod:`autograder.shard`)."""
     submissions, out = Path(submissions).resolve(), Path(out).resolve()
     if model in TIMEOUTS:
         cell_timeout = cell_timeout or TIMEOUTS[model][0]
@@ -734,50 +836,94 @@ def grade(
     subs, skipped = inventory(submissions, limits.notebook_mib * 2**20)
     if shard is not None:
         subs, skipped = shard.select(subs, skipped)
+    if students:
+        subs, skipped = chosen(subs, skipped, students, submissions, need_files=run)
     start = time.monotonic()
     with interrupt.remembered(), OutputFolder(out) as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nbgrader's SQLAlchemy warnings
+        book = ClassRecord.load(out)
+        try:
+            book.check(assignment, out)
+        except RecordError as err:
+            raise GradingError(str(err)) from None
+        try:
+            rule = combine(*late, book.last("late"))
+        except LateRuleError as err:
+            raise GradingError(str(err)) from None
         staging = folder.stage()
         grader = Grader(assignment, staging, model, kind, cell_timeout, notebook_timeout, limits, device, devices)
+        grader.late = rule
         grades: list[Grade] = []
         if run:
+            subs, foreign = grader.sort_out(subs)
+            skipped += foreign
+            grader.submitted = {sub.student: datetime.fromtimestamp(sub.mtime, timezone.utc) for sub in subs}
+            grader.submitted.update(submitted or {})
             grader.install_grader_files()
-            with Runs(grader.execute, subs, jobs, grader.sandboxes, progress) as runs:
+            with Runs(grader.execute, subs, jobs, grader.sandboxes) as runs:
                 # While the first submissions run: the gradebook, the grading models (a model that
                 # cannot load stops the run here, its sandboxes killed, nothing written), then each
                 # submission scored, and its feedback page written, as its run ends (the references
                 # computed at the first).
                 grader.prepare()
                 grader.check_models()
-                for sub, (rebuilt, execution) in runs.completed():
+                for done, (sub, (rebuilt, execution)) in enumerate(runs.completed(), 1):
                     grades.append(grader.score(sub, rebuilt, execution))
                     grader.write_feedback()
+                    if progress:
+                        print(f"  [{done}/{len(subs)}] {grades[-1].outcome()}", flush=True)
         else:
             grader.prepare()
-            for sub in subs:
-                if grader.autograded(sub.student).exists():
-                    grades.append(grader.collect(sub.student))
-                else:
-                    grades.append(Grade(sub.student, None, None, "skipped", "not graded yet: grade without --no-run"))
+            files = {sub.student: sub for sub in subs}
+            wanted = {s.casefold() for s in students or []}
+            learners = [s for s in grader.graded_learners() if not wanted or s.casefold() in wanted]
+            for student in learners:  # as handed in when graded (the row's time), else the file's
+                earlier = book.rows.get(student, {}).get("submitted", "")
+                try:
+                    grader.submitted[student] = datetime.fromisoformat(earlier)
+                except ValueError:  # no time recorded (or the cell was edited by hand)
+                    if student in files:
+                        grader.submitted[student] = datetime.fromtimestamp(files[student].mtime, timezone.utc)
+            grader.submitted.update(submitted or {})
+            grades = [grader.collect(student) for student in learners]
+            grades += [Grade(sub.student, None, None, "skipped", "not graded yet: grade without --no-run")
+                       for sub in subs if sub.student not in learners and sub.student not in book.rows]
             grader.write_feedback()
         grades += skipped
         grades.sort(key=lambda g: g.student)
-        run_record = {"assignment": assignment, "model": model, "models": GRADING_MODELS[model],
-                      "sandbox": kind, "device": device, "executed": run, "jobs": jobs,
-                      "limits": {**limits.__dict__, "enforced": sandbox.enforced_limits(kind),
-                                 "whole_submission": sandbox.whole_limits(kind)},
-                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "seconds": round(time.monotonic() - start, 1), "submissions": len(subs),
-                      "skipped": len(skipped)}
-        if shard is not None:
-            run_record["shard"] = {"index": shard.index, "count": shard.count}
-        header = [f"grading run: {json.dumps(run_record)}"]
-        table = csv_text(g.row() for g in grades)
-        page = summary.of(staging, assignment, table, run_record)  # the class at a glance
+        entry = {"assignment": assignment, "executed": run,
+                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "seconds": round(time.monotonic() - start, 1), "late": rule.record() if rule else None}
+        if run:  # the sandbox, models and limits that produced the results of this run's learners
+            entry.update({"model": model, "models": GRADING_MODELS[model], "sandbox": kind, "device": device,
+                          "jobs": jobs, "limits": {**limits.__dict__, "enforced": sandbox.enforced_limits(kind),
+                                                   "whole_submission": sandbox.whole_limits(kind)},
+                          "submissions": len(subs), "skipped": len(skipped)})
+            if shard is not None:
+                entry["shard"] = {"index": shard.index, "count": shard.count}
+        else:
+            entry["reported"] = sum(g.status != "skipped" for g in grades)
+        produced = [g.student for g in grades if run and g.status != "skipped"]
+        book.update([g.row() for g in grades], entry, grader.log, produced)
+        files = book.files(grader.questions)
+        files[summary.PAGE] = summary.of(staging, assignment, files["grades.csv"], entry)  # the class at a glance
         with interrupt.deferred():
-            folder.commit({"grades.csv": table, "grading.log": "\n".join(header + grader.log) + "\n",
-                           "run.json": json.dumps(run_record, indent=1) + "\n", summary.PAGE: page})
+            folder.commit(files)
     return grades
+
+
+def chosen(subs: list[Submission], skipped: list[Grade], students: list[str], folder: Path,
+           need_files: bool) -> tuple[list[Submission], list[Grade]]:
+    """``--student``: only these learners' submissions (and none of the other entries' rows); an id
+    with no file is refused when the run needs the files."""
+    wanted = {s.casefold() for s in students}
+    found = {sub.student.casefold() for sub in subs}
+    missing = [s for s in students if s.casefold() not in found]
+    if need_files and missing:
+        raise GradingError(f"no submission {missing[0]}.ipynb in {folder}: check the learner id (the file name "
+                           "without .ipynb)")
+    return ([sub for sub in subs if sub.student.casefold() in wanted],
+            [g for g in skipped if g.student.removesuffix(".ipynb").casefold() in wanted])
 
 
 def set_manual_score(out: Path, assignment: str, student: str, cell: str, points: float,

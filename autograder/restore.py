@@ -94,6 +94,22 @@ def _match(learner: list[NotebookNode], release: list[NotebookNode]) -> tuple[di
     return anchors, True
 
 
+def marks(release: NotebookNode) -> set[str]:
+    """What tells a notebook of ``release``'s assignment: its grade ids, and the text of each of its
+    read-only cells long enough to say something."""
+    return ({f"id:{gid}" for gid in map(grade_id, release.cells) if gid} |
+            {f"text:{c.source.strip()}" for c in release.cells if not is_answer(c) and len(c.source.strip()) >= 40})
+
+
+def belongs(learner: NotebookNode, own: set[str]) -> bool:
+    """Whether ``learner`` is a notebook of the assignment whose :func:`marks` no other assignment has
+    are ``own``: one of its cells carries such a grade id or, when an editor stripped the nbgrader
+    metadata, such a read-only cell's text."""
+    ids = {f"id:{gid}" for gid in map(grade_id, learner.cells) if gid}
+    texts = {f"text:{c.source.strip()}" for c in learner.cells if isinstance(c.get("source"), str)}
+    return bool(ids & own) if ids else bool(texts & own)
+
+
 def rebuild(learner: NotebookNode, release: NotebookNode, source: NotebookNode) -> Rebuilt:
     """The notebook to grade: ``release``'s cells (with ``source``'s test code) and the learner's answers."""
     instructor = {grade_id(c): c for c in source.cells if grade_id(c)}

@@ -56,7 +56,7 @@ def grade(submissions: Path | str, assignment: str, out: Path | str, *options: s
 def read_grades(out: Path) -> dict[str, dict[str, str]]:
     with open(out / "grades.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["student", "score", "max_score", "status", "detail"]
+    assert list(rows[0])[:8] == ["student", "score", "max_score", "status", "detail", "submitted", "late", "penalty"]
     return {row["student"]: row for row in rows}
 
 

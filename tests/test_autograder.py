@@ -128,6 +128,8 @@ def test_no_feedback_page_holds_hidden_test_source(graded):
 def test_a_stuck_cell_is_interrupted_and_named(graded):
     page = page_text(graded["out"]["logit_difference_endless"] / "feedback" / "endless_loop.html")
     assert "CellTimeoutError" in page
+    detail = read_grades(graded["out"]["logit_difference_endless"])["endless_loop"]["detail"]
+    assert "(1.2 Mean logit difference) stopped by the cell time limit (--cell-timeout)" in detail, detail
 
 
 @pytest.mark.slow
