@@ -90,7 +90,8 @@ def read(root: Path, assignment: str, grades_csv: str | None = None, run: dict |
         grades_csv = path.read_text(encoding="utf-8") if path.is_file() else ""
     if run is None:
         path = root / "run.json"
-        run = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        run = saved["runs"][-1] if saved.get("runs") else saved  # the class record: its newest run
     rows = {r["student"]: r for r in csv.DictReader(io.StringIO(grades_csv)) if r.get("status") != "skipped"}
     if not db.is_file() and not rows:
         raise ResultsError(f"no grading results in {root}: grade the submissions into it first")

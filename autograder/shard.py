@@ -24,9 +24,7 @@ live only in a shard's gradebook: a shard holding some is refused (give them aft
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import json
 import shutil
 import time
 import warnings
@@ -36,10 +34,10 @@ from pathlib import Path
 
 import nbformat
 
-from autograder import interrupt, record, sandbox
+from autograder import interrupt, record, sandbox, summary
+from autograder.classrecord import BASE_FIELDS, ClassRecord, RecordError
 from autograder.config import assignments
-from autograder.grade import (CSV_FIELDS, GRADING_MODELS, TIMEOUTS, Grade, Grader, GradingError, OutputFolder,
-                              Submission, csv_text, learner_id)
+from autograder.grade import GRADING_MODELS, TIMEOUTS, Grade, Grader, GradingError, OutputFolder, Submission, learner_id
 from autograder.release import source_notebook
 
 
@@ -87,24 +85,23 @@ class ShardOutput:
 
 def read_shard(folder: Path, assignment: str) -> ShardOutput:
     """A shard's output folder, checked: a complete shard run of ``assignment`` on its current source."""
-    run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    if not isinstance(run.get("shard"), dict):
-        raise GradingError(f"{folder} was not graded as a shard: grade it with --shard I/N")
-    if run.get("assignment") != assignment:
-        raise GradingError(f"{folder} holds {run.get('assignment')!r}, not {assignment!r}")
+    book = ClassRecord.load(folder)
+    run = book.runs[-1] if book.runs else {}
+    if not isinstance(run.get("shard"), dict) or len(book.runs) != 1:
+        raise GradingError(f"{folder} was not graded as one shard run: grade it with --shard I/N into an empty --out")
+    if book.assignment != assignment:
+        raise GradingError(f"{folder} holds {book.assignment!r}, not {assignment!r}")
     graded_on = folder / "nbgrader" / "source" / assignment / f"{assignment}.ipynb"
     if not graded_on.is_file() or graded_on.read_bytes() != source_notebook(assignment).read_bytes():
         raise GradingError(f"{folder} was graded on another version of {assignment}: grade that shard again")
     if (folder / "nbgrader" / record.ANSWERS_FILE).exists():
         raise GradingError(f"{folder} holds hand-given scores, which a merge cannot carry: merge first, then "
                            "give them in the merged folder (python -m autograder score)")
-    with open(folder / "grades.csv", newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != CSV_FIELDS:
-            raise GradingError(f"{folder / 'grades.csv'} is not a grades.csv of this grader")
-        rows = list(reader)
-    log = (folder / "grading.log").read_text(encoding="utf-8").splitlines()
-    return ShardOutput(folder, run, rows, [line for line in log if not line.startswith("grading run: ")])
+    rows = list(book.rows.values())
+    if any(tuple(row)[:len(BASE_FIELDS)] != BASE_FIELDS for row in rows):
+        raise GradingError(f"{folder / 'grades.csv'} is not a grades.csv of this grader")
+    log = [line for line in book.log.splitlines() if not line.startswith("grading run")]
+    return ShardOutput(folder, run, rows, log)
 
 
 def check_split(shards: list[ShardOutput]) -> None:
@@ -172,7 +169,7 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
         model = first["model"]
         folder = held.enter_context(OutputFolder(out))
         staging = folder.stage()
-        limits = sandbox.Limits(**{k: v for k, v in first["limits"].items() if k != "enforced"})
+        limits = sandbox.Limits(**{k: v for k, v in first["limits"].items() if k not in ("enforced", "whole_submission")})
         grader = Grader(assignment, staging, model, first["sandbox"], *TIMEOUTS[model], limits)
         grader.prepare()
         rows: list[dict[str, str]] = []
@@ -200,20 +197,25 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
                 if progress:
                     print(f"  merged {student} from shard {shard.shard}", flush=True)
         rows.sort(key=lambda r: r["student"])
-        run_record = {"assignment": assignment, "model": model, "models": GRADING_MODELS[model],
-                      "sandbox": first["sandbox"], "device": first.get("device", "cpu"), "executed": True,
+        run_record = {"assignment": assignment, "executed": True, "model": model, "models": GRADING_MODELS[model],
+                      "sandbox": first["sandbox"], "device": first.get("device", "cpu"),
                       "jobs": first.get("jobs"), "limits": first["limits"],
                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "seconds": round(time.monotonic() - start, 1),
+                      "seconds": round(time.monotonic() - start, 1), "late": first.get("late"),
                       "submissions": sum(s.run["submissions"] for s in shards),
                       "skipped": sum(s.run["skipped"] for s in shards),
                       "merged": [{"shard": str(s.shard), "folder": str(s.folder), "seconds": s.run.get("seconds"),
                                   "finished": s.run.get("finished")} for s in shards]}
-        log = [f"grading run: {json.dumps(run_record)}"]
-        for shard in shards:
-            log += [f"shard {shard.shard}: {line}" for line in shard.log]
+        log = [f"shard {shard.shard}: {line}" for shard in shards for line in shard.log]
         log += [f"merge: {line}" for line in grader.log]
+        book = ClassRecord.load(out)
+        try:
+            book.check(assignment, out)
+        except RecordError as err:
+            raise GradingError(str(err)) from None
+        book.update(rows, run_record, log, [r["student"] for r in rows if r["status"] != "skipped"])
+        files = book.files(grader.questions)
+        files[summary.PAGE] = summary.of(staging, assignment, files["grades.csv"], run_record)
         with interrupt.deferred():
-            folder.commit({"grades.csv": csv_text(rows), "grading.log": "\n".join(log) + "\n",
-                           "run.json": json.dumps(run_record, indent=1) + "\n"})
+            folder.commit(files)
     return [as_grade(row) for row in rows]
