@@ -129,7 +129,7 @@ def test_a_stuck_cell_is_interrupted_and_named(graded):
     page = page_text(graded["out"]["logit_difference_endless"] / "feedback" / "endless_loop.html")
     assert "CellTimeoutError" in page
     detail = read_grades(graded["out"]["logit_difference_endless"])["endless_loop"]["detail"]
-    assert "(1.2 Mean logit difference) stopped by the cell time limit (--cell-timeout)" in detail, detail
+    assert "(4.2 Mean logit difference) stopped by the cell time limit (--cell-timeout)" in detail, detail
 
 
 @pytest.mark.slow

@@ -109,7 +109,7 @@ def test_an_unscored_answer_awaits_the_instructor_and_questions_are_titled(term)
     page = term["first_page"]
     assert "awaiting your instructor: 2 points" in page and "Awaiting your instructor: 2 points" in page
     assert "Score: 0.0 / 2.0" not in page and "Test cell" not in page
-    assert "2.2 The layer × position loop" in page and "2.4 Interpretation" in page
+    assert "6.2 The layer × position loop" in page and "6.4 Interpretation" in page
     assert "white-space: pre-wrap" in term["first_html"]
 
 
@@ -225,7 +225,7 @@ def test_stopped_cells_are_named_with_their_exercise_and_limit():
     nb.cells[code[-2]].outputs = [error("CellTimeoutError")]
     nb.cells[code[-1]].outputs = [error("KeyboardInterrupt"), error("NotebookTimeoutError")]
     words = stopped_cells(nb)
-    assert words.startswith(f"cell {code[-2] + 1} (1.3 The normalised patching metric) stopped by the cell time "
+    assert words.startswith(f"cell {code[-2] + 1} (4.3 The normalised patching metric) stopped by the cell time "
                             "limit (--cell-timeout); ")
     assert words.endswith("stopped by the notebook time limit (--notebook-timeout)")
     nb.cells[code[-2]].outputs, nb.cells[code[-1]].outputs = [], []
