@@ -45,6 +45,8 @@ RIGHT = {
     "book/attribution_patching.md": ["an extension of its own, not the paper's method"],
     "patchlab/patching/attribution.py": ["the course's own first-order extension, not part of AtP*"],
     "book/direct_effects.md": ["which are **not** name movers"],
+    "book/attention_heads.md": ["## Evidence from the weights: what a head writes", "**S-suppression heads**",
+                                "copy_scores(model, names_cache, tokens, first, heads=checked)"],
     "solutions/path_patching/path_patching.md": ["*S-suppression* heads, not name movers"],
 }
 
