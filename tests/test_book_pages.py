@@ -29,10 +29,10 @@ def toc_pages() -> list[Path]:
 CHAPTERS = [page for page in toc_pages() if page.exists() and notebooks.is_notebook_md(page)]
 
 
-def test_toc_lists_existing_pages_and_all_thirteen_notebook_chapters() -> None:
+def test_toc_lists_existing_pages_and_all_fourteen_notebook_chapters() -> None:
     missing = [str(p.relative_to(ROOT)) for p in toc_pages() if not p.exists()]
     assert missing == []
-    assert len(CHAPTERS) == 13
+    assert len(CHAPTERS) == 14
 
 
 def test_config_names_the_course_repository_and_serves_mathjax_locally() -> None:

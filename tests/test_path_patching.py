@@ -62,8 +62,16 @@ def random_case(model: Any, batch: int = 3, n_pos: int = 7, seed: int = 0) -> tu
 
 @pytest.fixture(scope="module")
 def cases(model: Any, classic: Any, classic_run: Any, tiny3: Any) -> dict[str, tuple]:
-    _, cache, _, metric = classic_run
-    return {"ioi-mini": (model, classic.corrupted_tokens, cache, metric), "tiny3": (tiny3, *random_case(tiny3))}
+    """``ioi-mini-noising`` is Wang et al.'s direction: the IOI run, the senders' outputs from ABC prompts."""
+    from patchlab.ioi import abc_ioi
+    from patchlab.metrics import metric_from_runs
+
+    clean_logits, cache, _, metric = classic_run
+    with torch.no_grad():
+        abc_logits, abc_cache = model.run_with_cache(abc_ioi(model).corrupted_tokens)
+    noising = metric_from_runs(clean_logits, abc_logits, classic.answer_tokens)
+    return {"ioi-mini": (model, classic.corrupted_tokens, cache, metric), "tiny3": (tiny3, *random_case(tiny3)),
+            "ioi-mini-noising": (model, classic.clean_tokens, abc_cache, noising)}
 
 
 def frozen_by_attn_out(model: Any, corrupted: torch.Tensor, clean_cache: Any, layer: int, head: int) -> list:
@@ -82,7 +90,7 @@ def frozen_by_attn_out(model: Any, corrupted: torch.Tensor, clean_cache: Any, la
     return [(name, freeze) for name in names]
 
 
-@pytest.mark.parametrize("case", ["ioi-mini", "tiny3"])
+@pytest.mark.parametrize("case", ["ioi-mini", "tiny3", "ioi-mini-noising"])
 def test_reference_to_the_final_residual_freezes_everything_but_the_path(cases: dict, case: str) -> None:
     model, corrupted, cache, metric = cases[case]
     ours = reference_path_patching(model, corrupted, cache, metric, progress=False)
@@ -129,6 +137,8 @@ PATH_CASES = [
     ("ioi-mini", [(1, 0), (2, 3), (3, 1)], "v", 0.1),  # receivers in several blocks
     ("ioi-mini", [(1, 0), (2, 0)], "q", 1e-3),
     ("ioi-mini", [(1, 0), (2, 3)], "k", 1e-5),
+    ("ioi-mini-noising", None, "q", 0.1),
+    ("ioi-mini-noising", [(1, 0), (2, 3)], "v", 0.1),
     ("tiny3", None, "q", 0.01),
     ("tiny3", [(2, 1)], "q", 1e-3),
     ("tiny3", [(1, 0), (2, 2)], "q", 1e-3),

@@ -12,8 +12,9 @@ Three interchangeable methods (``METHODS``), all called as
   ``run_with_hooks``; slow, simple, the ground truth;
 - ``fast`` (:mod:`~patchlab.patching.fast`): the same numbers (to float rounding) from far less work;
 - ``attribution`` (:mod:`~patchlab.patching.attribution`): Nanda's gradient-based linear
-  approximation, one forward and one backward pass; ``attribution_patching_qk_fix`` adds the QK fix
-  of AtP* (exact softmax) for heads' outputs, queries and keys.
+  approximation, one forward and one backward pass of the corrupted run given the clean run's cache;
+  ``attribution_patching_qk_fix`` adds the QK fix of AtP* (exact softmax) for heads' queries and
+  keys, and the course's own first-order extension of it to heads' outputs.
 
 Path patching (:mod:`~patchlab.patching.paths`) patches a sender head's effect along one path only:
 to the final residual stream, or to receiver heads' queries, keys or values.

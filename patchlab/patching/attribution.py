@@ -1,10 +1,13 @@
-"""Attribution patching (Nanda): the first-order estimate of exact patching, one forward and one backward pass.
+"""Attribution patching (Nanda): the first-order estimate of exact patching, from the clean run's cache
+(one forward pass) and one forward and one backward pass of the corrupted run.
 
-:func:`attribution_patching_qk_fix` adds the QK fix of AtP* (Kramár et al. 2024) for heads' queries,
-keys and outputs: the softmax that turns attention scores into weights is computed exactly, so that
-saturated attention is not linearised; only the step from the weights to the metric (and, for
-outputs, the change of later heads' scores) stays first-order. :func:`attribution_terms` gives the
-terms of plain attribution patching before they are summed.
+:func:`attribution_patching_qk_fix` adds the QK fix of AtP* (Kramár et al. 2024) for heads' queries
+and keys: the patched head's scores are recomputed exactly and so is the softmax that turns them into
+weights, so that saturated attention is not linearised; only the step from the weights to the metric
+stays first-order. For heads' **outputs** it applies the course's own extension, not AtP*'s method: the
+change of every later head's scores is taken to first order (a forward-mode derivative) and only the
+softmax after it is exact. :func:`attribution_terms` gives the terms of plain attribution patching
+before they are summed.
 """
 
 from __future__ import annotations
@@ -195,14 +198,14 @@ def attribution_patching_qk_fix(
     component: str = "head_out",
     progress: bool = True,
 ) -> Float[Tensor, "layer head"]:
-    """Attribution patching of heads with the QK fix of AtP* (Kramár et al. 2024): linear in the
-    attention weights, exact in the softmax that makes them. Same result as
-    ``attribution_patching(..., component)`` would give, for ``head_q``, ``head_k`` or ``head_out``.
+    """Attribution patching of heads, linear in the attention weights and exact in the softmax that
+    makes them. Same result shape as ``attribution_patching(..., component)`` would give, for
+    ``head_q``, ``head_k`` or ``head_out``.
 
-    - ``head_q``, ``head_k``: the patched head's attention pattern is recomputed exactly from the
-      clean queries (keys) and the corrupted keys (queries); only the step from the pattern to the
-      metric is linear.
-    - ``head_out``: the metric is split at every head's attention scores. With the scores held
+    - ``head_q``, ``head_k``: the QK fix of AtP* (Kramár et al. 2024): the patched head's attention
+      pattern is recomputed exactly from the clean queries (keys) and the corrupted keys (queries);
+      only the step from the pattern to the metric is linear.
+    - ``head_out``: the course's own first-order extension, not part of AtP*. The metric is split at every head's attention scores. With the scores held
       fixed, a head's output acts through values, MLPs and the residual stream, and that part stays
       linear (``delta_z · ∂metric/∂z``, a partial derivative); through each later head's scores it
       acts as ``(softmax(scores + delta_scores) - pattern) · ∂metric/∂pattern``, where

@@ -12,6 +12,11 @@ paths through MLPs count (as in Wang et al. and ARENA's replication). Then eithe
 
 Both return ``[n_layers, n_heads]`` over senders. A sender at or after the last receiver's layer
 reaches no receiver: its run is the corrupted run.
+
+"Clean" and "corrupted" name roles, not data sets: the run is ``corrupted_tokens`` and the sender's
+output comes from ``clean_cache``, a run of any prompts of the same shape. Wang et al. path-patch in
+the noising direction: the run is the IOI prompts, the cache a run of their ABC twins, and the effect
+is the metric's drop.
 """
 
 from __future__ import annotations
