@@ -202,9 +202,18 @@ class Cgroups:
                 if self._make(root / name, settings) is not None:
                     self.controllers[controller] = "cgroup v1"
 
+    @staticmethod
+    def _sweep(root: Path) -> None:
+        """Remove the empty groups that graders killed before they could (their process is gone)."""
+        for group in root.glob("autograder-*-*"):
+            pid = group.name.split("-")[1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                _rmdir(group)  # only an empty group can be removed
+
     def _make(self, group: Path, settings: list[tuple[str, str]]) -> Path | None:
         """``group`` made with ``settings`` (a missing ``memory.swap.max``/``memsw`` file, where the kernel
         has no swap accounting, is skipped), or None (nothing left behind)."""
+        self._sweep(group.parent)
         try:
             group.mkdir()
         except OSError:
