@@ -3,11 +3,13 @@
 Importing this module (``import patchlab`` does) registers the plotly template ``patchlab`` and makes
 ``"plotly+patchlab"`` the default, so every plotly figure made afterwards reads on a 390 px phone as
 well as on a desktop: a small left-aligned title that may wrap (``wrap``), legends in rows below the
-plot, axis labels that push the margins instead of being cut, and a figure that fills its column.
+plot, axis labels that push the margins instead of being cut, a figure that fills its column, and a
+hover with rounded values on every trace that sets none of its own.
 """
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +43,14 @@ TEMPLATE = go.layout.Template(
         },
         "xaxis": {"automargin": True},
         "yaxis": {"automargin": True},
-    }
+    },
+    # a hover with rounded values and the trace's name, for traces that set none of their own
+    # (plotly's default shows "trace 0" and every digit)
+    data={
+        "scatter": [{"hovertemplate": "%{x}<br>%{y:.3f}<extra>%{fullData.name}</extra>"}],
+        "bar": [{"hovertemplate": "%{x}<br>%{y:.3f}<extra>%{fullData.name}</extra>"}],
+        "heatmap": [{"hovertemplate": "%{y}, %{x}<br>value %{z:.3f}<extra></extra>"}],
+    },
 )
 pio.templates["patchlab"] = TEMPLATE
 pio.templates.default = "plotly+patchlab"
@@ -123,6 +132,92 @@ def heatmap(
     return fig
 
 
+TICK_SIZE = 11
+"""Font size (px) of a heatmap's tick labels."""
+
+SUBPLOT_TITLE_SIZE = 13
+"""Font size (px) of a stacked figure's panel titles."""
+
+ROW_HEIGHT = 26
+"""Height (px) of one row of a stacked heatmap."""
+
+
+def tick_label_depth(labels: Sequence[str], angle: float = 45, size: int = TICK_SIZE) -> float:
+    """How far (px) tick labels drawn ``angle`` degrees from horizontal reach below their axis: an
+    upper bound, counting 0.62 font sizes per character (plotly's font is narrower)."""
+    width = max((len(label) for label in labels), default=0) * 0.62 * size
+    line = 1.3 * size
+    turn = math.radians(abs(angle))
+    return width * math.sin(turn) + line * math.cos(turn) + 6  # + the gap between axis and labels
+
+
+def _title_over_panels(title: str) -> tuple[dict, float]:
+    """A figure title wrapped to fit a phone, lifted above the first panel's title (plotly puts a
+    panel's title just above its panel, where the template's title would sit too), and the top
+    margin (px) that holds both."""
+    text = wrap(title)
+    below = 12 + 1.4 * SUBPLOT_TITLE_SIZE + 6  # the template's gap, then the panel's title
+    top = 10 + 18 * (text.count("<br>") + 1) + below
+    return {"text": text, "pad": {"t": 10, "b": round(below), "l": 8}}, top
+
+
+def stacked_heatmaps(
+    panels: Sequence[tuple[str, Float[Tensor, "rows cols"] | np.ndarray, Sequence[str]]],
+    title: str,
+    zmax: float | None = None,
+    y_title: str = "layer",
+    x_title: str = "position",
+    colorbar_title: str = "normalised<br>logit diff",
+) -> go.Figure:
+    """Heatmaps one above the other on one colour scale centred at 0 (±``zmax``, by default the
+    largest |value| of all): ``panels = [(panel title, values [rows, cols], x labels), ...]``.
+
+    Every panel labels every row and column (x labels stand vertical). The layout is computed in pixels
+    from the labels: the space between two panels holds the upper panel's labels and the lower
+    panel's title, and the figure's title (wrapped to fit a phone) sits above the first panel's title.
+    """
+    from plotly.subplots import make_subplots
+
+    arrays = [_as_array(values) for _, values, _ in panels]
+    for (name, _, labels), arr in zip(panels, arrays):
+        if len(labels) != arr.shape[1]:
+            raise ValueError(f"panel {name!r}: {len(labels)} x labels for {arr.shape[1]} columns")
+    lim = float(zmax) if zmax is not None else max(_limit(arr) for arr in arrays)
+    panel_title = 1.4 * SUBPLOT_TITLE_SIZE + 6
+    # labels stand vertical: at 45° neighbours' text boxes overlap on a phone
+    gap = max(tick_label_depth(labels, 90) for _, _, labels in panels[:-1]) + panel_title + 10 if len(panels) > 1 else 0
+    heights = [ROW_HEIGHT * arr.shape[0] for arr in arrays]
+    plot = sum(heights) + gap * (len(panels) - 1)
+    title_layout, top = _title_over_panels(title)
+    bottom = tick_label_depth(panels[-1][2], 90) + 1.4 * 12 + 16  # the labels, then the axis title
+    fig = make_subplots(
+        rows=len(panels), cols=1, subplot_titles=[name for name, _, _ in panels],
+        row_heights=heights, vertical_spacing=gap / plot,
+    )
+    fig.update_annotations(font={"size": SUBPLOT_TITLE_SIZE})
+    for row, ((name, _, labels), arr) in enumerate(zip(panels, arrays), start=1):
+        x, y = list(labels), [str(i) for i in range(arr.shape[0])]
+        fig.add_trace(
+            go.Heatmap(
+                z=arr, x=x, y=y, colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim, showscale=row == 1,
+                colorbar={"title": {"text": colorbar_title}, "thickness": 12, "len": 1, "y": 0.5, "yanchor": "middle"},
+                hovertemplate=f"{name}<br>{y_title} %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<extra></extra>",
+            ),
+            row=row, col=1,
+        )
+        fig.update_yaxes(title_text=y_title, type="category", tickmode="array", tickvals=y, ticktext=y,
+                         autorange="reversed", row=row, col=1)
+        # every column labelled in every panel (a shared axis would leave the upper ones bare)
+        fig.update_xaxes(type="category", tickangle=-90, tickmode="array", tickvals=x, ticktext=x,
+                         tickfont={"size": TICK_SIZE}, row=row, col=1)
+    fig.update_xaxes(title_text=x_title, row=len(panels), col=1)
+    fig.update_layout(
+        title=title_layout, margin={"t": round(top), "b": round(bottom)},
+        height=round(top + plot + bottom),
+    )
+    return fig
+
+
 def save_png(
     values: Float[Tensor, "rows cols"] | np.ndarray,
     x_labels: Sequence[str],
@@ -191,10 +286,14 @@ def stacked_lines(
             fig.add_scatter(
                 x=_values(x), y=_values(y), name=name, legendgroup=name, showlegend=row == 1,
                 line={"color": colors[name]}, row=row, col=1,
+                hovertemplate=f"{name}, {panel_titles[row - 1]}<br>{x_title} %{{x}}<br>{y_title} %{{y:.3f}}<extra></extra>",
             )
     fig.update_xaxes(title_text=x_title, row=len(panel_titles), col=1)
     if all(float(v).is_integer() for x, _ in series.values() for v in _values(x)):
         fig.update_xaxes(dtick=1)  # layers: one tick each, no fractional layer numbers
     fig.update_yaxes(title_text=y_title)
-    fig.update_layout(title=wrap(title), height=260 * len(panel_titles) + 40 * len(series) + 120)
+    fig.update_annotations(font={"size": SUBPLOT_TITLE_SIZE})
+    title_layout, top = _title_over_panels(title)
+    fig.update_layout(title=title_layout, margin={"t": round(top)},
+                      height=260 * len(panel_titles) + 40 * len(series) + 80 + round(top))
     return fig

@@ -16,8 +16,9 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float
-from plotly.subplots import make_subplots
 from torch import Tensor
+
+from patchlab.plots import shared_limit, stacked_heatmaps
 
 DATA = Path(__file__).resolve().parent / "data" / "gpt2_small_ioi.json"
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head_out")
@@ -68,8 +69,8 @@ def side_by_side(
     x_labels: Sequence[str],
     zmax: float | None = None,
 ) -> go.Figure:
-    """The published map above the computed one, on one colour scale centred at 0 (±``zmax``, by
-    default the largest absolute value of the two).
+    """The published map above the computed one (`patchlab.plots.stacked_heatmaps`), on one colour
+    scale centred at 0 (±``zmax``, by default the largest absolute value of the two).
 
     For [layer, position] maps both models must have the same positions (``x_labels``, one per
     column, are shared); for ``head_out`` each map gets its own head axis.
@@ -86,29 +87,11 @@ def side_by_side(
         )
     if not by_head and len(x_labels) != ours.shape[1]:
         raise ValueError(f"{len(x_labels)} x labels for {ours.shape[1]} positions")
-    limit = zmax or float(max(np.abs(ours).max(), np.abs(theirs).max(), 1e-6))
-    titles = (f"{published.model} (published)", f"{computed_name} (computed on this page)")
-    fig = make_subplots(
-        rows=2, cols=1, subplot_titles=titles, vertical_spacing=0.12,
-        row_heights=[theirs.shape[0], ours.shape[0]],
+    heads = [[f"H{h}" for h in range(values.shape[1])] for values in (theirs, ours)]
+    return stacked_heatmaps(
+        [(f"{published.model} (published)", theirs, heads[0] if by_head else x_labels),
+         (f"{computed_name} (computed on this page)", ours, heads[1] if by_head else x_labels)],
+        f"patching {component}: one colour scale",
+        zmax=zmax or shared_limit(ours, theirs),
+        x_title="head" if by_head else "position",
     )
-    for row, values in ((1, theirs), (2, ours)):
-        x = [f"H{h}" for h in range(values.shape[1])] if by_head else list(x_labels)
-        fig.add_trace(
-            go.Heatmap(
-                z=values, x=x, y=[str(layer) for layer in range(values.shape[0])],
-                colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit, showscale=row == 1,
-                colorbar={"title": {"text": "normalised<br>logit diff"}, "len": 0.9},
-                hovertemplate=f"{titles[row - 1]}<br>layer %{{y}}<br>%{{x}}<br>value %{{z:.3f}}<extra></extra>",
-            ),
-            row=row, col=1,
-        )
-        fig.update_yaxes(title_text="layer", autorange="reversed", type="category", row=row, col=1)
-        # every column labelled in both panels (a shared axis would leave the upper one bare)
-        fig.update_xaxes(type="category", tickangle=-45, tickmode="array", tickvals=x, ticktext=x, row=row, col=1)
-    fig.update_xaxes(title_text="head" if by_head else "position", row=2, col=1)
-    fig.update_layout(
-        title=f"patching {component}: one colour scale",
-        height=28 * (theirs.shape[0] + ours.shape[0]) + 320,
-    )
-    return fig

@@ -122,3 +122,41 @@ def test_offline_extension_keeps_figures_and_serves_plotly_js_once(renderer: str
     assert len(html) == 1 and "Plotly.newPlot" in html[0] and "plotly-graph-div" in html[0]
     assert "cdn.plot.ly" not in html[0] and "plotly.js v" not in html[0]
     assert not any("network" in r.getMessage() for r in caplog.records)
+
+
+def test_offline_extension_serves_circuitsvis_once(caplog) -> None:
+    """A widget keeps its own render call but not the 1.3 MB bundle circuitsvis inlines into each
+    (the book loads ``_static/circuitsvis.js`` instead); a bundle of another circuitsvis version is a warning."""
+    import circuitsvis as cv
+    import torch
+    from docutils import nodes
+    from docutils.utils import new_document
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import offline_html
+
+    widget = cv.attention.attention_heads(torch.rand(2, 3, 3), ["a", "b", "c"]).local_src
+    document = new_document("page")
+    document += nodes.raw("", widget, format="html")
+    document += nodes.raw("", widget.replace("var CircuitsVis=", "var CircuitsVis= /* other version */"), format="html")
+    with caplog.at_level("WARNING"):
+        offline_html._clean_outputs(None, document)
+    html = [node.astext() for node in document.findall(nodes.raw)]
+    assert len(widget) > 1_000_000 and len(html[0]) < 2_000, len(html[0])
+    assert offline_html.CIRCUITSVIS_RENDER in html[0] and offline_html.CIRCUITSVIS_BUNDLE not in html[0]
+    assert [r.getMessage() for r in caplog.records if "circuitsvis" in r.getMessage()] != []
+
+
+def test_reader_page_lists_each_script_once() -> None:
+    """Sphinx 7.4 lists an inline script added after its builder started twice (filename None, then
+    ''): sphinx-thebe's ``const THEBE_JS_URL`` then throws on every page. Each script stays once, in order."""
+    from sphinx.builders.html._assets import _JavaScript
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import reader_page
+
+    thebe = 'const THEBE_JS_URL = "x"'
+    scripts = [_JavaScript("a.js"), _JavaScript(None, body=thebe), _JavaScript("", body=thebe),
+               _JavaScript("", body="let y = 1"), _JavaScript("a.js")]
+    kept = reader_page.unique_scripts(scripts)
+    assert [(s.filename or "", s.attributes.get("body")) for s in kept] == [("a.js", None), ("", thebe), ("", "let y = 1")]

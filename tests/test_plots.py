@@ -91,3 +91,62 @@ def test_title_names_model_component_and_direction():
     title = plots.patching_title("ioi-mini", "resid_pre")
     assert "ioi-mini" in title and "resid_pre" in title and "clean → corrupted" in title
     assert "corrupted → clean" in plots.patching_title("ioi-mini", "resid_pre", "corrupted → clean")
+
+
+def test_every_trace_type_the_book_draws_gets_a_formatted_hover():
+    """A trace without its own hovertemplate gets the template's (rounded values, its name), never
+    plotly's raw "trace 0 / x: / y:"; the template keeps plotly's own trace defaults."""
+    template = go.Figure().layout.template
+    for kind in ("scatter", "bar", "heatmap"):
+        hover = getattr(template.data, kind)[0].hovertemplate
+        assert hover and ":.3f}" in hover, kind
+    assert template.data.heatmap[0].colorscale is not None  # plotly's defaults are merged, not replaced
+
+
+def test_tick_label_depth_grows_with_the_longest_label_and_the_angle():
+    short, long = ["0: 'a'"], ["0: 'a'", "14: ' to' (END)"]
+    assert plots.tick_label_depth(long) > plots.tick_label_depth(short)
+    assert plots.tick_label_depth(long, 90) > plots.tick_label_depth(long, 45) > plots.tick_label_depth(long, 0)
+    # vertical labels reach down their full length (0.62 font sizes a character), plus the gap
+    assert plots.tick_label_depth(long, 90, size=10) == pytest.approx(15 * 6.2 + 6)
+    assert plots.tick_label_depth([], 90) == pytest.approx(6)
+
+
+def _pixels(fig: go.Figure, axis: str) -> tuple[float, float]:
+    """An axis's domain in pixels from the figure's top (the figure's own height and margins)."""
+    layout = fig.layout
+    plot = layout.height - layout.margin.t - layout.margin.b
+    low, high = layout[axis].domain
+    return layout.margin.t + (1 - high) * plot, layout.margin.t + (1 - low) * plot
+
+
+def test_stacked_heatmaps_leave_room_for_labels_and_titles():
+    """Computed in pixels: the space between panels holds the upper panel's vertical labels and the
+    lower panel's title; the top margin holds the figure's title above the first panel's title."""
+    labels = [f"{i}: ' token{i}'" + (" (END)" if i == 14 else "") for i in range(15)]
+    panels = [("published", torch.randn(12, 15), labels), ("computed", torch.randn(4, 15), labels)]
+    fig = plots.stacked_heatmaps(panels, "a title long enough to wrap onto a second line on a phone", zmax=2.0)
+    upper, lower = _pixels(fig, "yaxis"), _pixels(fig, "yaxis2")
+    gap = lower[0] - upper[1]
+    assert gap >= plots.tick_label_depth(labels, 90) + plots.SUBPLOT_TITLE_SIZE
+    assert upper[1] - upper[0] == pytest.approx(12 / 4 * (lower[1] - lower[0]), rel=0.01)  # rows alike
+    lines = fig.layout.title.text.count("<br>") + 1
+    assert lines == 2 and fig.layout.title.pad.b >= 12 + plots.SUBPLOT_TITLE_SIZE  # above the panel's title
+    assert fig.layout.margin.t >= 10 + 18 * lines + fig.layout.title.pad.b
+    assert fig.layout.margin.b >= plots.tick_label_depth(labels, 90)
+    assert [a.text for a in fig.layout.annotations] == ["published", "computed"]
+    for trace in fig.data:
+        assert (trace.zmin, trace.zmax, trace.zmid) == (-2.0, 2.0, 0) and list(trace.x) == labels
+        assert "%{z:.3f}" in trace.hovertemplate
+    assert [t.showscale for t in fig.data] == [True, False]
+    assert fig.layout.xaxis.tickangle == fig.layout.xaxis2.tickangle == -90
+    assert list(fig.layout.xaxis.ticktext) == labels and fig.layout.xaxis2.title.text == "position"
+    with pytest.raises(ValueError, match="computed"):
+        plots.stacked_heatmaps([("computed", torch.zeros(2, 3), ["a"])], "t")
+
+
+def test_stacked_lines_put_the_title_above_the_first_panel_title():
+    fig = plots.stacked_lines({"a": ([0, 1], [[0, 1], [1, 0]])}, ["at S2", "at END"], "t", "layer", "value")
+    assert fig.layout.title.pad.b >= 12 + plots.SUBPLOT_TITLE_SIZE
+    assert fig.layout.margin.t >= 18 + fig.layout.title.pad.b
+    assert all("%{y:.3f}" in t.hovertemplate for t in fig.data)

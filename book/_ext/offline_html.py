@@ -11,12 +11,17 @@
   browser fetches it once for the whole book, and the book still reads offline.
 - plotly also writes a ``<script src>`` for MathJax from a CDN into every figure; the book already
   serves MathJax itself (``mathjax_path``), so those tags are removed.
+- circuitsvis's ``local_src`` inlines its whole JavaScript bundle (1.3 MB) into every widget. The
+  bundle is removed from the outputs, copied once to ``_static/circuitsvis.js`` and loaded from there
+  by the pages that draw a widget (before the widgets' own ``CircuitsVis.render`` calls run). A bundle
+  that is not the installed circuitsvis's (a page executed with another version) is a warning.
 - Any other output that still loads a script from the network is reported as a warning, so a
   build with ``-W`` fails instead of shipping a page that breaks offline.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -41,14 +46,26 @@ PLOTLY_LOADERS = re.compile(
 )
 # plotly's configuration script that comes with its loader (the book sets it once, in `_add_plotly`)
 PLOTLY_CONFIG = re.compile(r"<script[^>]*>\s*window\.PlotlyConfig = [^<]*</script>")
+CIRCUITSVIS_JS = "circuitsvis.js"
+CIRCUITSVIS_BUNDLE = "var CircuitsVis="  # how circuitsvis's bundle starts (after "use strict")
+CIRCUITSVIS_RENDER = "CircuitsVis.render("  # what a widget's own script calls
+SOURCE_MAP = re.compile(r"\n//# sourceMappingURL=\S*\s*$")
 REMOTE_SCRIPT = re.compile(
     r'<script[^>]*\bsrc="(?:https?:)?//[^"]*"|\bimport\s[^;]*?from\s*"https?://[^"]*"|\bimport\s*"https?://[^"]*"'
 )
 
 
+def _circuitsvis_bundle() -> str | None:
+    """The installed circuitsvis's JavaScript bundle (None without circuitsvis)."""
+    spec = importlib.util.find_spec("circuitsvis")
+    if spec is None or spec.origin is None:
+        return None
+    return (Path(spec.origin).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8")
+
+
 def _clean_outputs(app: Sphinx, doctree: nodes.document) -> None:
-    """Drop plotly's own loaders of plotly.js and of MathJax from HTML outputs; warn about any other
-    remote script."""
+    """Drop plotly's own loaders of plotly.js and of MathJax, and circuitsvis's inline bundle, from
+    HTML outputs; warn about any other remote script or inline bundle."""
     for node in list(doctree.findall(nodes.raw)):
         if "html" not in node.get("format", ""):
             continue
@@ -59,6 +76,15 @@ def _clean_outputs(app: Sphinx, doctree: nodes.document) -> None:
             if not cleaned.strip():  # the output was only the loader: leave no empty output box
                 node.parent.remove(node)
                 continue
+        if CIRCUITSVIS_BUNDLE in cleaned:
+            bundle = _circuitsvis_bundle()
+            if bundle is not None:  # inlined as circuitsvis's render_local does, without "</script>"
+                cleaned = cleaned.replace(bundle.replace("</script>", ""), "")
+            if CIRCUITSVIS_BUNDLE in cleaned:
+                logger.warning(
+                    "an output inlines a circuitsvis bundle that is not the installed circuitsvis's: "
+                    "execute the page again with the installed version", location=node,
+                )
         if cleaned != html:
             node.replace_self(nodes.raw(node.rawsource, cleaned, **node.attributes))
         remote = REMOTE_SCRIPT.search(cleaned)
@@ -70,15 +96,20 @@ def _clean_outputs(app: Sphinx, doctree: nodes.document) -> None:
 
 
 def _add_plotly(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
-    """Load the book's one copy of plotly.js on the pages that draw a plotly figure (in the head,
-    before the figures' own scripts call ``Plotly.newPlot``)."""
-    if "plotly-graph-div" in context.get("body", ""):
+    """Load the book's one copy of plotly.js on the pages that draw a plotly figure, and of
+    circuitsvis on the pages that draw a widget (in the head, before the figures' own scripts call
+    ``Plotly.newPlot`` or ``CircuitsVis.render``)."""
+    body = context.get("body", "")
+    if "plotly-graph-div" in body:
         app.add_js_file(None, body="window.PlotlyConfig = {MathJaxConfig: 'local'};", priority=400)
         app.add_js_file(PLOTLY_JS, priority=401)
+    if CIRCUITSVIS_RENDER in body:
+        app.add_js_file(CIRCUITSVIS_JS, priority=402)
 
 
 def _copy_plotly(app: Sphinx, exception: Exception | None) -> None:
-    """Copy the installed plotly package's plotly.js to ``_static`` (once for the whole book)."""
+    """Copy the installed plotly package's plotly.js, and circuitsvis's bundle (without its source
+    map, which the book does not ship), to ``_static`` (once for the whole book)."""
     if exception is not None or app.builder.format != "html":
         return
     import plotly
@@ -87,6 +118,9 @@ def _copy_plotly(app: Sphinx, exception: Exception | None) -> None:
     static = Path(app.outdir) / "_static"
     static.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, static / PLOTLY_JS)
+    bundle = _circuitsvis_bundle()
+    if bundle is not None:
+        (static / CIRCUITSVIS_JS).write_text(SOURCE_MAP.sub("\n", bundle), encoding="utf-8")
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
