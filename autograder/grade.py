@@ -807,7 +807,7 @@ def grade(
     the last run and the gradebook (after manual grading). ``late``: the deadline, the penalty per day
     and its maximum as written on the command line (:func:`autograder.late.combine`; what is not given
     comes from the last rule recorded in ``out``); ``submitted``: when each learner handed in (default:
-    the file's modification time). Returns this run's rows. Raises :class:`GradingError` (one line)
+    the time in ``submissions/.lms.csv``, written by ``import``, else the file's modification time). Returns this run's rows. Raises :class:`GradingError` (one line)
     when the run cannot start. With ``shard``, only that shard's share
     (:mod:`autograder.shard`)."""
     submissions, out = Path(submissions).resolve(), Path(out).resolve()
@@ -832,6 +832,10 @@ def grade(
         if device == "cuda":
             gpu.check_torch()
     except (sandbox.SandboxError, gpu.GpuError) as err:
+        raise GradingError(str(err)) from None
+    try:  # the LMS's times (``import`` wrote them) before the files' own
+        submitted = {**lms.submitted_times(submissions), **(submitted or {})}
+    except lms.LMSError as err:
         raise GradingError(str(err)) from None
     subs, skipped = inventory(submissions, limits.notebook_mib * 2**20)
     if shard is not None:

@@ -403,6 +403,20 @@ def read_sidecar(into: Path) -> dict[str, dict[str, str]]:
     return {r["student"]: r for r in rows}
 
 
+def submitted_times(into: Path) -> dict[str, datetime]:
+    """When the LMS says each learner of ``into/.lms.csv`` handed in (for the late rule); learners
+    without a time, or with one that is not ISO 8601 with its UTC offset, are left out."""
+    times = {}
+    for student, row in read_sidecar(into).items():
+        try:
+            when = datetime.fromisoformat(row.get("submitted_at") or "")
+        except ValueError:
+            continue
+        if when.tzinfo is not None:
+            times[student] = when
+    return times
+
+
 def write_sidecar(into: Path, rows: dict[str, dict[str, str]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SIDECAR_FIELDS, lineterminator="\n")

@@ -84,6 +84,11 @@ def term(tmp_path_factory):
     seen["final_page"] = page_text(out / "feedback" / "latecomer.html")
     seen["record"] = json.loads((out / "run.json").read_text(encoding="utf-8"))
     seen["pages"] = sorted(p.name for p in (out / "feedback").glob("*.html"))
+    # the LMS's time of the late submission (as `import` writes it) wins over the file's
+    (late / ".lms.csv").write_text("student,lms,submitted_at,late,source\n"
+                                   "latecomer,gradescope,2026-01-10T06:00:00+00:00,,latecomer.ipynb\n", encoding="utf-8")
+    grade(late, RP, out, "--no-run")
+    seen["lms_time"] = read_grades(out)
     return seen
 
 
@@ -157,6 +162,13 @@ def test_a_late_submission_graded_into_the_class_keeps_every_other_row(term):
     assert [run["executed"] for run in runs] == [True, False, True, True, False]
     assert runs[3]["late"] == {"deadline": DEADLINE, "percent_per_day": 10.0, "max_percent": 100.0}
     assert term["record"]["learners"] == {"answered": 2, "latecomer": 3, "untouched": 0}
+
+
+@pytest.mark.slow
+def test_the_lms_submission_time_decides_lateness(term):
+    row = term["lms_time"]["latecomer"]
+    assert (row["submitted"], row["late"], row["penalty"], row["score"]) == (
+        "2026-01-10T06:00:00+00:00", "0.25", "0.8", "7.2"), row
 
 
 # --- without grading ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,17 @@ def test_export_on_the_command_line_writes_the_file(out: Path, tmp_path: Path, c
     assert "is not a folder" in capsys.readouterr().err
     assert main(["export", str(out), "--assignment", "logit_difference", "--format", "csv"]) == 2
     assert capsys.readouterr().err.strip().endswith("holds no grades of 'logit_difference': check --assignment")
+
+
+def test_the_sidecars_times_are_read_for_the_late_rule(tmp_path):
+    (tmp_path / lms.SIDECAR).write_text(
+        "student,lms,submitted_at,late,source\n"
+        "ada,gradescope,2026-01-10T06:00:00+00:00,,a.ipynb\n"
+        "bob,canvas,,late,b.ipynb\n"          # Canvas's late mark without a time: the file's time decides
+        "cy,gradescope,2026-01-10T06:00,,c.ipynb\n"  # no UTC offset: not trusted to be UTC
+        "dee,gradescope,yesterday,,d.ipynb\n", encoding="utf-8")
+    assert lms.submitted_times(tmp_path) == {"ada": datetime(2026, 1, 10, 6, tzinfo=timezone.utc)}
+    assert lms.submitted_times(tmp_path / "nowhere") == {}
+    (tmp_path / lms.SIDECAR).write_text("who,when\nada,now\n", encoding="utf-8")
+    with pytest.raises(lms.LMSError, match="not the file import writes"):
+        lms.submitted_times(tmp_path)
