@@ -33,10 +33,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
+from nbgrader.api import Gradebook
 
 from autograder import interrupt, record, sandbox, summary
 from autograder.classrecord import BASE_FIELDS, ClassRecord, RecordError
-from autograder.config import assignments
+from autograder.config import assignments, environment
 from autograder.grade import GRADING_MODELS, TIMEOUTS, Grade, Grader, GradingError, OutputFolder, Submission, learner_id
 from autograder.release import source_notebook
 
@@ -94,7 +95,7 @@ def read_shard(folder: Path, assignment: str) -> ShardOutput:
     graded_on = folder / "nbgrader" / "source" / assignment / f"{assignment}.ipynb"
     if not graded_on.is_file() or graded_on.read_bytes() != source_notebook(assignment).read_bytes():
         raise GradingError(f"{folder} was graded on another version of {assignment}: grade that shard again")
-    if (folder / "nbgrader" / record.ANSWERS_FILE).exists():
+    if hand_scored(folder / "nbgrader" / "gradebook.db", assignment):
         raise GradingError(f"{folder} holds hand-given scores, which a merge cannot carry: merge first, then "
                            "give them in the merged folder (python -m autograder score)")
     rows = list(book.rows.values())
@@ -102,6 +103,15 @@ def read_shard(folder: Path, assignment: str) -> ShardOutput:
         raise GradingError(f"{folder / 'grades.csv'} is not a grades.csv of this grader")
     log = [line for line in book.log.splitlines() if not line.startswith("grading run")]
     return ShardOutput(folder, run, rows, log)
+
+
+def hand_scored(db: Path, assignment: str) -> bool:
+    """Whether the gradebook ``db`` holds a score given by hand (``score`` or formgrader)."""
+    if not db.is_file():
+        return False
+    with environment(), Gradebook(f"sqlite:///{db}") as gb:
+        return any(grade.manual_score is not None for submission in gb.assignment_submissions(assignment)
+                   for notebook in submission.notebooks for grade in notebook.grades)
 
 
 def check_split(shards: list[ShardOutput]) -> None:
