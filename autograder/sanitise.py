@@ -62,10 +62,13 @@ def safe_markdown(source: str) -> str:
 
 
 def with_csp(page: str) -> str:
-    """``page`` with :data:`CSP_META` as the first element of its head (before any script could run)."""
+    """``page`` with :data:`CSP_META` as the first element of its head (before any script could run);
+    a page that already starts its head with it (a shard's page, merged) is returned as it is."""
     match = re.search(r"<head[^>]*>", page, re.IGNORECASE)
     if match is None:
         return f"<!DOCTYPE html>\n<html><head>{CSP_META}</head><body><pre>{bleach.clean(page)}</pre></body></html>\n"
+    if page.startswith(CSP_META, match.end()):
+        return page
     return page[:match.end()] + CSP_META + page[match.end():]
 
 
