@@ -10,7 +10,7 @@ import jupytext
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import notebooks  # noqa: E402  (tools/notebooks.py)

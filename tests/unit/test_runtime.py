@@ -11,7 +11,7 @@ import torch
 
 from patchlab.runtime import COLAB_GPU_ADVICE, progress, runtime_note
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_model(n_params: int, device: str = "cpu") -> SimpleNamespace:

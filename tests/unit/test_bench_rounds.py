@@ -12,7 +12,7 @@ import pytest
 from grading import load_module  # tests/grading.py
 from patchlab import rounds
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "bench"
 summary_tool = load_module("bench_summary", "tools/bench_summary.py")
 
