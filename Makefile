@@ -11,7 +11,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # auto = GPT-2 small when it can be loaded, else the course model ioi-mini.
 PATCHLAB_MODEL ?=
 # The released exercises, run by nbval in `make test` as learners get them. (The chapters run in
-# `make book`, on the course model, and in tests/test_gpt2_offline.py, on GPT-2's code path.)
+# `make book`, on the course model, and in tests/e2e/test_gpt2_offline.py, on GPT-2's code path.)
 READER_NOTEBOOKS = exercises/*/*.ipynb
 # `make test` runs this many pytest workers (pytest-xdist), each on one test file or class at a time, with one
 # torch thread each: most tests wait on one single-threaded process (a kernel, a grading run).
@@ -20,7 +20,7 @@ TEST_WORKERS ?= 2
 # torch operations 10-100 times slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup book test release
+.PHONY: setup book test test-fast release
 
 setup: $(STAMP)
 
@@ -34,14 +34,19 @@ $(STAMP): pyproject.toml requirements.txt constraints.txt
 book: $(STAMP)
 	PATCHLAB_MODEL=$(PATCHLAB_MODEL) PLOTLY_RENDERER=notebook $(BIN)/jupyter-book build . -W -n --keep-going
 
-# The test suite, then every reader notebook executed as learners get it (offline, course model).
+# The test suite (both tiers, tests/README.md), then every reader notebook executed as learners get it
+# (offline, course model). This is what CI runs.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=25
 	OMP_NUM_THREADS=1 PATCHLAB_MODEL=ioi-mini HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadscope --nbval-lax --nbval-current-env $(READER_NOTEBOOKS)
 
+# The unit tier alone (tests/unit/: in-process, no kernel, sandbox, browser or build), for the edit loop.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=10 tests/unit
+
 # Before publishing a release: checks the version, course.toml, the notebooks' install lines and
-# Colab links and a clean tree, runs the as-shipped test (tests/test_install.py), then prints the
+# Colab links and a clean tree, runs the as-shipped test (tests/e2e/test_install.py), then prints the
 # commands that publish it. RELEASE_FLAGS=--dry-run while course.toml's repository is a placeholder.
 RELEASE_FLAGS ?=
 release: $(STAMP)

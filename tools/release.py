@@ -7,7 +7,7 @@ commands that publish it (``make release``).
 The checks: the version in pyproject.toml is ``patchlab.__version__``; course.toml's ref is its tag
 ``v`` + version and its repository is not the placeholder; every notebook's install line and Colab
 link use that tag and every .ipynb matches its .md (``tools/notebooks.py check``); the working tree is
-clean; the tag is free or already on this commit. Then ``tests/test_install.py``: the wheel and sdist,
+clean; the tag is free or already on this commit. Then ``tests/e2e/test_install.py``: the wheel and sdist,
 and the install from a tagged local remote into a Colab-like venv running every reader notebook.
 Nothing is tagged or pushed: the commands are printed for the maintainer to run.
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import notebooks  # noqa: E402  (tools/notebooks.py)
 
 ROOT = Path(__file__).resolve().parent.parent
-AS_SHIPPED = [sys.executable, "-m", "pytest", "-q", "-rP", "-p", "no:xdist", "-p", "no:cacheprovider", "tests/test_install.py"]
+AS_SHIPPED = [sys.executable, "-m", "pytest", "-q", "-rP", "-p", "no:xdist", "-p", "no:cacheprovider", "tests/e2e/test_install.py"]
 
 
 def git(root: Path, *args: str) -> str:

@@ -4,8 +4,8 @@ The fixtures (tests/fixtures/submissions/build.py) are graded in six runs (`--jo
 logit_difference (with entries that must be skipped, and a relative --out), residual_patching,
 attention_heads, an endless loop with a short cell timeout, and a residual_patching class graded, given a manual grade,
 reported again (--no-run), and regraded after a learner changed the scored answer. The lifecycle
-of a run (interruptions, held folders, bad options) is in tests/test_grading_lifecycle.py, the hostile
-submissions in tests/test_grading_attacks.py.
+of a run (interruptions, held folders, bad options) is in tests/e2e/test_grading_lifecycle.py, the hostile
+submissions in tests/e2e/test_grading_attacks.py.
 """
 
 from __future__ import annotations

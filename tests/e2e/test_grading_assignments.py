@@ -1,6 +1,6 @@
 """End to end: each later assignment's submission fixtures graded by `python -m autograder grade` in
 bubblewrap, one class per assignment, so that pytest's workers (``--dist loadscope``) grade them side
-by side with tests/test_autograder.py."""
+by side with tests/e2e/test_autograder.py."""
 
 from __future__ import annotations
 

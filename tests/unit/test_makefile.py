@@ -1,5 +1,6 @@
-"""`make book` and `make test` set up the venv when it is missing, once (a stamp file), and `make
-test` runs the released exercise notebooks through nbval. Checked with make's dry run (nothing is executed)."""
+"""`make book` and `make test` set up the venv when it is missing, once (a stamp file), `make test`
+runs both tiers and the released exercise notebooks through nbval, `make test-fast` the unit tier
+alone. Checked with make's dry run (nothing is executed)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def dry_run(target: str, venv: Path) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("target", ["book", "test", "setup"])
+@pytest.mark.parametrize("target", ["book", "test", "test-fast", "setup"])
 def test_each_command_sets_up_a_missing_venv_then_reuses_it(target: str, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     fresh = dry_run(target, venv)
@@ -43,3 +44,10 @@ def test_make_test_runs_the_suite_and_nbval_over_the_exercises(tmp_path: Path) -
     nbval = next(line for line in commands.replace("\\\n", " ").splitlines() if "--nbval-lax" in line)
     assert "PATCHLAB_MODEL=ioi-mini" in nbval and "exercises/*/*.ipynb" in nbval and "book/" not in nbval
     assert "-n 2 --dist loadscope" in nbval
+
+
+def test_make_test_fast_runs_the_unit_tier_alone(tmp_path: Path) -> None:
+    (pytest_line,) = [line for line in dry_run("test-fast", tmp_path / "venv").splitlines() if "-m pytest" in line]
+    assert pytest_line.startswith("OMP_NUM_THREADS=1 ") and pytest_line.split()[-1] == "tests/unit"
+    assert "nbval" not in pytest_line and "tests/e2e" not in pytest_line
+

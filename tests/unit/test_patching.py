@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tl_functions import TL_FUNCTIONS  # tests/tl_functions.py
+from tl_functions import TL_FUNCTIONS  # tests/unit/tl_functions.py
 
 from patchlab.patching import COMPONENTS, hook_name, reference_cells, reference_head_patching, reference_patching
 

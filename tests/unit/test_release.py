@@ -1,5 +1,5 @@
 """tools/release.py: each check of a release refuses what it must, on a small copy of the repository
-(git, no network; the as-shipped test it then runs is tests/test_install.py's)."""
+(git, no network; the as-shipped test it then runs is tests/e2e/test_install.py's)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """TransformerLens's own patching function for each of patchlab's components: the independent
-computation that the reference loop (tests/test_patching.py) and fast patching
-(tests/test_fast_patching.py) are checked against."""
+computation that the reference loop (tests/unit/test_patching.py) and fast patching
+(tests/unit/test_fast_patching.py) are checked against."""
 
 from __future__ import annotations
 
