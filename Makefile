@@ -43,7 +43,7 @@ test: $(STAMP)
 
 # The unit tier alone (tests/unit/: in-process, no kernel, sandbox, browser or build), for the edit loop.
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=30 tests/unit
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=10 tests/unit
 
 # Before publishing a release: checks the version, course.toml, the notebooks' install lines and
 # Colab links and a clean tree, runs the as-shipped test (tests/e2e/test_install.py), then prints the
