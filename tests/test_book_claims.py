@@ -223,3 +223,56 @@ def test_the_classes_the_course_model_lacks(head_evidence) -> None:
     l, h = divmod(int(e["S2→S1"].argmax()), e["S2→S1"].shape[1])
     assert (f"no duplicate-token heads (the most any head attends from S2 to S1 is {e['S2→S1'].max():.2f}, "
             f"head {l}.{h}, whose patching effect is {_signed(e['patching'][l, h])})") in text
+
+
+@pytest.mark.parametrize("page, drawn", [
+    ("residual_patching", 'heatmap(high - low, labels, f"{model_label(model)}: width of the 95% bootstrap interval'),
+    ("attention_heads", 'heatmap(high - low, [f"H{h}" for h in range(n_heads)]'),
+    ("circuit_faithfulness", '"95% bootstrap interval, low": (sizes, [low.tolist()])'),
+])
+def test_uncertainty_is_drawn_on_the_residual_map_the_head_map_and_the_faithfulness_figure(page: str, drawn: str) -> None:
+    """The bootstrap interval (patchlab.uncertainty, tested in test_uncertainty.py) is drawn on the figure
+    where the numbers are compared, not only printed."""
+    import jupytext
+
+    code = "\n".join(c.source for c in jupytext.read(ROOT / "book" / f"{page}.md").cells if c.cell_type == "code")
+    assert "bootstrap_interval(" in code and drawn in code
+
+
+def test_what_chapter_14_says_of_its_corruptions_holds_on_the_course_model(model, classic, classic_run) -> None:
+    """The S2 swap's corrupted run is the clean one's mirror; ABC's sits near 0; noise three times the
+    embeddings' std makes the S2 embedding much larger; the name swap changes S1 and IO too, and only
+    its map lights up before S2."""
+    import torch
+
+    from patchlab.corruptions import embedding_noise, swap_names
+    from patchlab.ioi import abc_ioi, make_ioi_data
+    from patchlab.metrics import metric_from_runs
+    from patchlab.patching import fast_patching
+
+    text = flat((ROOT / "book" / "choosing_corruption.md").read_text(encoding="utf-8"))
+    for sentence in ("0 is a model that confidently names S (its logit difference is the negative of the clean one)",
+                     "the noised embedding is much larger than the clean one",
+                     "its corrupted logit difference sits near 0 rather than at the clean one's negative",
+                     "so its map can light up where the names first appear"):
+        assert sentence in text
+    clean_logits, cache, corrupted_logits, metric = classic_run
+    assert metric.corrupted_logit_diff == pytest.approx(-metric.clean_logit_diff, rel=0.01)
+    embedding = cache["hook_embed"][:, classic.s2_pos]
+    noise = embedding_noise(model, classic.clean_tokens, [classic.s2_pos], factor=3.0, seed=0)[:, classic.s2_pos]
+    assert (embedding + noise).norm(dim=-1).mean() > 2 * embedding.norm(dim=-1).mean()
+    swap = make_ioi_data(model, classic.prompts, swap_names(classic.prompts))
+    maps = {}
+    for label, tokens in (("S2 swap", classic.corrupted_tokens), ("name swap", swap.corrupted_tokens),
+                          ("ABC", abc_ioi(model).corrupted_tokens)):
+        with torch.no_grad():
+            run = metric_from_runs(clean_logits, model(tokens), classic.answer_tokens)
+        maps[label] = fast_patching(model, tokens, cache, run, "resid_pre", progress=False)[:, :classic.s2_pos]
+        if label == "ABC":
+            assert abs(run.corrupted_logit_diff) < 0.1 * run.clean_logit_diff
+        changed = set((classic.clean_tokens != tokens).nonzero()[:, 1].tolist())
+        if label == "name swap":
+            assert classic.s2_pos in changed and len(changed) == 3  # IO, S1 and S2
+        else:
+            assert changed == {classic.s2_pos}
+    assert maps["name swap"].abs().max() > 0.1 and maps["S2 swap"].abs().max() < 1e-3 and maps["ABC"].abs().max() < 1e-3
