@@ -1,7 +1,7 @@
 """Sentences found wrong in a review of the book (issue 18) stay out of the chapters, the solutions'
 mark schemes and the library's docstrings; the corrected ones stay in. Whitespace is normalised, so
 a sentence broken over lines still matches. The chapters are numbered in the table of contents'
-order, and every number in chapter 8's table of the course model's heads is recomputed here."""
+order, and every number in chapter 8's list of the course model's heads is recomputed here."""
 
 from __future__ import annotations
 
@@ -106,10 +106,12 @@ def test_chapters_are_numbered_in_the_order_of_the_table_of_contents() -> None:
 
 
 def _head_table() -> dict[str, str]:
-    """Chapter 8's table of the course model's heads: each head's row, whitespace normalised."""
+    """Chapter 8's list of the course model's heads (one item per head, so that it reads on a phone):
+    each head's item, whitespace normalised."""
     text = (ROOT / "book" / "attention_heads.md").read_text(encoding="utf-8")
-    table = text.split("(course-model-heads)=")[1].split("\n\n| head |")[1].split("\n\n")[0]
-    return {row.split("|")[1].strip(): flat(row) for row in table.splitlines()[2:]}
+    section = text.split("(course-model-heads)=")[1].split("\n## ")[0]
+    items = re.findall(r"^- \*\*Head (\d+\.\d+)(.*?)(?=^- |^\n)", section, re.M | re.S)
+    return {head: flat(item) for head, item in items}
 
 
 def _signed(value: float, digits: int = 2) -> str:
@@ -202,7 +204,7 @@ def test_each_number_of_the_course_models_head_table_is_the_librarys(head: str, 
         assert (l, h) in e["receivers"] and abs(e["to logits"][l, h]) < 0.005
         phrases += [f"END→S2 {e['END→S2'][l, h]:.2f}", f"its own path is {abs(e['to logits'][l, h]):.2f}"]
     missing = [p for p in phrases if p not in row]
-    assert not missing, f"head {head}: the table's row lacks {missing} (the library computes these)"
+    assert not missing, f"head {head}: the book's item lacks {missing} (the library computes these)"
 
 
 def test_the_classes_the_course_model_lacks(head_evidence) -> None:
