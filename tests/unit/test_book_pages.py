@@ -69,6 +69,7 @@ def test_chapter_names_its_model_in_its_first_output_and_runs_without_the_book_t
     ("residual_patching", "exercises/residual_patching/residual_patching.ipynb"),
     ("attribution_patching", "exercises/attribution_patching/attribution_patching.ipynb"),
     ("path_patching", "exercises/path_patching/path_patching.ipynb"),
+    ("choosing_corruption", "exercises/choosing_corruption/choosing_corruption.ipynb"),
 ])
 def test_chapter_ends_with_its_exercise(stem: str, exercise: str) -> None:
     text = (ROOT / "book" / f"{stem}.md").read_text(encoding="utf-8")
