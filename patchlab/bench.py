@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from jaxtyping import Int
@@ -48,6 +48,9 @@ from patchlab.metrics import PatchingMetric, metric_from_runs
 from patchlab.patching import (
     attribution_patching, component, fast_path_patching, fast_patching, reference_path_patching, reference_patching,
 )
+
+if TYPE_CHECKING:
+    from patchlab.types import Cache, Model
 
 BENCH_METHODS = ("transformer_lens", "reference", "fast", "attribution")
 # Each head sweep and TransformerLens's function for it.
@@ -96,11 +99,11 @@ class Workload:
     name: str
     clean_tokens: Int[Tensor, "batch pos"]
     corrupted_tokens: Int[Tensor, "batch pos"]
-    clean_cache: Any
+    clean_cache: Cache
     metric: PatchingMetric
 
 
-def _workload(model: Any, name: str, clean: Tensor, corrupted: Tensor, answers: Tensor | None) -> Workload:
+def _workload(model: Model, name: str, clean: Tensor, corrupted: Tensor, answers: Tensor | None) -> Workload:
     """Cache the clean run and build the normalised metric.
 
     Without ``answers`` (random prompts), each prompt is scored on the token its clean run ranks
@@ -118,7 +121,7 @@ def _workload(model: Any, name: str, clean: Tensor, corrupted: Tensor, answers: 
     return Workload(name, clean, corrupted, cache, metric_from_runs(clean_logits, corrupted_logits, answers))
 
 
-def ioi_workload(model: Any, n_prompts: int = 8) -> Workload:
+def ioi_workload(model: Model, n_prompts: int = 8) -> Workload:
     """The first ``n_prompts`` classic IOI prompts (15 tokens; clean and corrupted differ from S2 on)."""
     from patchlab.ioi import classic_ioi
 
@@ -127,7 +130,7 @@ def ioi_workload(model: Any, n_prompts: int = 8) -> Workload:
                      data.answer_tokens[:n_prompts])
 
 
-def general_workload(model: Any, batch: int, seq_len: int, seed: int = 0) -> Workload:
+def general_workload(model: Model, batch: int, seq_len: int, seed: int = 0) -> Workload:
     """Random clean prompts and random corrupted ones that differ from them at every position."""
     generator = torch.Generator().manual_seed(seed)
     vocab = model.cfg.d_vocab
@@ -215,7 +218,7 @@ class PeakMemory:
 def _runners(progress: bool) -> dict[str, Callable[[Any, Workload], Tensor]]:
     from transformer_lens import patching as tl_patching
 
-    def transformer_lens(model: Any, w: Workload) -> Tensor:
+    def transformer_lens(model: Model, w: Workload) -> Tensor:
         return tl_patching.get_act_patch_resid_pre(model, w.corrupted_tokens, w.clean_cache, w.metric)
 
     def ours(method: Callable[..., Tensor]) -> Callable[[Any, Workload], Tensor]:
@@ -225,7 +228,7 @@ def _runners(progress: bool) -> dict[str, Callable[[Any, Workload], Tensor]]:
             "fast": ours(fast_patching), "attribution": ours(attribution_patching)}
 
 
-def _timed(model: Any, run: Callable[[], Any]) -> tuple[float, Any, float | None]:
+def _timed(model: Model, run: Callable[[], Any]) -> tuple[float, Any, float | None]:
     """(seconds, result, peak MiB) of ``run()``."""
     device = torch.device(model.cfg.device)
     with PeakMemory(device) as memory:
@@ -243,7 +246,7 @@ class Rounds:
     """Methods timed in interleaved rounds (:func:`patchlab.rounds.interleave`); each method's values
     and its largest peak memory over the rounds are kept."""
 
-    def __init__(self, model: Any, rounds: int, log: Callable[[str], None]) -> None:
+    def __init__(self, model: Model, rounds: int, log: Callable[[str], None]) -> None:
         self.model, self.rounds, self.log = model, rounds, log
         self.values: dict[str, Tensor] = {}
         self.peaks: dict[str, float | None] = {}
@@ -282,7 +285,7 @@ def _timing_fields(samples: list[float], peer: list[float], key: str) -> dict[st
             key: round(speedup["median"], 2), f"{key}_range": [round(speedup["min"], 2), round(speedup["max"], 2)]}
 
 
-def _bench_workload(model: Any, workload: Workload, progress: bool, rounds: Rounds) -> dict[str, Any]:
+def _bench_workload(model: Model, workload: Workload, progress: bool, rounds: Rounds) -> dict[str, Any]:
     batch, seq_len = workload.clean_tokens.shape
     work = token_layers(model.cfg.n_layers, workload.clean_tokens.cpu(), workload.corrupted_tokens.cpu())
     runners = _runners(progress)
@@ -300,7 +303,7 @@ def _bench_workload(model: Any, workload: Workload, progress: bool, rounds: Roun
             "methods": results}
 
 
-def _tl_head_sweep(model: Any, w: Workload, name: str, cells: int | None) -> tuple[Tensor, Tensor | None, float]:
+def _tl_head_sweep(model: Model, w: Workload, name: str, cells: int | None) -> tuple[Tensor, Tensor | None, float]:
     """TransformerLens's sweep ``name``: (values, the flat indices of the cells it ran or None for all,
     how many times more cells the full sweep has)."""
     import pandas as pd
@@ -321,7 +324,7 @@ def _tl_head_sweep(model: Any, w: Workload, name: str, cells: int | None) -> tup
     return values, flat, total / len(flat)
 
 
-def bench_heads(model: Any, w: Workload, settings: Settings, progress: bool, rounds: Rounds) -> dict[str, Any]:
+def bench_heads(model: Model, w: Workload, settings: Settings, progress: bool, rounds: Rounds) -> dict[str, Any]:
     """Head sweeps (TransformerLens against fast, attribution of head outputs) and path patching,
     each sweep's methods interleaved over the rounds."""
     rows: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ MLPs and embeddings are left alone, as in Wang et al.): ``F(M)`` the whole model
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -24,8 +24,11 @@ from torch import Tensor
 from patchlab.ablation import Head, all_heads, run_ablated
 from patchlab.metrics import logit_diff
 
+if TYPE_CHECKING:
+    from patchlab.types import Model
 
-def outside(model: Any, kept: Iterable[Head]) -> list[Head]:
+
+def outside(model: Model, kept: Iterable[Head]) -> list[Head]:
     """Every head of ``model`` that is not in ``kept``."""
     kept = {(int(layer), int(head)) for layer, head in kept}
     return [lh for lh in all_heads(model) if lh not in kept]
@@ -33,7 +36,7 @@ def outside(model: Any, kept: Iterable[Head]) -> list[Head]:
 
 @torch.no_grad()
 def score(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     answer_tokens: Int[Tensor, "batch 2"],
     means: Float[Tensor, "layer pos head d_head"],
@@ -64,7 +67,7 @@ class Faithfulness:
 
 
 def faithfulness(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     answer_tokens: Int[Tensor, "batch 2"],
     means: Float[Tensor, "layer pos head d_head"],
@@ -79,7 +82,7 @@ def faithfulness(
 
 
 def completeness(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     answer_tokens: Int[Tensor, "batch 2"],
     means: Float[Tensor, "layer pos head d_head"],
@@ -101,7 +104,7 @@ def completeness(
 
 
 def minimality(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     answer_tokens: Int[Tensor, "batch 2"],
     means: Float[Tensor, "layer pos head d_head"],

@@ -21,7 +21,7 @@ import math
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from tqdm.auto import tqdm
 
 from patchlab import ioi
 from patchlab.models import COURSE_MODEL_DIR
+
+if TYPE_CHECKING:
+    from patchlab.types import Model
 
 SEED = 0
 N_LAYERS, D_MODEL, N_HEADS, N_CTX = 4, 128, 4, 32
@@ -151,7 +154,7 @@ def train(
     }
 
 
-def evaluate(model: Any, n_heldout: int = 1000) -> dict:
+def evaluate(model: Model, n_heldout: int = 1000) -> dict:
     """The model card's figures: held-out IOI accuracy, the classic prompts, the patching heatmap."""
     from patchlab.metrics import logit_diff
     from patchlab.patching import patch_ioi

@@ -7,12 +7,15 @@ reusing the recorded keys and values of the earlier positions (causal attention 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from patchlab.types import Model
 
 
 def _tanh_gelu(x: Tensor) -> Tensor:
@@ -75,7 +78,7 @@ class Kernel:
     weights are views of the model's parameters laid out for ``F.linear`` (``[out, in]``), not copies.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Model) -> None:
         cfg = model.cfg
         params = model.tl_parameters()
 
