@@ -20,7 +20,7 @@ TEST_WORKERS ?= 2
 # torch operations 10-100 times slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup book test release
+.PHONY: setup book lint test release
 
 setup: $(STAMP)
 
@@ -34,8 +34,14 @@ $(STAMP): pyproject.toml requirements.txt constraints.txt
 book: $(STAMP)
 	PATCHLAB_MODEL=$(PATCHLAB_MODEL) PLOTLY_RENDERER=notebook $(BIN)/jupyter-book build . -W -n --keep-going
 
-# The test suite, then every reader notebook executed as learners get it (offline, course model).
-test: $(STAMP)
+# ruff's checks and mypy on the library and the grader (configured in pyproject.toml). The formatter,
+# `ruff format`, is configured there too; it is not enforced yet.
+lint: $(STAMP)
+	$(BIN)/ruff check patchlab autograder
+	$(BIN)/mypy
+
+# The lint, the test suite, then every reader notebook executed as learners get it (offline, course model).
+test: $(STAMP) lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=25
 	OMP_NUM_THREADS=1 PATCHLAB_MODEL=ioi-mini HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadscope --nbval-lax --nbval-current-env $(READER_NOTEBOOKS)

@@ -188,7 +188,7 @@ class PeakMemory:
                 return int(line.split()[1])
         raise OSError(f"{field} not in /proc/self/status")
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         gc.collect()
         self._start: float | None = None
         if self.device.type == "cuda":
@@ -475,7 +475,7 @@ def format_table(record: dict[str, Any]) -> str:
     if "heads" in record:
         heads = record["heads"]
         lines += ["", f"heads (ioi workload, {heads['batch']} prompts x {heads['seq_len']} tokens); path patching "
-                      f"to the queries of {', '.join(f'{l}.{h}' for l, h in heads['receivers'])}"
+                      f"to the queries of {', '.join(f'{layer}.{h}' for layer, h in heads['receivers'])}"
                       + ("" if heads["head_cells"] is None else
                          f"; * timed on {heads['head_cells']} evenly spread cells (senders), scaled to all"),
                   f"{'sweep':<22}{'method':<17}{'seconds':>10}{'min-max':>16}{'speed-up [min-max]':>22}{'vs':>18}"

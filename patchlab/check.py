@@ -10,7 +10,7 @@ prompts (``residual_patching_problem``), so a learner reads the grader's words b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -236,7 +236,7 @@ MESSAGES: dict[str, str] = {
 }
 
 # A candidate: the result a mistake would give, or a function computing it (run only when needed).
-Candidate = Union[Tensor, Callable[[], Tensor]]
+Candidate = Tensor | Callable[[], Tensor]
 
 
 class Diagnosis(NamedTuple):

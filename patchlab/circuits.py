@@ -15,7 +15,7 @@ MLPs and embeddings are left alone, as in Wang et al.): ``F(M)`` the whole model
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from jaxtyping import Float, Int

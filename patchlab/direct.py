@@ -18,7 +18,7 @@ it is the running sum of the direct effects).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
@@ -198,5 +198,5 @@ def leading_heads(values: Float[Tensor, "layer head"], fraction: float = 0.1) ->
     values (at least the largest head): for direct effects, the heads that write the answer."""
     positive = values.clamp(min=0).sum().item()
     ranked = ranked_heads(values)
-    chosen = [(l, h) for l, h in ranked if positive > 0 and values[l, h].item() >= fraction * positive]
+    chosen = [(layer, h) for layer, h in ranked if positive > 0 and values[layer, h].item() >= fraction * positive]
     return chosen or ranked[:1]

@@ -18,7 +18,7 @@ head's direct effect on the two answer logits separately.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -74,12 +74,12 @@ def copy_scores(
         raise ValueError(f"positions must be [batch, names] for {tokens.shape[0]} prompts, got {tuple(positions.shape)}")
     if not 1 <= k < cfg.d_vocab:
         raise ValueError(f"k must be between 1 and the vocabulary size - 1, got {k}")
-    wanted = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else list(heads)
+    wanted = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else list(heads)
     rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None]
     names = tokens[rows, positions].flatten()
     scores = torch.full((2, cfg.n_layers, cfg.n_heads), float("nan"))
-    for layer in sorted({l for l, _ in wanted}):
-        picked = [h for l, h in wanted if l == layer]
+    for layer in sorted({wanted_layer for wanted_layer, _ in wanted}):
+        picked = [h for wanted_layer, h in wanted if wanted_layer == layer]
         logits = ov_logits(model, cache, tokens, positions, layer, picked)
         own = logits.gather(-1, names.to(logits.device).expand(len(picked), -1)[..., None])
         for sign, row in ((1, 0), (-1, 1)):

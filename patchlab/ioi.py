@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from jaxtyping import Int
@@ -185,7 +185,7 @@ class IOIData:
     def n_prompts(self) -> int:
         return self.clean_tokens.shape[0]
 
-    def to(self, device: torch.device | str) -> "IOIData":
+    def to(self, device: torch.device | str) -> IOIData:
         self.clean_tokens = self.clean_tokens.to(device)
         self.corrupted_tokens = self.corrupted_tokens.to(device)
         self.answer_tokens = self.answer_tokens.to(device)

@@ -7,7 +7,7 @@ stderr.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Iterable, TypeVar
+from typing import TYPE_CHECKING, Iterable, TypeVar
 
 import torch
 from tqdm.std import tqdm

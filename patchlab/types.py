@@ -8,15 +8,15 @@ importing ``patchlab`` does not import TransformerLens.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
     from torch import Tensor
     from transformer_lens import ActivationCache
-    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.hook_points import HookPoint as HookPoint  # re-exported
     from transformer_lens.model_bridge import TransformerBridge
 
     Model: TypeAlias = TransformerBridge
-    Cache: TypeAlias = Union[ActivationCache, dict[str, Tensor]]
+    Cache: TypeAlias = ActivationCache | dict[str, Tensor]

@@ -10,7 +10,7 @@ a number could move with the choice of prompts, and so which differences between
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -55,7 +55,7 @@ def per_prompt_patching(
 def normalised(
     patched: Float[Tensor, "batch ..."], clean: Float[Tensor, " batch"], corrupted: Float[Tensor, " batch"],
     prompts: Int[Tensor, " n"] | None = None,
-) -> Float[Tensor, "..."]:
+) -> Float[Tensor, ...]:
     """The batch's normalised metric from per-prompt logit differences (of ``prompts``, repeats allowed)."""
     if prompts is not None:
         patched, clean, corrupted = patched[prompts], clean[prompts], corrupted[prompts]

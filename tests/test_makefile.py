@@ -43,3 +43,11 @@ def test_make_test_runs_the_suite_and_nbval_over_the_exercises(tmp_path: Path) -
     nbval = next(line for line in commands.replace("\\\n", " ").splitlines() if "--nbval-lax" in line)
     assert "PATCHLAB_MODEL=ioi-mini" in nbval and "exercises/*/*.ipynb" in nbval and "book/" not in nbval
     assert "-n 2 --dist loadscope" in nbval
+
+
+def test_make_test_lints_the_library_and_the_grader_first(tmp_path: Path) -> None:
+    commands = dry_run("test", tmp_path / "venv").splitlines()
+    ruff = next(i for i, line in enumerate(commands) if "/ruff check patchlab autograder" in line)
+    mypy = next(i for i, line in enumerate(commands) if line.endswith("/mypy"))
+    first_pytest = next(i for i, line in enumerate(commands) if "-m pytest" in line)
+    assert ruff < first_pytest and mypy < first_pytest

@@ -23,7 +23,7 @@ to the final residual stream, or to receiver heads' queries, keys or values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from jaxtyping import Float
