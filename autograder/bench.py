@@ -18,6 +18,7 @@ import platform
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from patchlab import rounds as timing
@@ -56,7 +57,7 @@ def bench(assignment: str | None = None, submissions: int = 8, jobs: tuple[int, 
                 assert all(g.status in ("graded", "needs_manual_grade") for g in grades), grades
                 return seconds / submissions
 
-            samples = timing.interleave({f"--jobs {n}": (lambda n=n: grade_class(n)) for n in jobs}, rounds,
+            samples = timing.interleave({f"--jobs {n}": partial(grade_class, n) for n in jobs}, rounds,
                                         lambda line: print(f"  {name} {line} per submission", flush=True))
         rows = {}
         for n in jobs:

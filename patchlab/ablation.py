@@ -18,7 +18,7 @@ from torch import Tensor
 from patchlab.hooks import act_name
 
 if TYPE_CHECKING:
-    from patchlab.types import HookPoint, Model
+    from patchlab.types import FwdHook, HookPoint, Model
 
 Head = tuple[int, int]  # (layer, head)
 
@@ -36,7 +36,7 @@ def all_heads(model: Model) -> list[Head]:
     return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
 
 
-def ablation_hooks(heads: Iterable[Head], means: Float[Tensor, "layer pos head d_head"]) -> list[tuple[str, Any]]:
+def ablation_hooks(heads: Iterable[Head], means: Float[Tensor, "layer pos head d_head"]) -> list[FwdHook]:
     """Forward hooks (for ``run_with_hooks``) that overwrite the ``z`` of ``heads`` with ``means``."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:

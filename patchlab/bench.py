@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -230,7 +231,7 @@ def _runners(progress: bool) -> dict[str, Callable[[Any, Workload], Tensor]]:
 
 def _timed(model: Model, run: Callable[[], Any]) -> tuple[float, Any, float | None]:
     """(seconds, result, peak MiB) of ``run()``."""
-    device = torch.device(model.cfg.device)
+    device = torch.device(model.cfg.device or "cpu")
     with PeakMemory(device) as memory:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -289,7 +290,7 @@ def _bench_workload(model: Model, workload: Workload, progress: bool, rounds: Ro
     batch, seq_len = workload.clean_tokens.shape
     work = token_layers(model.cfg.n_layers, workload.clean_tokens.cpu(), workload.corrupted_tokens.cpu())
     runners = _runners(progress)
-    samples = rounds.run(workload.name, {m: (lambda m=m: runners[m](model, workload)) for m in BENCH_METHODS})
+    samples = rounds.run(workload.name, {m: partial(runners[m], model, workload) for m in BENCH_METHODS})
     baseline = rounds.values["transformer_lens"]
     results = {method: {
         **_timing_fields(samples[method], samples["transformer_lens"], "speedup_vs_tl"),
@@ -344,7 +345,8 @@ def bench_heads(model: Model, w: Workload, settings: Settings, progress: bool, r
             values, sampled["flat"], sampled["scale"] = _tl_head_sweep(model, w, name, settings.head_cells)
             return values
 
-        methods = {"transformer_lens": tl_sweep, "fast": lambda name=name: fast_patching(model, *args, name, progress)}
+        methods: dict[str, Callable[[], Tensor]] = {"transformer_lens": tl_sweep,
+                                                   "fast": partial(fast_patching, model, *args, name, progress)}
         if name == "head_out":
             methods["attribution"] = lambda: attribution_patching(model, *args, name, progress)
         samples = rounds.run(f"heads {name}", methods)
@@ -365,9 +367,8 @@ def bench_heads(model: Model, w: Workload, settings: Settings, progress: bool, r
     scale = n_senders / len(senders)
     for sweep, receivers in (("path_to_final", None), ("path_to_receivers_q", list(settings.receivers))):
         samples = rounds.run(f"heads {sweep}", {
-            "reference": lambda receivers=receivers: reference_path_patching(model, *args, receivers, "q", progress,
-                                                                             senders),
-            "fast": lambda receivers=receivers: fast_path_patching(model, *args, receivers, "q", progress)})
+            "reference": partial(reference_path_patching, model, *args, receivers, "q", progress, senders),
+            "fast": partial(fast_path_patching, model, *args, receivers, "q", progress)})
         samples["reference"] = [seconds * scale for seconds in samples["reference"]]
         diff = (rounds.values["fast"].flatten()[flat] - rounds.values["reference"].flatten()[flat]).abs().max()
         add(sweep, "reference", samples, "reference", 0.0, scale)
@@ -419,7 +420,7 @@ def run_benchmark(settings: Settings, device: str | None = None, progress: bool 
         for seq_len in settings.scaling_seq_lens:
             workload = general_workload(model, settings.scaling_batch, seq_len, settings.seed)
             samples = rounds.run(f"scaling seq_len={seq_len}",
-                                 {m: (lambda m=m: runners[m](model, workload)) for m in BENCH_METHODS})
+                                 {m: partial(runners[m], model, workload) for m in BENCH_METHODS})
             record["scaling"] += [{"seq_len": seq_len, "method": method, "seconds": _stats(samples[method])["median"],
                                    "timing": _stats(samples[method])} for method in BENCH_METHODS]
     if "heads" in parts:

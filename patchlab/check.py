@@ -18,6 +18,8 @@ from torch import Tensor
 from patchlab.patching import fast_patching
 
 if TYPE_CHECKING:
+    from transformer_lens import ActivationCache
+
     from patchlab.types import Cache, Model
 
 # The tolerances of the grader's comparisons, and of the notebooks' checks. Logit differences are
@@ -366,7 +368,7 @@ def diagnose(
 RESIDUAL_VARIANTS = ("wrong_direction", "resid_mid", "resid_post")
 
 
-def residual_variant(model: Model, clean_tokens: Tensor, corrupted_tokens: Tensor, clean_cache: Cache,
+def residual_variant(model: Model, clean_tokens: Tensor, corrupted_tokens: Tensor, clean_cache: ActivationCache,
                      corrupted_cache: Cache, metric: Callable[[Tensor], Tensor], variant: str = "reference") -> Tensor:
     """The ``[n_layers, n_positions]`` grid of patching ``resid_pre`` from clean into corrupted
     (``"reference"``), or what a mistake of ``RESIDUAL_VARIANTS`` gives instead."""

@@ -92,8 +92,8 @@ def completeness(
     """For each set ``K`` of ``removed`` (subsets of ``circuit``), ``(F(C \\ K), F(M \\ K))``; their gap
     ``|F(C \\ K) - F(M \\ K)|`` is Wang et al.'s incompleteness score for ``K``."""
     rows = []
-    for k in removed:
-        k = {(int(layer), int(head)) for layer, head in k}
+    for given in removed:
+        k = {(int(layer), int(head)) for layer, head in given}
         if not k <= set(circuit):
             raise ValueError(f"K = {sorted(k)} is not a subset of the circuit")
         rows.append((
@@ -126,9 +126,9 @@ def minimality(
 
     result = {}
     for v in circuit:
-        best = (-1.0, ())
-        for k in contexts:
-            k = tuple((int(layer), int(head)) for layer, head in k)
+        best: tuple[float, tuple[Head, ...]] = (-1.0, ())
+        for context in contexts:
+            k = tuple((int(layer), int(head)) for layer, head in context)
             if v in k:
                 continue
             gap = abs(f((*k, v)) - f(k))

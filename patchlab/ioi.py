@@ -249,7 +249,7 @@ def make_ioi_data(model: Model, prompts: Sequence[IOIPrompt], corrupted: Sequenc
         raise IOIInputError(
             f"S2 sits at different positions in this batch ({sorted(s2_positions)}): use prompts of one template"
         )
-    str_tokens = list(model.to_str_tokens(prompts[0].text, prepend_bos=True))
+    str_tokens = [str(token) for token in model.to_str_tokens(prompts[0].text, prepend_bos=True)]
     return IOIData(
         prompts=prompts,
         clean_tokens=clean,

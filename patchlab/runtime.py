@@ -44,7 +44,7 @@ def runtime_note(model: Model, cpu_minutes: float, slow_cells: str | None = None
     ``cpu_minutes``: how long the page's code takes with GPT-2 small on one CPU core, measured;
     ``slow_cells``: which cells take most of it (``None``: no cell is slow, no GPU is needed).
     """
-    device = torch.device(model.cfg.device)
+    device = torch.device(model.cfg.device or "cpu")
     n_params = sum(p.numel() for p in model.parameters())
     lines = [f"Running on {device_name(device)}."]
     if device.type == "cpu" and n_params >= SLOW_ON_CPU_PARAMS:

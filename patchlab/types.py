@@ -8,7 +8,7 @@ importing ``patchlab`` does not import TransformerLens.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -20,3 +20,5 @@ if TYPE_CHECKING:
 
     Model: TypeAlias = TransformerBridge
     Cache: TypeAlias = ActivationCache | dict[str, Tensor]
+    # A forward hook for run_with_hooks: (hook name or a filter on names, function of activation and hook)
+    FwdHook: TypeAlias = tuple[str | Callable[[str], bool], Callable[..., Any]]

@@ -37,7 +37,7 @@ from patchlab.patching.fast import CorruptedRun, FastPatchingFallback, Unsupport
 from patchlab.patching.kernel import Kernel, Trace
 
 if TYPE_CHECKING:
-    from patchlab.types import Cache, HookPoint, Model
+    from patchlab.types import Cache, FwdHook, HookPoint, Model
 
 Receivers = Sequence[tuple[int, int]]
 RECEIVER_INPUTS = ("q", "k", "v")
@@ -92,7 +92,7 @@ def reference_path_patching(
                 z[:, :, sender_head] = clean_cache[hook.name][:, :, sender_head]
             return z
 
-        frozen = [(name, freeze) for name in z_names]
+        frozen: list[FwdHook] = [(name, freeze) for name in z_names]
         with torch.no_grad():
             if pairs is None:
                 results[sender_layer, sender_head] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=frozen)).item()
