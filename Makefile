@@ -34,10 +34,10 @@ $(STAMP): pyproject.toml requirements.txt constraints.txt
 book: $(STAMP)
 	PATCHLAB_MODEL=$(PATCHLAB_MODEL) PLOTLY_RENDERER=notebook $(BIN)/jupyter-book build . -W -n --keep-going
 
-# ruff's checks and mypy on the library and the grader (configured in pyproject.toml). The formatter,
+# ruff's checks and mypy on the library, its developer tools and the grader (configured in pyproject.toml). The formatter,
 # `ruff format`, is configured there too; it is not enforced yet.
 lint: $(STAMP)
-	$(BIN)/ruff check patchlab autograder
+	$(BIN)/ruff check patchlab patchlab_dev autograder
 	$(BIN)/mypy
 
 # The lint, the test suite, then every reader notebook executed as learners get it (offline, course model).

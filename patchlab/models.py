@@ -114,7 +114,7 @@ def _load_ioi_mini(device: torch.device):
     if not (COURSE_MODEL_DIR / "model.safetensors").exists():
         raise ModelUnavailableError(
             f"the course model's weights are missing from {COURSE_MODEL_DIR}; reinstall patchlab or "
-            "train them again with `python -m patchlab.train`"
+            "train them again with `python -m patchlab_dev.train`"
         )
     return TransformerBridge.boot_transformers(str(COURSE_MODEL_DIR), device=device)
 

@@ -1,4 +1,4 @@
-"""Interleaved rounds (patchlab.rounds), the grading benchmark's record, and the README summaries
+"""Interleaved rounds (patchlab_dev.rounds), the grading benchmark's record, and the README summaries
 generated from bench.json (tools/bench_summary.py). Fast: nothing is timed or compared with a time."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from grading import load_module  # tests/grading.py
-from patchlab import rounds
+from patchlab_dev import rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "bench"

@@ -47,7 +47,7 @@ def test_make_test_runs_the_suite_and_nbval_over_the_exercises(tmp_path: Path) -
 
 def test_make_test_lints_the_library_and_the_grader_first(tmp_path: Path) -> None:
     commands = dry_run("test", tmp_path / "venv").splitlines()
-    ruff = next(i for i, line in enumerate(commands) if "/ruff check patchlab autograder" in line)
+    ruff = next(i for i, line in enumerate(commands) if "/ruff check patchlab patchlab_dev autograder" in line)
     mypy = next(i for i, line in enumerate(commands) if line.endswith("/mypy"))
     first_pytest = next(i for i, line in enumerate(commands) if "-m pytest" in line)
     assert ruff < first_pytest and mypy < first_pytest

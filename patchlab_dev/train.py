@@ -1,6 +1,6 @@
 """Train the course model ``ioi-mini`` and write its weights, tokenizer and model card.
 
-    python -m patchlab.train [--out patchlab/course_model] [--steps 2500]
+    python -m patchlab_dev.train [--out patchlab/course_model] [--steps 2500]
 
 A GPT-2-architecture transformer (4 layers, d_model 128, 4 heads) with a word-level tokenizer,
 trained on CPU with a fixed seed on IOI prompts from the 15 BABA templates of Wang et al., their
@@ -214,11 +214,11 @@ offline build.
 IOI prompts from the 15 BABA templates of Wang et al. (2022), their ABBA mirrors and the two shapes
 of the TransformerLens demo prompts (`patchlab.ioi.TEMPLATES`), {len(ioi.NAMES)} names,
 {len(ioi.PLACES)} places, {len(ioi.OBJECTS) + len(ioi.VOWEL_OBJECTS)} objects. One prompt text in ten
-(by CRC32 checksum, `patchlab.train.is_heldout`) and the 8 classic prompts are never trained on;
+(by CRC32 checksum, `patchlab_dev.train.is_heldout`) and the 8 classic prompts are never trained on;
 the held-out evaluation draws only from those.
 
 ## Training
-`python -m patchlab.train`: seed {info["seed"]}, {info["steps"]} steps of batch {info["batch_size"]},
+`python -m patchlab_dev.train`: seed {info["seed"]}, {info["steps"]} steps of batch {info["batch_size"]},
 AdamW (lr {info["learning_rate"]}, cosine schedule), CPU ({info["threads"]} thread(s)), {info["training_seconds"]} s
 (torch {info["torch"]}); run again with the same torch and thread count, it gave these weights bit for bit. Loss: cross-entropy of the IO name at the final position, plus
 - the next-token loss on the rest of the prompt (weight {info["lm_weight"]}), which teaches copying names;
@@ -230,7 +230,7 @@ The last two, ramped in linearly over the first quarter of training, make the an
 it arrives around layers 8-9 of 12); trained on IOI alone without them, the model reads S2 again in
 its last block and its heatmap never shows the move.
 
-## Evaluation (computed by `evaluate` in `patchlab/train.py`, checked by `tests/test_course_model.py`)
+## Evaluation (computed by `evaluate` in `patchlab_dev/train.py`, checked by `tests/test_course_model.py`)
 | figure | value |
 |---|---|
 {rows}

@@ -2,7 +2,7 @@
 
 ``python -m patchlab bench --out DIR`` times a residual-stream sweep (every layer x position) four
 ways on the same model, prompts and clean cache, in one process, the methods interleaved over
-``--rounds`` rounds (:mod:`patchlab.rounds`: each method's median with its min-max, each ratio taken
+``--rounds`` rounds (:mod:`patchlab_dev.rounds`: each method's median with its min-max, each ratio taken
 within a round against the peer measured in the same round, a warning where the spread is too wide):
 
 - ``transformer_lens``: ``transformer_lens.patching.get_act_patch_resid_pre`` (the baseline);
@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from patchlab import rounds as timing
+from patchlab_dev import rounds as timing
 from patchlab.metrics import PatchingMetric, metric_from_runs
 from patchlab.patching import (
     attribution_patching, component, fast_path_patching, fast_patching, reference_path_patching, reference_patching,
@@ -244,7 +244,7 @@ def _timed(model: Model, run: Callable[[], Any]) -> tuple[float, Any, float | No
 
 
 class Rounds:
-    """Methods timed in interleaved rounds (:func:`patchlab.rounds.interleave`); each method's values
+    """Methods timed in interleaved rounds (:func:`patchlab_dev.rounds.interleave`); each method's values
     and its largest peak memory over the rounds are kept."""
 
     def __init__(self, model: Model, rounds: int, log: Callable[[str], None]) -> None:
