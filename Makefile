@@ -20,7 +20,7 @@ TEST_WORKERS ?= 2
 # torch operations 10-100 times slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup book test test-fast release
+.PHONY: setup book lint test test-fast release
 
 setup: $(STAMP)
 
@@ -34,9 +34,15 @@ $(STAMP): pyproject.toml requirements.txt constraints.txt
 book: $(STAMP)
 	PATCHLAB_MODEL=$(PATCHLAB_MODEL) PLOTLY_RENDERER=notebook $(BIN)/jupyter-book build . -W -n --keep-going
 
-# The test suite (both tiers, tests/README.md), then every reader notebook executed as learners get it
-# (offline, course model). This is what CI runs.
-test: $(STAMP)
+# ruff's checks and mypy on the library, its developer tools and the grader (configured in pyproject.toml). The formatter,
+# `ruff format`, is configured there too; it is not enforced yet.
+lint: $(STAMP)
+	$(BIN)/ruff check patchlab patchlab_dev autograder
+	$(BIN)/mypy
+
+# The lint, the test suite (both tiers, tests/README.md), then every reader notebook executed as learners get
+# it (offline, course model). This is what CI runs.
+test: $(STAMP) lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=25
 	OMP_NUM_THREADS=1 PATCHLAB_MODEL=ioi-mini HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadscope --nbval-lax --nbval-current-env $(READER_NOTEBOOKS)

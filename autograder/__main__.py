@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from autograder import interrupt
 from autograder.config import CELL_TIMEOUT, NOTEBOOK_TIMEOUT, assignments
@@ -16,13 +16,13 @@ if TYPE_CHECKING:
 
 # As in the sandbox (sandbox_path/rfc3987_syntax.py): jsonschema, imported with nbformat, skips its IRI
 # checks instead of building some 40 lark grammars (seconds of CPU in every grading run).
-sys.modules.setdefault("rfc3987_syntax", None)
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # None: "not importable"
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, with a bad option value told in one line."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 

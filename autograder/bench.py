@@ -5,7 +5,7 @@
 For each assignment, a class of ``--submissions`` copies of the solution notebook (each a different
 learner) is graded exactly as ``python -m autograder grade`` does it, sandbox on (bubblewrap when it is
 installed), with ``--jobs 1`` and ``--jobs 2`` into fresh output folders, once each per round, the two
-interleaved (:mod:`patchlab.rounds`). It prints and writes to ``DIR/bench.json`` the median seconds per
+interleaved (:mod:`patchlab_dev.rounds`). It prints and writes to ``DIR/bench.json`` the median seconds per
 submission with its min-max over the rounds, and the speed-up of two jobs against one taken within
 each round; a warning when a spread is too wide to trust. Nothing is asserted.
 """
@@ -18,9 +18,10 @@ import platform
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-from patchlab import rounds as timing
+from patchlab_dev import rounds as timing
 
 from autograder.config import assignments
 from autograder.grade import grade
@@ -56,7 +57,7 @@ def bench(assignment: str | None = None, submissions: int = 8, jobs: tuple[int, 
                 assert all(g.status in ("graded", "needs_manual_grade") for g in grades), grades
                 return seconds / submissions
 
-            samples = timing.interleave({f"--jobs {n}": (lambda n=n: grade_class(n)) for n in jobs}, rounds,
+            samples = timing.interleave({f"--jobs {n}": partial(grade_class, n) for n in jobs}, rounds,
                                         lambda line: print(f"  {name} {line} per submission", flush=True))
         rows = {}
         for n in jobs:

@@ -28,9 +28,9 @@ from autograder.harvest import (
     ATTRIBUTION, HEAD_INPUTS, Models, PromptSet, cases, head_map_values, heatmap_values, path_receivers, run_case,
 )
 from patchlab.metrics import logit_diff, normalise
-from patchlab.patching import (
-    attribution_patching, attribution_terms, fast_path_patching, fast_patching, hook_name, patch_position,
-)
+from patchlab.patching import attribution_patching, fast_path_patching, fast_patching, hook_name
+from patchlab.patching.attribution import attribution_terms
+from patchlab.patching.components import patch_position
 from patchlab.patching.paths import RECEIVER_INPUTS
 
 

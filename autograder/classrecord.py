@@ -39,7 +39,7 @@ class ClassRecord:
     log: str = ""
 
     @classmethod
-    def load(cls, out: Path) -> "ClassRecord":
+    def load(cls, out: Path) -> ClassRecord:
         """The record of the last complete state of ``out`` (empty when nothing was graded there)."""
         record = cls()
         if (out / "grades.csv").is_file():

@@ -24,12 +24,10 @@ A run, start to end:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import fcntl
 import hashlib
 import html
-import json
 import os
 import re
 import shutil
@@ -42,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import nbformat
 from nbgrader.apps import NbGraderAPI
@@ -195,7 +193,7 @@ class OutputFolder:
         self._lock = None
         self._gradebook: tuple[int, int] | None = None  # the live gradebook as staged
 
-    def __enter__(self) -> "OutputFolder":
+    def __enter__(self) -> OutputFolder:
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.out / ".lock", "a+")
         try:
@@ -687,7 +685,7 @@ class Runs:
                  subs: list[Submission], jobs: int, sandboxes: sandbox.Group) -> None:
         self.execute, self.subs, self.jobs, self.sandboxes = execute, subs, jobs, sandboxes
 
-    def __enter__(self) -> "Runs":
+    def __enter__(self) -> Runs:
         self.pool = ThreadPoolExecutor(max_workers=self.jobs)
         try:
             self.futures = {self.pool.submit(self.execute, sub): sub for sub in self.subs}

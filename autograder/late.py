@@ -62,7 +62,7 @@ class LatePolicy:
                 "max_percent": self.max_percent}
 
     @classmethod
-    def from_record(cls, record: dict) -> "LatePolicy":
+    def from_record(cls, record: dict) -> LatePolicy:
         return cls(datetime.fromisoformat(record["deadline"]), float(record["percent_per_day"]),
                    float(record["max_percent"]))
 

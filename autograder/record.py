@@ -43,7 +43,7 @@ def answer_hash(source: str) -> str:
 def answer_behind(nb: nbformat.NotebookNode, grade_id: str) -> str:
     """The hash of the answer a graded cell scores: a written answer's own source; for a test cell,
     the learner's answer cells above it."""
-    answers = []
+    answers: list[str] = []
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
         if meta.get("grade_id") == grade_id:

@@ -26,6 +26,8 @@ class ReleaseError(RuntimeError):
 def notebook_tool() -> ModuleType:
     """``tools/notebooks.py``, the course's one .md -> .ipynb converter (reproducible cell ids)."""
     spec = importlib.util.spec_from_file_location("course_notebooks", REPO_ROOT / "tools" / "notebooks.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {REPO_ROOT / 'tools' / 'notebooks.py'}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -69,7 +71,8 @@ def problems(name: str, nb: nbformat.NotebookNode) -> list[str]:
         gid = grade_id(cell)
         if gid and gid in seen:
             found.append(f"{md_line(md_path, gid, 2)}: grade_id {gid!r} is used by two cells")
-        seen.add(gid)
+        if gid:
+            seen.add(gid)
         if is_test(cell) and not HIDDEN_CHECK.search(cell.source):
             found.append(f"{md_line(md_path, gid)}: the test cell {gid!r} calls no check_NAME(function, model) "
                          "between its HIDDEN TESTS markers")

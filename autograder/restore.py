@@ -122,8 +122,8 @@ def rebuild(learner: NotebookNode, release: NotebookNode, source: NotebookNode) 
     for index, cell in enumerate(learner.cells):  # learner-added cells, keyed by the matched cell before
         if index in taken:
             last = index
-        elif learner.cells[index].cell_type in ("code", "markdown"):
-            extra_after.setdefault(last, []).append(_plain(learner.cells[index]))
+        elif cell.cell_type in ("code", "markdown"):
+            extra_after.setdefault(last, []).append(_plain(cell))
     cells += extra_after.get(-1, [])
     for cell in release.cells:
         gid = grade_id(cell)

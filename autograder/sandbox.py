@@ -390,7 +390,7 @@ class Scratch:
         self.mounted = False
         self.left = False
 
-    def __enter__(self) -> "Scratch":
+    def __enter__(self) -> Scratch:
         from autograder.untrusted import remove_tree
 
         remove_tree(self.path)

@@ -177,8 +177,8 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
         shards.sort(key=lambda s: s.shard.index)
         first = shards[0].run
         model = first["model"]
-        folder = held.enter_context(OutputFolder(out))
-        staging = folder.stage()
+        merged = held.enter_context(OutputFolder(out))
+        staging = merged.stage()
         limits = sandbox.Limits(**{k: v for k, v in first["limits"].items() if k not in ("enforced", "whole_submission")})
         grader = Grader(assignment, staging, model, first["sandbox"], *TIMEOUTS[model], limits)
         grader.prepare()
@@ -227,5 +227,5 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
         files = book.files(grader.questions)
         files[summary.PAGE] = summary.of(staging, assignment, files["grades.csv"], run_record)
         with interrupt.deferred():
-            folder.commit(files)
+            merged.commit(files)
     return [as_grade(row) for row in rows]

@@ -75,7 +75,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from patchlab import bench
+    try:
+        from patchlab_dev import bench
+    except ModuleNotFoundError:
+        print("patchlab: error: bench is a developer tool: run it in a clone of the course repository "
+              "(patchlab_dev/ is not in the installed package)", file=sys.stderr)
+        return 2
 
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         print(f"patchlab: error: --out {args.out} exists and is not a folder", file=sys.stderr)

@@ -9,41 +9,41 @@ the prompt (Wang et al. 2022).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from patchlab.hooks import act_name
+
+if TYPE_CHECKING:
+    from patchlab.types import FwdHook, HookPoint, Model
+
 Head = tuple[int, int]  # (layer, head)
 
 
-def z_hook(layer: int) -> str:
-    """The hook name of the heads' outputs (before ``W_O``) in ``layer``."""
-    return f"blocks.{layer}.attn.hook_z"
-
-
 @torch.no_grad()
-def mean_z(model: Any, reference_tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer pos head d_head"]:
+def mean_z(model: Model, reference_tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer pos head d_head"]:
     """Every head's output ``z``, averaged over the prompts of ``reference_tokens``, at each position."""
-    names = [z_hook(layer) for layer in range(model.cfg.n_layers)]
+    names = [act_name("z", layer) for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(reference_tokens, names_filter=lambda name: name in names)
     return torch.stack([cache[name].mean(dim=0) for name in names])
 
 
-def all_heads(model: Any) -> list[Head]:
+def all_heads(model: Model) -> list[Head]:
     """Every (layer, head) of the model, layer by layer."""
     return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
 
 
-def ablation_hooks(heads: Iterable[Head], means: Float[Tensor, "layer pos head d_head"]) -> list[tuple[str, Any]]:
+def ablation_hooks(heads: Iterable[Head], means: Float[Tensor, "layer pos head d_head"]) -> list[FwdHook]:
     """Forward hooks (for ``run_with_hooks``) that overwrite the ``z`` of ``heads`` with ``means``."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(int(layer), []).append(int(head))
 
     def hook_for(layer: int, chosen: list[int]):
-        def hook(z: Tensor, hook: Any) -> Tensor:
+        def hook(z: Tensor, hook: HookPoint) -> Tensor:
             if z.shape[1] != means.shape[1]:
                 raise ValueError(f"the prompts have {z.shape[1]} positions but the means {means.shape[1]}: "
                                  "take the means over prompts of the same template and length")
@@ -52,12 +52,12 @@ def ablation_hooks(heads: Iterable[Head], means: Float[Tensor, "layer pos head d
 
         return hook
 
-    return [(z_hook(layer), hook_for(layer, chosen)) for layer, chosen in sorted(by_layer.items())]
+    return [(act_name("z", layer), hook_for(layer, chosen)) for layer, chosen in sorted(by_layer.items())]
 
 
 @torch.no_grad()
 def run_ablated(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     heads: Iterable[Head],
     means: Float[Tensor, "layer pos head d_head"],
@@ -68,7 +68,7 @@ def run_ablated(
 
 @torch.no_grad()
 def run_ablated_with_cache(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     heads: Iterable[Head],
     means: Float[Tensor, "layer pos head d_head"],

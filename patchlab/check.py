@@ -10,12 +10,17 @@ prompts (``residual_patching_problem``), so a learner reads the grader's words b
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from patchlab.patching import fast_patching
+
+if TYPE_CHECKING:
+    from transformer_lens import ActivationCache
+
+    from patchlab.types import Cache, Model
 
 # The tolerances of the grader's comparisons, and of the notebooks' checks. Logit differences are
 # O(1-10) logits; the normalised metric is O(1) but divides by (clean - corrupted), which amplifies
@@ -233,7 +238,7 @@ MESSAGES: dict[str, str] = {
 }
 
 # A candidate: the result a mistake would give, or a function computing it (run only when needed).
-Candidate = Union[Tensor, Callable[[], Tensor]]
+Candidate = Tensor | Callable[[], Tensor]
 
 
 class Diagnosis(NamedTuple):
@@ -363,8 +368,8 @@ def diagnose(
 RESIDUAL_VARIANTS = ("wrong_direction", "resid_mid", "resid_post")
 
 
-def residual_variant(model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor, clean_cache: Any,
-                     corrupted_cache: Any, metric: Callable[[Tensor], Tensor], variant: str = "reference") -> Tensor:
+def residual_variant(model: Model, clean_tokens: Tensor, corrupted_tokens: Tensor, clean_cache: ActivationCache,
+                     corrupted_cache: Cache, metric: Callable[[Tensor], Tensor], variant: str = "reference") -> Tensor:
     """The ``[n_layers, n_positions]`` grid of patching ``resid_pre`` from clean into corrupted
     (``"reference"``), or what a mistake of ``RESIDUAL_VARIANTS`` gives instead."""
     if variant == "reference":  # exact patching: the reference loop's numbers (tests/test_fast_patching.py)
@@ -388,7 +393,7 @@ def residual_mistakes(reference: Tensor, variant: Callable[[str], Tensor], clean
         "atol": ATOL_METRIC}
 
 
-def residual_patching_problem(results: Tensor, model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor,
+def residual_patching_problem(results: Tensor, model: Model, clean_tokens: Tensor, corrupted_tokens: Tensor,
                               metric: Any) -> str | None:
     """Exercise 6.2's local check: None when ``results`` is the course library's residual-patching
     grid of these prompts (``metric`` a :func:`patchlab.metrics.patching_metric`); else what the

@@ -15,7 +15,7 @@ MLPs and embeddings are left alone, as in Wang et al.): ``F(M)`` the whole model
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -24,8 +24,11 @@ from torch import Tensor
 from patchlab.ablation import Head, all_heads, run_ablated
 from patchlab.metrics import logit_diff
 
+if TYPE_CHECKING:
+    from patchlab.types import Model
 
-def outside(model: Any, kept: Iterable[Head]) -> list[Head]:
+
+def outside(model: Model, kept: Iterable[Head]) -> list[Head]:
     """Every head of ``model`` that is not in ``kept``."""
     kept = {(int(layer), int(head)) for layer, head in kept}
     return [lh for lh in all_heads(model) if lh not in kept]
@@ -33,7 +36,7 @@ def outside(model: Any, kept: Iterable[Head]) -> list[Head]:
 
 @torch.no_grad()
 def score(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     answer_tokens: Int[Tensor, "batch 2"],
     means: Float[Tensor, "layer pos head d_head"],
@@ -64,7 +67,7 @@ class Faithfulness:
 
 
 def faithfulness(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     answer_tokens: Int[Tensor, "batch 2"],
     means: Float[Tensor, "layer pos head d_head"],
@@ -79,7 +82,7 @@ def faithfulness(
 
 
 def completeness(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     answer_tokens: Int[Tensor, "batch 2"],
     means: Float[Tensor, "layer pos head d_head"],
@@ -89,8 +92,8 @@ def completeness(
     """For each set ``K`` of ``removed`` (subsets of ``circuit``), ``(F(C \\ K), F(M \\ K))``; their gap
     ``|F(C \\ K) - F(M \\ K)|`` is Wang et al.'s incompleteness score for ``K``."""
     rows = []
-    for k in removed:
-        k = {(int(layer), int(head)) for layer, head in k}
+    for given in removed:
+        k = {(int(layer), int(head)) for layer, head in given}
         if not k <= set(circuit):
             raise ValueError(f"K = {sorted(k)} is not a subset of the circuit")
         rows.append((
@@ -101,7 +104,7 @@ def completeness(
 
 
 def minimality(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     answer_tokens: Int[Tensor, "batch 2"],
     means: Float[Tensor, "layer pos head d_head"],
@@ -123,9 +126,9 @@ def minimality(
 
     result = {}
     for v in circuit:
-        best = (-1.0, ())
-        for k in contexts:
-            k = tuple((int(layer), int(head)) for layer, head in k)
+        best: tuple[float, tuple[Head, ...]] = (-1.0, ())
+        for context in contexts:
+            k = tuple((int(layer), int(head)) for layer, head in context)
             if v in k:
                 continue
             gap = abs(f((*k, v)) - f(k))

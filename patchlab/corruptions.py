@@ -14,20 +14,24 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from patchlab.hooks import act_name
 from patchlab.ioi import IOIPrompt
 from patchlab.metrics import Metric
+
+if TYPE_CHECKING:
+    from patchlab.types import Cache, HookPoint, Model
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
 
 
 def embedding_noise(
-    model: Any, tokens: Int[Tensor, "batch pos"], positions: Sequence[int], factor: float = 3.0, seed: int = 0,
+    model: Model, tokens: Int[Tensor, "batch pos"], positions: Sequence[int], factor: float = 3.0, seed: int = 0,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Gaussian noise for the token embeddings of ``tokens``: standard deviation ``factor`` times that of
     the entries of ``W_E`` at ``positions``, zero elsewhere."""
@@ -43,9 +47,9 @@ def embedding_noise(
 
 def add_to_embeddings(noise: Float[Tensor, "batch pos d_model"]) -> Hook:
     """The hook that adds ``noise`` to the token embeddings (``hook_embed``)."""
-    def hook(embedding: Tensor, hook: Any) -> Tensor:
+    def hook(embedding: Tensor, hook: HookPoint) -> Tensor:
         return embedding + noise
-    return ("hook_embed", hook)
+    return (act_name("embed"), hook)
 
 
 def swap_names(prompts: Sequence[IOIPrompt]) -> list[str]:
@@ -59,7 +63,7 @@ def swap_names(prompts: Sequence[IOIPrompt]) -> list[str]:
 
 
 def patch_sets(
-    model: Any, tokens: Int[Tensor, "batch pos"], clean_cache: Any, metric: Metric,
+    model: Model, tokens: Int[Tensor, "batch pos"], clean_cache: Cache, metric: Metric,
     patches: Sequence[Sequence[tuple[str, int]]], extra_hooks: Sequence[Hook] = (),
 ) -> Float[Tensor, " n"]:
     """``metric`` of the run of ``tokens`` (with ``extra_hooks``) in which every ``(hook name, position)``
@@ -71,7 +75,7 @@ def patch_sets(
             positions.setdefault(name, []).append(pos)
 
         def patch(name: str, where: list[int]) -> Callable[[Tensor, Any], Tensor]:
-            def hook(activation: Tensor, hook: Any) -> Tensor:  # ``name``: hook.name may be an alias
+            def hook(activation: Tensor, hook: HookPoint) -> Tensor:  # ``name``: hook.name may be an alias
                 activation[:, where] = clean_cache[name][:, where]
                 return activation
             return hook

@@ -18,18 +18,23 @@ it is the running sum of the direct effects).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from patchlab.hooks import act_name
 
-def _params(model: Any) -> dict[str, Tensor]:
+if TYPE_CHECKING:
+    from patchlab.types import Cache, Model
+
+
+def _params(model: Model) -> dict[str, Tensor]:
     return model.tl_parameters()
 
 
-def logit_diff_directions(model: Any, answer_tokens: Int[Tensor, "batch 2"]) -> Float[Tensor, "batch d_model"]:
+def logit_diff_directions(model: Model, answer_tokens: Int[Tensor, "batch 2"]) -> Float[Tensor, "batch d_model"]:
     """Per prompt, the direction in the normalised residual stream that the logit difference reads:
     ``W_U[:, correct] - W_U[:, incorrect]``, times the final LayerNorm's gain when it is not folded
     into ``W_U``."""
@@ -41,7 +46,7 @@ def logit_diff_directions(model: Any, answer_tokens: Int[Tensor, "batch 2"]) -> 
     return directions if gain is None else directions * gain
 
 
-def logit_diff_constant(model: Any, answer_tokens: Int[Tensor, "batch 2"]) -> Float[Tensor, " batch"]:
+def logit_diff_constant(model: Model, answer_tokens: Int[Tensor, "batch 2"]) -> Float[Tensor, " batch"]:
     """The part of each prompt's logit difference that no component writes: the final LayerNorm's
     bias read through ``W_U``, plus ``b_U[correct] - b_U[incorrect]`` (zero for GPT-2)."""
     params = _params(model)
@@ -57,10 +62,10 @@ def logit_diff_constant(model: Any, answer_tokens: Int[Tensor, "batch 2"]) -> Fl
     return constant
 
 
-def final_scale(cache: Any, pos: int = -1) -> Float[Tensor, "batch 1"]:
+def final_scale(cache: Cache, pos: int = -1) -> Float[Tensor, "batch 1"]:
     """The final LayerNorm's scale (``ln_final.hook_scale``) at position ``pos`` in the run ``cache``
     recorded: what "frozen" freezes."""
-    return cache["ln_final.hook_scale"][:, pos]
+    return cache[act_name("scale")][:, pos]
 
 
 def project(
@@ -74,11 +79,11 @@ def project(
     return (centred / scale * directions).sum(dim=-1)
 
 
-def head_outputs(model: Any, cache: Any, pos: int = -1) -> Float[Tensor, "layer head batch d_model"]:
+def head_outputs(model: Model, cache: Cache, pos: int = -1) -> Float[Tensor, "layer head batch d_model"]:
     """What each head wrote into the residual stream at ``pos``: ``z[:, pos, head] @ W_O[head]``."""
     params = _params(model)
     return torch.stack([
-        torch.einsum("bhd,hdm->hbm", cache[f"blocks.{layer}.attn.hook_z"][:, pos], params[f"blocks.{layer}.attn.W_O"])
+        torch.einsum("bhd,hdm->hbm", cache[act_name("z", layer)][:, pos], params[f"blocks.{layer}.attn.W_O"])
         for layer in range(model.cfg.n_layers)
     ])
 
@@ -112,8 +117,8 @@ class DirectEffects:
 
 @torch.no_grad()
 def direct_effects(
-    model: Any,
-    cache: Any,
+    model: Model,
+    cache: Cache,
     answer_tokens: Int[Tensor, "batch 2"],
     scale: Float[Tensor, "batch 1"] | None = None,
 ) -> DirectEffects:
@@ -129,24 +134,24 @@ def direct_effects(
     return DirectEffects(
         heads=project(head_outputs(model, cache), directions, scale),
         attn_bias=project(bias[:, None].expand(-1, batch, -1), directions, scale),
-        mlps=project(torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(n_layers)]),
+        mlps=project(torch.stack([cache[act_name("mlp_out", layer)][:, -1] for layer in range(n_layers)]),
                      directions, scale),
-        embed=project(cache["hook_embed"][:, -1], directions, scale),
-        pos_embed=project(cache["hook_pos_embed"][:, -1], directions, scale),
+        embed=project(cache[act_name("embed")][:, -1], directions, scale),
+        pos_embed=project(cache[act_name("pos_embed")][:, -1], directions, scale),
         constant=logit_diff_constant(model, answer_tokens),
         logit_diff=final_logit_diff(model, cache, answer_tokens),
     )
 
 
 @torch.no_grad()
-def final_logit_diff(model: Any, cache: Any, answer_tokens: Int[Tensor, "batch 2"]) -> Float[Tensor, " batch"]:
+def final_logit_diff(model: Model, cache: Cache, answer_tokens: Int[Tensor, "batch 2"]) -> Float[Tensor, " batch"]:
     """Each prompt's logit difference, read from the final residual stream of ``cache`` (no LN frozen)."""
-    final = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][:, -1]
+    final = cache[act_name("resid_post", model.cfg.n_layers - 1)][:, -1]
     return lens(model, final, answer_tokens)
 
 
 def lens(
-    model: Any,
+    model: Model,
     resid: Float[Tensor, "*points batch d_model"],
     answer_tokens: Int[Tensor, "batch 2"],
     scale: Float[Tensor, "batch 1"] | None = None,
@@ -165,7 +170,7 @@ def lens(
 
 @torch.no_grad()
 def logit_lens(
-    model: Any, cache: Any, answer_tokens: Int[Tensor, "batch 2"], frozen: bool = False
+    model: Model, cache: Cache, answer_tokens: Int[Tensor, "batch 2"], frozen: bool = False
 ) -> dict[str, Float[Tensor, "layer batch"]]:
     """The logit difference read off ``resid_pre`` and ``resid_post`` of every layer at the final
     position: ``{"resid_pre": [layer, batch], "resid_post": [layer, batch]}``. ``frozen``: with the
@@ -174,7 +179,7 @@ def logit_lens(
     scale = final_scale(cache) if frozen else None
     return {
         kind: torch.stack([
-            lens(model, cache[f"blocks.{layer}.hook_{kind}"][:, -1], answer_tokens, scale)
+            lens(model, cache[act_name(kind, layer)][:, -1], answer_tokens, scale)
             for layer in range(model.cfg.n_layers)
         ])
         for kind in ("resid_pre", "resid_post")
@@ -193,5 +198,5 @@ def leading_heads(values: Float[Tensor, "layer head"], fraction: float = 0.1) ->
     values (at least the largest head): for direct effects, the heads that write the answer."""
     positive = values.clamp(min=0).sum().item()
     ranked = ranked_heads(values)
-    chosen = [(l, h) for l, h in ranked if positive > 0 and values[l, h].item() >= fraction * positive]
+    chosen = [(layer, h) for layer, h in ranked if positive > 0 and values[layer, h].item() >= fraction * positive]
     return chosen or ranked[:1]

@@ -31,6 +31,8 @@ def _checks() -> ModuleType:
         if init.is_file():
             spec = importlib.util.spec_from_file_location("autograder", init,
                                                           submodule_search_locations=[str(init.parent)])
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load the grader from {init}")
             package = sys.modules["autograder"] = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(package)
             return importlib.import_module("autograder.checks")

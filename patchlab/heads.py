@@ -18,13 +18,17 @@ head's direct effect on the two answer logits separately.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from patchlab.hooks import act_name
 from patchlab.direct import final_scale, head_outputs
+
+if TYPE_CHECKING:
+    from patchlab.types import Cache, Model
 
 
 def _layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
@@ -37,7 +41,7 @@ def _layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: floa
 
 @torch.no_grad()
 def ov_logits(
-    model: Any, cache: Any, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch names"], layer: int,
+    model: Model, cache: Cache, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch names"], layer: int,
     heads: Sequence[int],
 ) -> Float[Tensor, "head n d_vocab"]:
     """The logits that the OV circuits of ``heads`` of ``layer`` make of each name at ``positions``: the
@@ -45,7 +49,7 @@ def ov_logits(
     ``W_V``, ``b_V``, ``W_O``, then the final LayerNorm and the unembedding."""
     params, cfg = model.tl_parameters(), model.cfg
     rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None]
-    state = cache[f"blocks.{min(layer, 1)}.hook_resid_pre"][rows, positions].flatten(0, 1)  # [n, d_model]
+    state = cache[act_name("resid_pre", min(layer, 1))][rows, positions].flatten(0, 1)  # [n, d_model]
     read = _layer_norm(state, params.get(f"blocks.{layer}.ln1.w"), params.get(f"blocks.{layer}.ln1.b"), cfg.eps)
     picked = list(heads)
     values = torch.einsum("nm,hmd->hnd", read, params[f"blocks.{layer}.attn.W_V"][picked])
@@ -58,7 +62,7 @@ def ov_logits(
 
 
 def copy_scores(
-    model: Any, cache: Any, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch names"], k: int = 5,
+    model: Model, cache: Cache, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch names"], k: int = 5,
     heads: Sequence[tuple[int, int]] | None = None,
 ) -> Float[Tensor, "2 layer head"]:
     """Wang et al.'s copy score (``[0]``) and negative copy score (``[1]``) of every head (or of
@@ -70,12 +74,12 @@ def copy_scores(
         raise ValueError(f"positions must be [batch, names] for {tokens.shape[0]} prompts, got {tuple(positions.shape)}")
     if not 1 <= k < cfg.d_vocab:
         raise ValueError(f"k must be between 1 and the vocabulary size - 1, got {k}")
-    wanted = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else list(heads)
+    wanted = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else list(heads)
     rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None]
     names = tokens[rows, positions].flatten()
     scores = torch.full((2, cfg.n_layers, cfg.n_heads), float("nan"))
-    for layer in sorted({l for l, _ in wanted}):
-        picked = [h for l, h in wanted if l == layer]
+    for layer in sorted({wanted_layer for wanted_layer, _ in wanted}):
+        picked = [h for wanted_layer, h in wanted if wanted_layer == layer]
         logits = ov_logits(model, cache, tokens, positions, layer, picked)
         own = logits.gather(-1, names.to(logits.device).expand(len(picked), -1)[..., None])
         for sign, row in ((1, 0), (-1, 1)):
@@ -85,18 +89,18 @@ def copy_scores(
 
 
 def attention_to(
-    cache: Any, n_layers: int, query: Int[Tensor, " batch"], key: Int[Tensor, " batch"],
+    cache: Cache, n_layers: int, query: Int[Tensor, " batch"], key: Int[Tensor, " batch"],
 ) -> Float[Tensor, "layer head"]:
     """Every head's attention weight from position ``query[b]`` to position ``key[b]``, mean over prompts."""
     rows = torch.arange(query.shape[0])
     return torch.stack([
-        cache[f"blocks.{layer}.attn.hook_pattern"][rows, :, query.cpu(), key.cpu()].mean(0)
+        cache[act_name("pattern", layer)][rows, :, query.cpu(), key.cpu()].mean(0)
         for layer in range(n_layers)
     ]).cpu()
 
 
 def answer_logit_effects(
-    model: Any, cache: Any, answer_tokens: Int[Tensor, "batch 2"],
+    model: Model, cache: Cache, answer_tokens: Int[Tensor, "batch 2"],
 ) -> Float[Tensor, "answer layer head"]:
     """Each head's direct effect at the final position on the correct answer's logit (``[0]``) and on
     the incorrect one's (``[1]``), mean over prompts, the final LayerNorm's scale frozen at this run's."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from patchlab.types import Model
 
 # The prompts of the TransformerLens demos (Exploratory Analysis and Activation Patching demos),
 # in the demos' order: prompt 2k ends with names[k][1] and is answered by names[k][0].
@@ -182,14 +185,14 @@ class IOIData:
     def n_prompts(self) -> int:
         return self.clean_tokens.shape[0]
 
-    def to(self, device: torch.device | str) -> "IOIData":
+    def to(self, device: torch.device | str) -> IOIData:
         self.clean_tokens = self.clean_tokens.to(device)
         self.corrupted_tokens = self.corrupted_tokens.to(device)
         self.answer_tokens = self.answer_tokens.to(device)
         return self
 
 
-def single_token_id(model: Any, word: str) -> int:
+def single_token_id(model: Model, word: str) -> int:
     """The token id of ``word`` (with its leading space), or a clear error if it is not one token."""
     ids = model.to_tokens(word, prepend_bos=False)[0].tolist()
     if len(ids) != 1:
@@ -206,7 +209,7 @@ def single_token_id(model: Any, word: str) -> int:
     return ids[0]
 
 
-def _tokenize_each(model: Any, texts: Sequence[str], what: str) -> Int[Tensor, "batch pos"]:
+def _tokenize_each(model: Model, texts: Sequence[str], what: str) -> Int[Tensor, "batch pos"]:
     rows = [model.to_tokens(t, prepend_bos=True)[0] for t in texts]
     lengths = {len(r) for r in rows}
     if len(lengths) != 1:
@@ -218,7 +221,7 @@ def _tokenize_each(model: Any, texts: Sequence[str], what: str) -> Int[Tensor, "
     return torch.stack(rows)
 
 
-def make_ioi_data(model: Any, prompts: Sequence[IOIPrompt], corrupted: Sequence[str] | None = None) -> IOIData:
+def make_ioi_data(model: Model, prompts: Sequence[IOIPrompt], corrupted: Sequence[str] | None = None) -> IOIData:
     """Tokenize clean prompts, their corrupted twins (default: S2 replaced by IO) and answers.
 
     Raises :class:`IOIInputError` for a name that is not one token, prompts of different lengths,
@@ -246,7 +249,7 @@ def make_ioi_data(model: Any, prompts: Sequence[IOIPrompt], corrupted: Sequence[
         raise IOIInputError(
             f"S2 sits at different positions in this batch ({sorted(s2_positions)}): use prompts of one template"
         )
-    str_tokens = list(model.to_str_tokens(prompts[0].text, prepend_bos=True))
+    str_tokens = [str(token) for token in model.to_str_tokens(prompts[0].text, prepend_bos=True)]
     return IOIData(
         prompts=prompts,
         clean_tokens=clean,
@@ -258,7 +261,7 @@ def make_ioi_data(model: Any, prompts: Sequence[IOIPrompt], corrupted: Sequence[
     )
 
 
-def _s2_position(model: Any, row: list[int], prompt: IOIPrompt) -> int:
+def _s2_position(model: Model, row: list[int], prompt: IOIPrompt) -> int:
     s_id = single_token_id(model, prompt.s)
     hits = [i for i, t in enumerate(row) if t == s_id]
     if len(hits) < 2:
@@ -266,7 +269,7 @@ def _s2_position(model: Any, row: list[int], prompt: IOIPrompt) -> int:
     return hits[-1]
 
 
-def classic_ioi(model: Any) -> IOIData:
+def classic_ioi(model: Model) -> IOIData:
     """The 8 classic prompts tokenized for ``model`` (corrupted = adjacent prompts swapped)."""
     return make_ioi_data(model, classic_prompts())
 
@@ -289,7 +292,7 @@ def abc_corruption(
     return texts
 
 
-def abc_ioi(model: Any, prompts: Sequence[IOIPrompt] | None = None, seed: int = 0) -> IOIData:
+def abc_ioi(model: Model, prompts: Sequence[IOIPrompt] | None = None, seed: int = 0) -> IOIData:
     """Clean prompts (default: the 8 classic ones) and their ABC twins (S2 -> a third name).
 
     The answers stay the clean ones (IO correct, S incorrect). Unlike the classic corruption, the
@@ -302,7 +305,7 @@ def abc_ioi(model: Any, prompts: Sequence[IOIPrompt] | None = None, seed: int = 
 
 
 def generate_ioi(
-    model: Any,
+    model: Model,
     n: int,
     seed: int = 0,
     template: str = DEMO_BABA_TEMPLATES[0],

@@ -38,8 +38,8 @@ def logit_diff(
 
 
 def normalise(
-    value: Float[Tensor, "..."], clean_value: float, corrupted_value: float
-) -> Float[Tensor, "..."]:
+    value: Float[Tensor, ...], clean_value: float, corrupted_value: float
+) -> Float[Tensor, ...]:
     """Rescale so that the corrupted run scores 0 and the clean run 1."""
     gap = float(clean_value) - float(corrupted_value)
     if abs(gap) < 1e-6:

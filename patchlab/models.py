@@ -114,7 +114,7 @@ def _load_ioi_mini(device: torch.device):
     if not (COURSE_MODEL_DIR / "model.safetensors").exists():
         raise ModelUnavailableError(
             f"the course model's weights are missing from {COURSE_MODEL_DIR}; reinstall patchlab or "
-            "train them again with `python -m patchlab.train`"
+            "train them again with `python -m patchlab_dev.train`"
         )
     return TransformerBridge.boot_transformers(str(COURSE_MODEL_DIR), device=device)
 
@@ -185,7 +185,8 @@ def _load_ioi_mini_reshaped(device: torch.device):
     new = _reshaped_state(state, config.n_layer, torch.Generator().manual_seed(0))
     missing, unexpected = hf_model.load_state_dict(new, strict=False)
     assert not unexpected and all(k.endswith("lm_head.weight") or ".attn.bias" in k for k in missing), missing
-    return build_bridge_from_module(hf_model.to(device).eval(), "GPT2LMHeadModel", hf_config=config,
+    return build_bridge_from_module(hf_model.to(device).eval(),  # type: ignore[arg-type]  # transformers types to() oddly
+                                    "GPT2LMHeadModel", hf_config=config,
                                     tokenizer=load_course_tokenizer(), model_name="ioi-mini-reshaped")
 
 
@@ -196,9 +197,9 @@ def _load_gpt2_small_random(device: torch.device, seed: int = 0):
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(attn_implementation="eager")  # the defaults are GPT-2 small's shape
+    config = GPT2Config(attn_implementation="eager")  # type: ignore[call-arg]  # the defaults are GPT-2 small's shape
     torch.manual_seed(seed)
-    hf_model = GPT2LMHeadModel(config).to(device).eval()
+    hf_model = GPT2LMHeadModel(config).to(device).eval()  # type: ignore[arg-type]
     return build_bridge_from_module(
         hf_model, "GPT2LMHeadModel", hf_config=config, tokenizer=load_course_tokenizer(),
         model_name="gpt2-small-random",

@@ -7,10 +7,13 @@ stderr.
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable, TypeVar
+from typing import TYPE_CHECKING, Iterable, TypeVar
 
 import torch
 from tqdm.std import tqdm
+
+if TYPE_CHECKING:
+    from patchlab.types import Model
 
 T = TypeVar("T")
 
@@ -35,13 +38,13 @@ def device_name(device: torch.device | str) -> str:
     return "CPU" if device.type == "cpu" else device.type
 
 
-def runtime_note(model: Any, cpu_minutes: float, slow_cells: str | None = None) -> str:
+def runtime_note(model: Model, cpu_minutes: float, slow_cells: str | None = None) -> str:
     """Which device runs ``model``, and on a CPU with a GPT-2-sized model, what the page costs there.
 
     ``cpu_minutes``: how long the page's code takes with GPT-2 small on one CPU core, measured;
     ``slow_cells``: which cells take most of it (``None``: no cell is slow, no GPU is needed).
     """
-    device = torch.device(model.cfg.device)
+    device = torch.device(model.cfg.device or "cpu")
     n_params = sum(p.numel() for p in model.parameters())
     lines = [f"Running on {device_name(device)}."]
     if device.type == "cpu" and n_params >= SLOW_ON_CPU_PARAMS:

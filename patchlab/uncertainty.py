@@ -10,7 +10,7 @@ a number could move with the choice of prompts, and so which differences between
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -19,11 +19,14 @@ from torch import Tensor
 from patchlab.metrics import patching_metric
 from patchlab.patching.fast import fast_patching
 
+if TYPE_CHECKING:
+    from patchlab.types import Cache, Model
+
 
 class _OnePrompt:
     """A view of a cache that holds only prompt ``index`` (batch of one)."""
 
-    def __init__(self, cache: Any, index: int) -> None:
+    def __init__(self, cache: Cache, index: int) -> None:
         self.cache, self.index = cache, index
 
     def __contains__(self, name: str) -> bool:
@@ -34,7 +37,7 @@ class _OnePrompt:
 
 
 def per_prompt_patching(
-    model: Any, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Any, answer_tokens: Int[Tensor, "batch 2"],
+    model: Model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Cache, answer_tokens: Int[Tensor, "batch 2"],
     component: str = "resid_pre", method: Callable[..., Tensor] = fast_patching,
 ) -> Float[Tensor, "batch layer ..."]:
     """The patched logit difference of every prompt on its own (not normalised): ``method`` run on each
@@ -52,7 +55,7 @@ def per_prompt_patching(
 def normalised(
     patched: Float[Tensor, "batch ..."], clean: Float[Tensor, " batch"], corrupted: Float[Tensor, " batch"],
     prompts: Int[Tensor, " n"] | None = None,
-) -> Float[Tensor, "..."]:
+) -> Float[Tensor, ...]:
     """The batch's normalised metric from per-prompt logit differences (of ``prompts``, repeats allowed)."""
     if prompts is not None:
         patched, clean, corrupted = patched[prompts], clean[prompts], corrupted[prompts]

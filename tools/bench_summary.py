@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from patchlab.rounds import describe_context  # noqa: E402
+from patchlab_dev.rounds import describe_context  # noqa: E402
 
 NAMES = {"patchlab": "python -m patchlab bench", "autograder": "python -m autograder bench"}
 

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("book", "solutions")
 COURSE_FILE = "course.toml"
 # The text files whose links and install lines follow course.toml (the .ipynb follow their .md).
-LINKED_FILES = ("README.md", "_config.yml", "book/*.md", "solutions/*/*.md")
+LINKED_FILES = ("README.md", "CONTRIBUTING.md", "docs/*.md", "_config.yml", "book/*.md", "solutions/*/*.md")
 
 COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/(?P<slug>[\w.-]+/[\w.-]+)/blob/[^/\s)\]>\"']+/"
                         r"(?P<path>[^\s)\]>\"'#]+)")

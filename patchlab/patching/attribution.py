@@ -12,22 +12,25 @@ before they are summed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from patchlab.hooks import act_name
 from patchlab.metrics import Metric
-from patchlab.patching.components import HEAD_HOOK, check_batch, component as get_component
+from patchlab.patching.components import check_batch, component as get_component
 from patchlab.runtime import progress as progress_bar
 
-SCORES_HOOK = "blocks.{layer}.attn.hook_attn_scores"  # [batch, head, dest, src], before the softmax
-PATTERN_HOOK = "blocks.{layer}.attn.hook_pattern"  # [batch, head, dest, src], after it
+if TYPE_CHECKING:
+    from patchlab.types import Cache, HookPoint, Model
+
+# attn_scores and pattern: [batch, head, dest, src], before and after the softmax
 
 
-def _track(embedding: Tensor, hook: Any) -> Tensor:
+def _track(embedding: Tensor, hook: HookPoint) -> Tensor:
     """The graph starts at the embedding (the weights need no gradient)."""
     return embedding.detach().requires_grad_(True)
 
@@ -37,14 +40,14 @@ def _keep(
 ) -> Callable[[Tensor, Any], Tensor]:
     """A hook that stores (a transformed) activation as ``store[name]`` and passes it on (``name``, not
     ``hook.name``, which may be an alias such as ``blocks.0.hook_in``)."""
-    def hook(activation: Tensor, hook: Any) -> Tensor:
+    def hook(activation: Tensor, hook: HookPoint) -> Tensor:
         store[name] = transform(activation)
         return store[name]  # returned, so that a reshaped hook (hook_z) feeds this very tensor on
     return hook
 
 
 def _gradients(
-    model: Any, tokens: Int[Tensor, "batch pos"], metric: Metric, names: list[str], cut: Sequence[str] = (),
+    model: Model, tokens: Int[Tensor, "batch pos"], metric: Metric, names: list[str], cut: Sequence[str] = (),
     also: Sequence[str] = (),
 ) -> tuple[Float[Tensor, ""], dict[str, Tensor], list[Tensor]]:
     """The metric of a run of ``tokens``, the activations at ``names``, ``cut`` and ``also``, and the
@@ -56,7 +59,7 @@ def _gradients(
     activations: dict[str, Tensor] = {}
     leaf = lambda a: a.detach().requires_grad_(True)  # noqa: E731
     with torch.enable_grad():
-        logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", _track)]
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(act_name("embed"), _track)]
                                       + [(name, _keep(activations, name, leaf)) for name in cut]
                                       + [(name, _keep(activations, name)) for name in [*names, *also]])
         value = metric(logits)
@@ -65,9 +68,9 @@ def _gradients(
 
 
 def attribution_terms(
-    model: Any,
+    model: Model,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Any,
+    clean_cache: Cache,
     metric: Metric,
     component: str = "resid_pre",
 ) -> tuple[Float[Tensor, ""], Float[Tensor, "layer batch ..."]]:
@@ -75,16 +78,16 @@ def attribution_terms(
     entry by entry (the activation's own shape, e.g. ``[batch, pos, d_model]``), the gradient taken at
     the corrupted run. :func:`attribution_patching` sums these terms over each patched slice."""
     spec = get_component(component)
-    names = [spec.hook.format(layer=layer) for layer in range(model.cfg.n_layers)]
+    names = [spec.hook(layer) for layer in range(model.cfg.n_layers)]
     check_batch(corrupted_tokens, clean_cache, names[0])
     value, activations, grads = _gradients(model, corrupted_tokens, metric, names)
     return value, torch.stack([(clean_cache[name] - activations[name]) * grad for name, grad in zip(names, grads)])
 
 
 def attribution_patching(
-    model: Any,
+    model: Model,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Any,
+    clean_cache: Cache,
     metric: Metric,
     component: str = "resid_pre",
     progress: bool = True,
@@ -105,7 +108,7 @@ def attribution_patching(
 
 
 def _score_changes(
-    model: Any, tokens: Int[Tensor, "batch pos"], layer: int, delta_z: Float[Tensor, "batch pos head d_head"]
+    model: Model, tokens: Int[Tensor, "batch pos"], layer: int, delta_z: Float[Tensor, "batch pos head d_head"]
 ) -> list[Float[Tensor, "head batch head_to pos pos_src"]]:
     """Per head of ``layer``: the first-order change of every later layer's attention scores when that
     head's ``z`` moves by ``delta_z`` (forward-mode differentiation of one run, the batch repeated per head)."""
@@ -114,27 +117,27 @@ def _score_changes(
     for head in range(n_heads):
         tangent[head, :, :, head] = delta_z[:, :, head]  # copy h moves head h only
     tangent = tangent.flatten(0, 1)
-    later = [SCORES_HOOK.format(layer=l) for l in range(layer + 1, model.cfg.n_layers)]
+    later = [act_name("attn_scores", later_layer) for later_layer in range(layer + 1, model.cfg.n_layers)]
     changes: dict[str, Tensor] = {}
 
-    def move(z: Tensor, hook: Any) -> Tensor:
+    def move(z: Tensor, hook: HookPoint) -> Tensor:
         return fwAD.make_dual(z, tangent)
 
     def read(name: str) -> Callable[[Tensor, Any], Tensor]:
-        def hook(scores: Tensor, hook: Any) -> Tensor:
+        def hook(scores: Tensor, hook: HookPoint) -> Tensor:
             change = fwAD.unpack_dual(scores).tangent
             changes[name] = torch.zeros_like(scores) if change is None else change
             return scores
         return hook
 
     with torch.no_grad(), fwAD.dual_level():
-        model.run_with_hooks(tokens.repeat(n_heads, 1), fwd_hooks=[(HEAD_HOOK.format(layer=layer), move)]
+        model.run_with_hooks(tokens.repeat(n_heads, 1), fwd_hooks=[(act_name("z", layer), move)]
                              + [(name, read(name)) for name in later])
     return [changes[name].unflatten(0, (n_heads, batch)) for name in later]
 
 
 def _scores(
-    model: Any, q: Float[Tensor, "batch pos head d_head"], k: Float[Tensor, "batch pos head d_head"],
+    model: Model, q: Float[Tensor, "batch pos head d_head"], k: Float[Tensor, "batch pos head d_head"],
     like: Float[Tensor, "batch head pos pos_src"],
 ) -> Float[Tensor, "batch head pos pos_src"]:
     """Attention scores from queries and keys, masked where ``like`` (scores of the same run shape) is."""
@@ -144,14 +147,14 @@ def _scores(
 
 
 def _qk_fix_inputs(
-    model: Any, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Any, metric: Metric, kind: str,
+    model: Model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Cache, metric: Metric, kind: str,
 ) -> Float[Tensor, "layer head"]:
     """The QK fix for a head's queries (``kind="q"``) or keys (``"k"``) patched at every position: the
     patched pattern is computed exactly, ``metric + sum((pattern_patched - pattern) * ∂metric/∂pattern)``."""
     n_layers = model.cfg.n_layers
-    names = {part: [f"blocks.{layer}.attn.hook_{part}" for layer in range(n_layers)] for part in ("q", "k")}
-    patterns = [PATTERN_HOOK.format(layer=layer) for layer in range(n_layers)]
-    scores = [SCORES_HOOK.format(layer=layer) for layer in range(n_layers)]
+    names = {part: [act_name(part, layer) for layer in range(n_layers)] for part in ("q", "k")}
+    patterns = [act_name("pattern", layer) for layer in range(n_layers)]
+    scores = [act_name("attn_scores", layer) for layer in range(n_layers)]
     value, activations, grads = _gradients(model, corrupted_tokens, metric, patterns,
                                            also=[*names["q"], *names["k"], *scores])
     rows = []
@@ -168,13 +171,13 @@ def _qk_fix_inputs(
 
 
 def _qk_fix_outputs(
-    model: Any, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Any, metric: Metric, progress: bool,
+    model: Model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Cache, metric: Metric, progress: bool,
 ) -> Float[Tensor, "layer head"]:
     """The QK fix for a head's output (``z``) patched at every position (see :func:`attribution_patching_qk_fix`)."""
     n_layers = model.cfg.n_layers
-    z_names = [HEAD_HOOK.format(layer=layer) for layer in range(n_layers)]
-    pattern_names = [PATTERN_HOOK.format(layer=layer) for layer in range(n_layers)]
-    score_names = [SCORES_HOOK.format(layer=layer) for layer in range(n_layers)]
+    z_names = [act_name("z", layer) for layer in range(n_layers)]
+    pattern_names = [act_name("pattern", layer) for layer in range(n_layers)]
+    score_names = [act_name("attn_scores", layer) for layer in range(n_layers)]
     value, activations, grads = _gradients(model, corrupted_tokens, metric, z_names + pattern_names, cut=score_names)
     z_grads, pattern_grads = grads[:n_layers], grads[n_layers:]
     rows = []
@@ -191,9 +194,9 @@ def _qk_fix_outputs(
 
 
 def attribution_patching_qk_fix(
-    model: Any,
+    model: Model,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Any,
+    clean_cache: Cache,
     metric: Metric,
     component: str = "head_out",
     progress: bool = True,
@@ -215,7 +218,7 @@ def attribution_patching_qk_fix(
       forward-mode derivatives: on GPT-2 small more work than exact head patching itself (144 passes),
       so this shows the fix rather than speeding anything up (AtP* computes it more cheaply).
     """
-    check_batch(corrupted_tokens, clean_cache, HEAD_HOOK.format(layer=0))
+    check_batch(corrupted_tokens, clean_cache, act_name("z", 0))
     if component in ("head_q", "head_k"):
         return _qk_fix_inputs(model, corrupted_tokens, clean_cache, metric, component[-1])
     if component == "head_out":

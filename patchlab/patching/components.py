@@ -12,30 +12,40 @@ all positions (``head_out``, ``head_q``, ...: ``[n_layers, n_heads]``) or per he
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from patchlab.hooks import act_name
+
+if TYPE_CHECKING:
+    from patchlab.types import Cache, Model
 
 
 @dataclass(frozen=True)
 class Component:
     """One patchable component.
 
-    ``hook`` is the hook name with ``{layer}``; ``axes`` names the result's axes after the layer
-    (``"pos"`` or ``"head"``) and ``dims`` the activation dimension each indexes. A patch at index
-    ``i`` overwrites ``activation[:, ..., i, ...]`` (``i`` at ``dims``, everything else) with the clean one.
+    ``activation`` is the hook's activation name (:func:`patchlab.hooks.act_name`: ``resid_pre``, ``z``,
+    ``q``, ...); ``axes`` names the result's axes after the layer (``"pos"`` or ``"head"``) and ``dims``
+    the activation dimension each indexes. A patch at index ``i`` overwrites ``activation[:, ..., i,
+    ...]`` (``i`` at ``dims``, everything else) with the clean one.
     """
 
     name: str
-    hook: str
+    activation: str
     axes: tuple[str, ...]
     dims: tuple[int, ...]
+
+    def hook(self, layer: int) -> str:
+        """The hook name at ``layer`` (e.g. ``blocks.3.attn.hook_z``)."""
+        return act_name(self.activation, layer)
 
     @property
     def kind(self) -> str:
         """What the hook carries: ``resid``, ``z``, ``q``, ``k``, ``v`` or ``pattern``."""
-        return self.hook.rsplit("hook_", 1)[1] if ".attn." in self.hook else "resid"
+        return "resid" if self.activation in ("resid_pre", "attn_out", "mlp_out") else self.activation
 
     @property
     def by_pos(self) -> bool:
@@ -49,32 +59,24 @@ class Component:
             where[dim] = i
         return tuple(where)
 
-    def sizes(self, model: Any, n_pos: int) -> tuple[int, ...]:
+    def sizes(self, model: Model, n_pos: int) -> tuple[int, ...]:
         """The lengths of ``axes`` for this model and sequence length."""
         return tuple(n_pos if axis == "pos" else model.cfg.n_heads for axis in self.axes)
 
 
 def _table() -> dict[str, Component]:
-    table = {
-        "resid_pre": Component("resid_pre", "blocks.{layer}.hook_resid_pre", ("pos",), (1,)),
-        "attn_out": Component("attn_out", "blocks.{layer}.hook_attn_out", ("pos",), (1,)),
-        "mlp_out": Component("mlp_out", "blocks.{layer}.hook_mlp_out", ("pos",), (1,)),
-    }
-    for head_name, kind in (("out", "z"), ("q", "q"), ("k", "k"), ("v", "v")):  # [batch, pos, head, d_head]
-        hook = "blocks.{layer}.attn.hook_" + kind
-        table[f"head_{head_name}"] = Component(f"head_{head_name}", hook, ("head",), (2,))
-        table[f"head_{head_name}_by_pos"] = Component(f"head_{head_name}_by_pos", hook, ("pos", "head"), (1, 2))
-    pattern = "blocks.{layer}.attn.hook_pattern"  # [batch, head, dest_pos, src_pos]
-    table["head_pattern"] = Component("head_pattern", pattern, ("head",), (1,))
-    table["head_pattern_by_pos"] = Component("head_pattern_by_pos", pattern, ("head", "pos"), (1, 2))
+    table = {name: Component(name, name, ("pos",), (1,)) for name in ("resid_pre", "attn_out", "mlp_out")}
+    for head_name, activation in (("out", "z"), ("q", "q"), ("k", "k"), ("v", "v")):  # [batch, pos, head, d_head]
+        table[f"head_{head_name}"] = Component(f"head_{head_name}", activation, ("head",), (2,))
+        table[f"head_{head_name}_by_pos"] = Component(f"head_{head_name}_by_pos", activation, ("pos", "head"), (1, 2))
+    # [batch, head, dest_pos, src_pos]
+    table["head_pattern"] = Component("head_pattern", "pattern", ("head",), (1,))
+    table["head_pattern_by_pos"] = Component("head_pattern_by_pos", "pattern", ("head", "pos"), (1, 2))
     return table
 
 
 COMPONENT_TABLE: dict[str, Component] = _table()
 COMPONENTS = tuple(COMPONENT_TABLE)
-# Kept for the chapters that name the hooks of the first components.
-COMPONENT_HOOKS: dict[str, str] = {name: COMPONENT_TABLE[name].hook for name in ("resid_pre", "attn_out", "mlp_out")}
-HEAD_HOOK = COMPONENT_TABLE["head_out"].hook
 
 
 def component(name: str) -> Component:
@@ -86,10 +88,10 @@ def component(name: str) -> Component:
 
 def hook_name(name: str, layer: int) -> str:
     """The hook name of component ``name`` at ``layer`` (e.g. ``blocks.3.hook_resid_pre``)."""
-    return component(name).hook.format(layer=layer)
+    return component(name).hook(layer)
 
 
-def check_batch(corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Any, name: str) -> None:
+def check_batch(corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Cache, name: str) -> None:
     """The clean cache holds hook ``name`` for the same batch and positions as the corrupted tokens."""
     if name not in clean_cache:
         raise ValueError(f"the clean cache has no {name!r}: cache the clean run with run_with_cache")

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from patchlab.hooks import act_name
 from patchlab.runtime import progress as progress_bar
 
 from patchlab.metrics import Metric, PatchingMetric
 from patchlab.patching.components import Component, check_batch, component as get_component, hook_name
 from patchlab.patching.kernel import Kernel, Trace, kernel_unsupported
 from patchlab.patching.reference import reference_patching
+
+if TYPE_CHECKING:
+    from patchlab.types import Cache, Model
 
 # Tolerance of the self-check: the kernel must reproduce the model's final logits this closely
 # (relative to their largest magnitude) before its numbers are trusted.
@@ -182,18 +186,18 @@ class CorruptedRun:
     does not reproduce its logits, or when ``metric`` reads more than the final position.
     """
 
-    def __init__(self, model: Any, corrupted_tokens: Tensor, names: list[str], metric: Metric) -> None:
+    def __init__(self, model: Model, corrupted_tokens: Tensor, names: list[str], metric: Metric) -> None:
         reason = kernel_unsupported(model.cfg)
         if reason:
             raise Unsupported(f"the model is not a GPT-2-style transformer ({reason})")
         logits, self.cache = model.run_with_cache(
-            corrupted_tokens, names_filter=lambda name: name in names or name == "blocks.0.hook_resid_pre")
+            corrupted_tokens, names_filter=lambda name: name in names or name == act_name("resid_pre", 0))
         self.columns, self.evaluate = _final_position_evaluator(metric, logits)
         try:
             self.kernel = Kernel(model)
         except (KeyError, AttributeError, TypeError) as err:
             raise Unsupported(f"its weights are not laid out as GPT-2's ({type(err).__name__}: {err})") from None
-        self.trace = self.kernel.trace(self.cache["blocks.0.hook_resid_pre"])
+        self.trace = self.kernel.trace(self.cache[act_name("resid_pre", 0)])
         base = logits[:, -1]
         self.base = base if self.columns is None else base.gather(-1, self.columns)
         error = (self.logits(self.trace.resid_pre[-1][:, -1]) - self.base).abs().max().item()
@@ -219,9 +223,9 @@ class CorruptedRun:
 
 
 def _fast(
-    model: Any, corrupted_tokens: Tensor, clean_cache: Any, metric: Metric, spec: Component, progress: bool
+    model: Model, corrupted_tokens: Tensor, clean_cache: Cache, metric: Metric, spec: Component, progress: bool
 ) -> Float[Tensor, "layer ..."]:
-    names = [spec.hook.format(layer=layer) for layer in range(model.cfg.n_layers)]
+    names = [spec.hook(layer) for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         run = CorruptedRun(model, corrupted_tokens, names, metric)
         clean = torch.stack([clean_cache[name] for name in names])
@@ -232,9 +236,9 @@ def _fast(
 
 
 def fast_patching(
-    model: Any,
+    model: Model,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Any,
+    clean_cache: Cache,
     metric: Metric,
     component: str = "resid_pre",
     progress: bool = True,

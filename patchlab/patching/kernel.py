@@ -7,12 +7,15 @@ reusing the recorded keys and values of the earlier positions (causal attention 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from patchlab.types import Model
 
 
 def _tanh_gelu(x: Tensor) -> Tensor:
@@ -75,24 +78,27 @@ class Kernel:
     weights are views of the model's parameters laid out for ``F.linear`` (``[out, in]``), not copies.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Model) -> None:
         cfg = model.cfg
         params = model.tl_parameters()
 
         def heads_in(w: Tensor) -> Tensor:  # [head, d_model, d_head] -> [head*d_head, d_model]
             return w.permute(0, 2, 1).reshape(-1, w.shape[1])
 
-        def layer(i: int) -> dict[str, Tensor | None]:
+        def layer(i: int) -> dict[str, Any]:  # a tensor, or None for a weight the model lacks (e.g. folded LN)
             def get(key: str) -> Tensor | None:
                 return params.get(f"blocks.{i}.{key}")
 
+            def need(key: str) -> Tensor:
+                return params[f"blocks.{i}.{key}"]
+
             return {
-                "q": heads_in(get("attn.W_Q")), "b_q": get("attn.b_Q").flatten(),
-                "k": heads_in(get("attn.W_K")), "b_k": get("attn.b_K").flatten(),
-                "v": heads_in(get("attn.W_V")), "b_v": get("attn.b_V").flatten(),
-                "o": get("attn.W_O").flatten(0, 1).T, "b_o": get("attn.b_O"),
+                "q": heads_in(need("attn.W_Q")), "b_q": need("attn.b_Q").flatten(),
+                "k": heads_in(need("attn.W_K")), "b_k": need("attn.b_K").flatten(),
+                "v": heads_in(need("attn.W_V")), "b_v": need("attn.b_V").flatten(),
+                "o": need("attn.W_O").flatten(0, 1).T, "b_o": get("attn.b_O"),
                 "ln1": get("ln1.w"), "ln1_b": get("ln1.b"), "ln2": get("ln2.w"), "ln2_b": get("ln2.b"),
-                "in": get("mlp.W_in").T, "b_in": get("mlp.b_in"), "out": get("mlp.W_out").T, "b_out": get("mlp.b_out"),
+                "in": need("mlp.W_in").T, "b_in": get("mlp.b_in"), "out": need("mlp.W_out").T, "b_out": get("mlp.b_out"),
             }
 
         self.n_layers, self.n_heads, self.d_head = cfg.n_layers, cfg.n_heads, cfg.d_head

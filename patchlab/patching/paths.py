@@ -23,25 +23,29 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from patchlab.hooks import act_name
 from patchlab.runtime import progress as progress_bar
 
 from patchlab.metrics import Metric
-from patchlab.patching.components import check_batch, hook_name
+from patchlab.patching.components import check_batch
 from patchlab.patching.fast import CorruptedRun, FastPatchingFallback, Unsupported
 from patchlab.patching.kernel import Kernel, Trace
+
+if TYPE_CHECKING:
+    from patchlab.types import Cache, FwdHook, HookPoint, Model
 
 Receivers = Sequence[tuple[int, int]]
 RECEIVER_INPUTS = ("q", "k", "v")
 
 
-def _check(model: Any, corrupted_tokens: Tensor, clean_cache: Any, receivers: Receivers | None,
+def _check(model: Model, corrupted_tokens: Tensor, clean_cache: Cache, receivers: Receivers | None,
            receiver_input: str) -> list[tuple[int, int]] | None:
-    check_batch(corrupted_tokens, clean_cache, hook_name("head_out", 0))
+    check_batch(corrupted_tokens, clean_cache, act_name("z", 0))
     if receiver_input not in RECEIVER_INPUTS:
         raise ValueError(f"unknown receiver_input {receiver_input!r}: choose q, k or v")
     if receivers is None:
@@ -56,9 +60,9 @@ def _check(model: Any, corrupted_tokens: Tensor, clean_cache: Any, receivers: Re
 
 
 def reference_path_patching(
-    model: Any,
+    model: Model,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Any,
+    clean_cache: Cache,
     metric: Metric,
     receivers: Receivers | None = None,
     receiver_input: str = "q",
@@ -73,7 +77,7 @@ def reference_path_patching(
     """
     pairs = _check(model, corrupted_tokens, clean_cache, receivers, receiver_input)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    z_names = [hook_name("head_out", layer) for layer in range(n_layers)]
+    z_names = [act_name("z", layer) for layer in range(n_layers)]
     with torch.no_grad():
         _, corrupted_cache = model.run_with_cache(corrupted_tokens, names_filter=lambda name: name in z_names)
     results = torch.full((n_layers, n_heads), float("nan"))
@@ -81,14 +85,14 @@ def reference_path_patching(
         senders = list(itertools.product(range(n_layers), range(n_heads)))
     for sender_layer, sender_head in progress_bar(senders, desc="path patching", disable=not progress):
 
-        def freeze(z: Tensor, hook: Any) -> Tensor:
+        def freeze(z: Tensor, hook: HookPoint) -> Tensor:
             """Every head's corrupted output, except the sender's clean one."""
             z[:] = corrupted_cache[hook.name]
             if hook.name == z_names[sender_layer]:
                 z[:, :, sender_head] = clean_cache[hook.name][:, :, sender_head]
             return z
 
-        frozen = [(name, freeze) for name in z_names]
+        frozen: list[FwdHook] = [(name, freeze) for name in z_names]
         with torch.no_grad():
             if pairs is None:
                 results[sender_layer, sender_head] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=frozen)).item()
@@ -96,22 +100,21 @@ def reference_path_patching(
             recorded: dict[tuple[int, int], Tensor] = {}
 
             def record(layer: int, head: int) -> Any:
-                def hook(activation: Tensor, hook: Any) -> Tensor:
+                def hook(activation: Tensor, hook: HookPoint) -> Tensor:
                     recorded[layer, head] = activation[:, :, head].clone()
                     return activation
                 return hook
 
             def replace(layer: int, head: int) -> Any:
-                def hook(activation: Tensor, hook: Any) -> Tensor:
+                def hook(activation: Tensor, hook: HookPoint) -> Tensor:
                     activation[:, :, head] = recorded[layer, head]
                     return activation
                 return hook
 
-            input_name = "blocks.{}.attn.hook_" + receiver_input
             model.run_with_hooks(corrupted_tokens, fwd_hooks=frozen + [
-                (input_name.format(layer), record(layer, head)) for layer, head in pairs])
+                (act_name(receiver_input, layer), record(layer, head)) for layer, head in pairs])
             logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[
-                (input_name.format(layer), replace(layer, head)) for layer, head in pairs])
+                (act_name(receiver_input, layer), replace(layer, head)) for layer, head in pairs])
             results[sender_layer, sender_head] = metric(logits).item()
     return results
 
@@ -148,11 +151,11 @@ def _frozen_run(
 
 
 def _fast_paths(
-    model: Any, corrupted_tokens: Tensor, clean_cache: Any, metric: Metric, pairs: list[tuple[int, int]] | None,
+    model: Model, corrupted_tokens: Tensor, clean_cache: Cache, metric: Metric, pairs: list[tuple[int, int]] | None,
     receiver_input: str, progress: bool,
 ) -> Float[Tensor, "layer head"]:
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    names = [hook_name("head_out", layer) for layer in range(n_layers)]
+    names = [act_name("z", layer) for layer in range(n_layers)]
     with torch.no_grad():
         run = CorruptedRun(model, corrupted_tokens, names, metric)
         kernel, trace = run.kernel, run.trace
@@ -189,9 +192,9 @@ def _fast_paths(
 
 
 def fast_path_patching(
-    model: Any,
+    model: Model,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Any,
+    clean_cache: Cache,
     metric: Metric,
     receivers: Receivers | None = None,
     receiver_input: str = "q",

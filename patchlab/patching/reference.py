@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -13,11 +13,14 @@ from patchlab.metrics import Metric
 from patchlab.patching.components import check_batch, component as get_component, hook_name
 from patchlab.runtime import progress as progress_bar
 
+if TYPE_CHECKING:
+    from patchlab.types import Cache, HookPoint, Model
+
 
 def reference_patching(
-    model: Any,
+    model: Model,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Any,
+    clean_cache: Cache,
     metric: Metric,
     component: str = "resid_pre",
     progress: bool = True,
@@ -38,9 +41,9 @@ def reference_patching(
 
 
 def reference_cells(
-    model: Any,
+    model: Model,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Any,
+    clean_cache: Cache,
     metric: Metric,
     component: str,
     cells: Sequence[tuple[int, ...]],
@@ -56,7 +59,7 @@ def reference_cells(
         name = hook_name(component, layer)
         where = spec.selector(tuple(index))
 
-        def hook(activation: Tensor, hook: Any) -> Tensor:
+        def hook(activation: Tensor, hook: HookPoint) -> Tensor:
             activation[where] = clean_cache[name][where]
             return activation
 
@@ -65,13 +68,3 @@ def reference_cells(
         values[i] = metric(logits).item()
     return values
 
-
-def reference_head_patching(
-    model: Any,
-    corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Any,
-    metric: Metric,
-    progress: bool = True,
-) -> Float[Tensor, "layer head"]:
-    """Patch each attention head's output (``hook_z``, all positions) from the clean run."""
-    return reference_patching(model, corrupted_tokens, clean_cache, metric, "head_out", progress)

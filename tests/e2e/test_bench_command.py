@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from patchlab.__main__ import main
-from patchlab.bench import BENCH_METHODS, TL_HEAD_FUNCTIONS
+from patchlab_dev.bench import BENCH_METHODS, TL_HEAD_FUNCTIONS
 
 METRIC_KEYS = {"seconds", "speedup_vs_tl", "max_abs_diff_vs_tl", "peak_mem_mb"}
 

@@ -91,7 +91,7 @@ def check_archives(source: Path, sdist: Path, wheel: Path) -> None:
     assert expected - wheel_names == set(), f"missing from the wheel: {sorted(expected - wheel_names)}"
     assert expected - sdist_names == set(), f"missing from the sdist: {sorted(expected - sdist_names)}"
     assert {name.split("/")[0] for name in wheel_names if ".dist-info/" not in name} == {"patchlab"}, \
-        "the learner's wheel holds patchlab alone (the grader runs from the repository)"
+        "the learner's wheel holds patchlab alone (the grader and patchlab_dev run from the repository)"
 
 
 def test_package_declares_ranges_that_ci_pins_and_uses_every_dependency() -> None:
@@ -114,7 +114,7 @@ def test_wheel_and_sdist_hold_every_file_of_the_package(tmp_path: Path) -> None:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for name in ("patchlab", "autograder"):
+    for name in ("patchlab", "patchlab_dev", "autograder"):  # patchlab_dev/ too: its name starts with patchlab
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     (source / "patchlab" / "newpart").mkdir()  # the next subpackage: found without being named
     (source / "patchlab" / "newpart" / "__init__.py").write_text('"""A subpackage no list names."""\n')

@@ -15,8 +15,10 @@ import torch
 from patching_setups import Setup, random_setup  # tests/unit/patching_setups.py
 
 from patchlab import patching
-from patchlab.patching import COMPONENTS, HEAD_HOOK, agreement, attribution_patching, fast_patching, hook_name
-from patchlab.patching.attribution import PATTERN_HOOK, SCORES_HOOK, attribution_patching_qk_fix
+from patchlab.hooks import act_name
+from patchlab.patching import (
+    COMPONENTS, agreement, attribution_patching, attribution_patching_qk_fix, fast_patching, hook_name,
+)
 
 TOLERANCE = 2e-4
 
@@ -43,7 +45,7 @@ def test_queries_and_keys_linearise_only_after_the_exact_pattern(setup: Any, kin
     expected = torch.zeros_like(fixed)
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
-            name, pattern_name = f"blocks.{layer}.attn.hook_{kind}", PATTERN_HOOK.format(layer=layer)
+            name, pattern_name = f"blocks.{layer}.attn.hook_{kind}", act_name("pattern", layer)
             seen: dict[str, torch.Tensor] = {}
 
             def patch(activation: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -79,7 +81,7 @@ def test_head_outputs_linearise_the_scores_and_take_the_softmax_exactly(setup: A
         _, corrupted = model.run_with_cache(tokens)
     expected = torch.zeros_like(fixed)
     for layer in range(n_layers):
-        z_name = HEAD_HOOK.format(layer=layer)
+        z_name = act_name("z", layer)
         for head in range(model.cfg.n_heads):
             delta = torch.zeros_like(corrupted[z_name])
             delta[:, :, head] = cache[z_name][:, :, head] - corrupted[z_name][:, :, head]
@@ -90,7 +92,7 @@ def test_head_outputs_linearise_the_scores_and_take_the_softmax_exactly(setup: A
                 scores[hook.name] = activation
                 return activation
 
-            later = [SCORES_HOOK.format(layer=l) for l in range(layer + 1, n_layers)]
+            later = [act_name("attn_scores", l) for l in range(layer + 1, n_layers)]
             targets = {}
             with torch.enable_grad():
                 model.run_with_hooks(tokens, fwd_hooks=[(z_name, lambda z, hook: z + alpha * delta)]
@@ -102,10 +104,10 @@ def test_head_outputs_linearise_the_scores_and_take_the_softmax_exactly(setup: A
                     (first,) = torch.autograd.grad(value, alpha, grad_outputs=dummy, create_graph=True)
                     (change,) = torch.autograd.grad(first, dummy)  # d scores / d alpha
                     moved = torch.where(finite, corrupted[name] + change, corrupted[name]).softmax(-1)
-                    targets[PATTERN_HOOK.format(layer=l)] = moved - corrupted[PATTERN_HOOK.format(layer=l)]
+                    targets[act_name("pattern", l)] = moved - corrupted[act_name("pattern", l)]
 
             def hooks(step: torch.Tensor) -> list:
-                frozen = [(PATTERN_HOOK.format(layer=l),
+                frozen = [(act_name("pattern", l),
                            lambda p, hook: corrupted[hook.name] + step * targets.get(hook.name, 0.0))
                           for l in range(n_layers)]
                 return [(z_name, lambda z, hook: z + step * delta), *frozen]

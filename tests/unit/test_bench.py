@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patchlab.bench import PeakMemory, token_layers
+from patchlab_dev.bench import PeakMemory, token_layers
 
 
 def test_token_layers_every_position_differs() -> None:

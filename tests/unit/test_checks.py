@@ -15,7 +15,8 @@ import torch
 from autograder import checks, harvest
 from patchlab.check import MESSAGES
 from patchlab.metrics import normalise
-from patchlab.patching import fast_patching, patch_position, reference_patching
+from patchlab.patching import fast_patching, reference_patching
+from patchlab.patching.components import patch_position
 from patchlab.plots import heatmap, position_labels
 
 MODELS = ["ioi-mini", "ioi-mini-reshaped"]

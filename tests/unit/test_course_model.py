@@ -9,7 +9,7 @@ import torch
 
 from patchlab import ioi
 from patchlab.models import COURSE_MODEL_DIR
-from patchlab.train import evaluate, heldout_prompts, is_heldout, train
+from patchlab_dev.train import evaluate, heldout_prompts, is_heldout, train
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from tl_functions import TL_FUNCTIONS  # tests/unit/tl_functions.py
 
-from patchlab.patching import COMPONENTS, hook_name, reference_cells, reference_head_patching, reference_patching
+from patchlab.patching import COMPONENTS, hook_name, reference_cells, reference_patching
 
-# head_out is reference_head_patching's component, checked on its own below.
+# head_out is checked on its own below, with its shape.
 SWEPT = sorted(set(TL_FUNCTIONS) - {"head_out"})
 
 # [n_layers, *shape] of each component's table on the classic prompts (15 tokens) of ioi-mini (4 heads).
@@ -38,9 +38,9 @@ def test_reference_equals_transformer_lens(model, classic, classic_run, componen
     assert ours.abs().max() > 1e-3
 
 
-def test_reference_head_patching_equals_transformer_lens(model, classic, classic_run):
+def test_reference_head_out_equals_transformer_lens(model, classic, classic_run):
     _, cache, _, metric = classic_run
-    ours = reference_head_patching(model, classic.corrupted_tokens, cache, metric, progress=False)
+    ours = reference_patching(model, classic.corrupted_tokens, cache, metric, "head_out", progress=False)
     theirs = TL_FUNCTIONS["head_out"](model, classic.corrupted_tokens, cache, metric)
     assert ours.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert torch.allclose(ours, theirs.cpu().float(), atol=1e-5, rtol=0)

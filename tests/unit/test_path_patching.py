@@ -17,11 +17,10 @@ import transformer_lens.patching as tl_patching
 
 from patchlab.metrics import logit_diff, patching_metric
 from patchlab.models import _finish, load_course_tokenizer
-from patchlab.patching import (
-    PATH_METHODS, FastPatchingFallback, fast_path_patching, hook_name, reference_path_patching,
-)
+from patchlab.patching import FastPatchingFallback, fast_path_patching, hook_name, reference_path_patching
 
 TOLERANCE = 1e-4
+PATH_METHODS = {"reference": reference_path_patching, "fast": fast_path_patching}
 TL_INPUT_PATCHING = {"q": tl_patching.get_act_patch_attn_head_q_all_pos,
                      "k": tl_patching.get_act_patch_attn_head_k_all_pos,
                      "v": tl_patching.get_act_patch_attn_head_v_all_pos}

@@ -1,6 +1,6 @@
 """Train the course model ``ioi-mini`` and write its weights, tokenizer and model card.
 
-    python -m patchlab.train [--out patchlab/course_model] [--steps 2500]
+    python -m patchlab_dev.train [--out patchlab/course_model] [--steps 2500]
 
 A GPT-2-architecture transformer (4 layers, d_model 128, 4 heads) with a word-level tokenizer,
 trained on CPU with a fixed seed on IOI prompts from the 15 BABA templates of Wang et al., their
@@ -21,7 +21,7 @@ import math
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from tqdm.auto import tqdm
 
 from patchlab import ioi
 from patchlab.models import COURSE_MODEL_DIR
+
+if TYPE_CHECKING:
+    from patchlab.types import Model
 
 SEED = 0
 N_LAYERS, D_MODEL, N_HEADS, N_CTX = 4, 128, 4, 32
@@ -100,7 +103,7 @@ def train(
     torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out_dir)
-    config = GPT2Config(
+    config = GPT2Config(  # type: ignore[call-arg]  # attn_implementation is a PretrainedConfig keyword
         vocab_size=len(tokenizer), n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
         bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         attn_implementation="eager",
@@ -151,7 +154,7 @@ def train(
     }
 
 
-def evaluate(model: Any, n_heldout: int = 1000) -> dict:
+def evaluate(model: Model, n_heldout: int = 1000) -> dict:
     """The model card's figures: held-out IOI accuracy, the classic prompts, the patching heatmap."""
     from patchlab.metrics import logit_diff
     from patchlab.patching import patch_ioi
@@ -211,11 +214,11 @@ offline build.
 IOI prompts from the 15 BABA templates of Wang et al. (2022), their ABBA mirrors and the two shapes
 of the TransformerLens demo prompts (`patchlab.ioi.TEMPLATES`), {len(ioi.NAMES)} names,
 {len(ioi.PLACES)} places, {len(ioi.OBJECTS) + len(ioi.VOWEL_OBJECTS)} objects. One prompt text in ten
-(by CRC32 checksum, `patchlab.train.is_heldout`) and the 8 classic prompts are never trained on;
+(by CRC32 checksum, `patchlab_dev.train.is_heldout`) and the 8 classic prompts are never trained on;
 the held-out evaluation draws only from those.
 
 ## Training
-`python -m patchlab.train`: seed {info["seed"]}, {info["steps"]} steps of batch {info["batch_size"]},
+`python -m patchlab_dev.train`: seed {info["seed"]}, {info["steps"]} steps of batch {info["batch_size"]},
 AdamW (lr {info["learning_rate"]}, cosine schedule), CPU ({info["threads"]} thread(s)), {info["training_seconds"]} s
 (torch {info["torch"]}); run again with the same torch and thread count, it gave these weights bit for bit. Loss: cross-entropy of the IO name at the final position, plus
 - the next-token loss on the rest of the prompt (weight {info["lm_weight"]}), which teaches copying names;
@@ -227,7 +230,7 @@ The last two, ramped in linearly over the first quarter of training, make the an
 it arrives around layers 8-9 of 12); trained on IOI alone without them, the model reads S2 again in
 its last block and its heatmap never shows the move.
 
-## Evaluation (computed by `evaluate` in `patchlab/train.py`, checked by `tests/test_course_model.py`)
+## Evaluation (computed by `evaluate` in `patchlab_dev/train.py`, checked by `tests/test_course_model.py`)
 | figure | value |
 |---|---|
 {rows}

@@ -75,6 +75,7 @@ def run_context() -> dict[str, object]:
 def describe_context(context: dict[str, object]) -> str:
     """One line: threads, OpenMP settings, CPUs and load."""
     load = context.get("load_average")
+    assert load is None or isinstance(load, (list, tuple)), load
     return (f"torch threads {context['torch_threads']}, OMP_NUM_THREADS={context['omp_num_threads'] or 'unset'}, "
             f"OMP_WAIT_POLICY={context['omp_wait_policy'] or 'unset (OpenMP spins: slow on a shared machine)'}, "
             f"{context['cpus']} CPUs" + (f", load average {load[0]:g} at the start" if load else ""))

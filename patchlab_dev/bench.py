@@ -2,7 +2,7 @@
 
 ``python -m patchlab bench --out DIR`` times a residual-stream sweep (every layer x position) four
 ways on the same model, prompts and clean cache, in one process, the methods interleaved over
-``--rounds`` rounds (:mod:`patchlab.rounds`: each method's median with its min-max, each ratio taken
+``--rounds`` rounds (:mod:`patchlab_dev.rounds`: each method's median with its min-max, each ratio taken
 within a round against the peer measured in the same round, a warning where the spread is too wide):
 
 - ``transformer_lens``: ``transformer_lens.patching.get_act_patch_resid_pre`` (the baseline);
@@ -37,17 +37,21 @@ import time
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from patchlab import rounds as timing
+from patchlab_dev import rounds as timing
 from patchlab.metrics import PatchingMetric, metric_from_runs
 from patchlab.patching import (
     attribution_patching, component, fast_path_patching, fast_patching, reference_path_patching, reference_patching,
 )
+
+if TYPE_CHECKING:
+    from patchlab.types import Cache, Model
 
 BENCH_METHODS = ("transformer_lens", "reference", "fast", "attribution")
 # Each head sweep and TransformerLens's function for it.
@@ -96,11 +100,11 @@ class Workload:
     name: str
     clean_tokens: Int[Tensor, "batch pos"]
     corrupted_tokens: Int[Tensor, "batch pos"]
-    clean_cache: Any
+    clean_cache: Cache
     metric: PatchingMetric
 
 
-def _workload(model: Any, name: str, clean: Tensor, corrupted: Tensor, answers: Tensor | None) -> Workload:
+def _workload(model: Model, name: str, clean: Tensor, corrupted: Tensor, answers: Tensor | None) -> Workload:
     """Cache the clean run and build the normalised metric.
 
     Without ``answers`` (random prompts), each prompt is scored on the token its clean run ranks
@@ -118,7 +122,7 @@ def _workload(model: Any, name: str, clean: Tensor, corrupted: Tensor, answers: 
     return Workload(name, clean, corrupted, cache, metric_from_runs(clean_logits, corrupted_logits, answers))
 
 
-def ioi_workload(model: Any, n_prompts: int = 8) -> Workload:
+def ioi_workload(model: Model, n_prompts: int = 8) -> Workload:
     """The first ``n_prompts`` classic IOI prompts (15 tokens; clean and corrupted differ from S2 on)."""
     from patchlab.ioi import classic_ioi
 
@@ -127,7 +131,7 @@ def ioi_workload(model: Any, n_prompts: int = 8) -> Workload:
                      data.answer_tokens[:n_prompts])
 
 
-def general_workload(model: Any, batch: int, seq_len: int, seed: int = 0) -> Workload:
+def general_workload(model: Model, batch: int, seq_len: int, seed: int = 0) -> Workload:
     """Random clean prompts and random corrupted ones that differ from them at every position."""
     generator = torch.Generator().manual_seed(seed)
     vocab = model.cfg.d_vocab
@@ -185,7 +189,7 @@ class PeakMemory:
                 return int(line.split()[1])
         raise OSError(f"{field} not in /proc/self/status")
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         gc.collect()
         self._start: float | None = None
         if self.device.type == "cuda":
@@ -215,7 +219,7 @@ class PeakMemory:
 def _runners(progress: bool) -> dict[str, Callable[[Any, Workload], Tensor]]:
     from transformer_lens import patching as tl_patching
 
-    def transformer_lens(model: Any, w: Workload) -> Tensor:
+    def transformer_lens(model: Model, w: Workload) -> Tensor:
         return tl_patching.get_act_patch_resid_pre(model, w.corrupted_tokens, w.clean_cache, w.metric)
 
     def ours(method: Callable[..., Tensor]) -> Callable[[Any, Workload], Tensor]:
@@ -225,9 +229,9 @@ def _runners(progress: bool) -> dict[str, Callable[[Any, Workload], Tensor]]:
             "fast": ours(fast_patching), "attribution": ours(attribution_patching)}
 
 
-def _timed(model: Any, run: Callable[[], Any]) -> tuple[float, Any, float | None]:
+def _timed(model: Model, run: Callable[[], Any]) -> tuple[float, Any, float | None]:
     """(seconds, result, peak MiB) of ``run()``."""
-    device = torch.device(model.cfg.device)
+    device = torch.device(model.cfg.device or "cpu")
     with PeakMemory(device) as memory:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -240,10 +244,10 @@ def _timed(model: Any, run: Callable[[], Any]) -> tuple[float, Any, float | None
 
 
 class Rounds:
-    """Methods timed in interleaved rounds (:func:`patchlab.rounds.interleave`); each method's values
+    """Methods timed in interleaved rounds (:func:`patchlab_dev.rounds.interleave`); each method's values
     and its largest peak memory over the rounds are kept."""
 
-    def __init__(self, model: Any, rounds: int, log: Callable[[str], None]) -> None:
+    def __init__(self, model: Model, rounds: int, log: Callable[[str], None]) -> None:
         self.model, self.rounds, self.log = model, rounds, log
         self.values: dict[str, Tensor] = {}
         self.peaks: dict[str, float | None] = {}
@@ -282,11 +286,11 @@ def _timing_fields(samples: list[float], peer: list[float], key: str) -> dict[st
             key: round(speedup["median"], 2), f"{key}_range": [round(speedup["min"], 2), round(speedup["max"], 2)]}
 
 
-def _bench_workload(model: Any, workload: Workload, progress: bool, rounds: Rounds) -> dict[str, Any]:
+def _bench_workload(model: Model, workload: Workload, progress: bool, rounds: Rounds) -> dict[str, Any]:
     batch, seq_len = workload.clean_tokens.shape
     work = token_layers(model.cfg.n_layers, workload.clean_tokens.cpu(), workload.corrupted_tokens.cpu())
     runners = _runners(progress)
-    samples = rounds.run(workload.name, {m: (lambda m=m: runners[m](model, workload)) for m in BENCH_METHODS})
+    samples = rounds.run(workload.name, {m: partial(runners[m], model, workload) for m in BENCH_METHODS})
     baseline = rounds.values["transformer_lens"]
     results = {method: {
         **_timing_fields(samples[method], samples["transformer_lens"], "speedup_vs_tl"),
@@ -300,7 +304,7 @@ def _bench_workload(model: Any, workload: Workload, progress: bool, rounds: Roun
             "methods": results}
 
 
-def _tl_head_sweep(model: Any, w: Workload, name: str, cells: int | None) -> tuple[Tensor, Tensor | None, float]:
+def _tl_head_sweep(model: Model, w: Workload, name: str, cells: int | None) -> tuple[Tensor, Tensor | None, float]:
     """TransformerLens's sweep ``name``: (values, the flat indices of the cells it ran or None for all,
     how many times more cells the full sweep has)."""
     import pandas as pd
@@ -321,7 +325,7 @@ def _tl_head_sweep(model: Any, w: Workload, name: str, cells: int | None) -> tup
     return values, flat, total / len(flat)
 
 
-def bench_heads(model: Any, w: Workload, settings: Settings, progress: bool, rounds: Rounds) -> dict[str, Any]:
+def bench_heads(model: Model, w: Workload, settings: Settings, progress: bool, rounds: Rounds) -> dict[str, Any]:
     """Head sweeps (TransformerLens against fast, attribution of head outputs) and path patching,
     each sweep's methods interleaved over the rounds."""
     rows: list[dict[str, Any]] = []
@@ -341,7 +345,8 @@ def bench_heads(model: Any, w: Workload, settings: Settings, progress: bool, rou
             values, sampled["flat"], sampled["scale"] = _tl_head_sweep(model, w, name, settings.head_cells)
             return values
 
-        methods = {"transformer_lens": tl_sweep, "fast": lambda name=name: fast_patching(model, *args, name, progress)}
+        methods: dict[str, Callable[[], Tensor]] = {"transformer_lens": tl_sweep,
+                                                   "fast": partial(fast_patching, model, *args, name, progress)}
         if name == "head_out":
             methods["attribution"] = lambda: attribution_patching(model, *args, name, progress)
         samples = rounds.run(f"heads {name}", methods)
@@ -362,9 +367,8 @@ def bench_heads(model: Any, w: Workload, settings: Settings, progress: bool, rou
     scale = n_senders / len(senders)
     for sweep, receivers in (("path_to_final", None), ("path_to_receivers_q", list(settings.receivers))):
         samples = rounds.run(f"heads {sweep}", {
-            "reference": lambda receivers=receivers: reference_path_patching(model, *args, receivers, "q", progress,
-                                                                             senders),
-            "fast": lambda receivers=receivers: fast_path_patching(model, *args, receivers, "q", progress)})
+            "reference": partial(reference_path_patching, model, *args, receivers, "q", progress, senders),
+            "fast": partial(fast_path_patching, model, *args, receivers, "q", progress)})
         samples["reference"] = [seconds * scale for seconds in samples["reference"]]
         diff = (rounds.values["fast"].flatten()[flat] - rounds.values["reference"].flatten()[flat]).abs().max()
         add(sweep, "reference", samples, "reference", 0.0, scale)
@@ -416,7 +420,7 @@ def run_benchmark(settings: Settings, device: str | None = None, progress: bool 
         for seq_len in settings.scaling_seq_lens:
             workload = general_workload(model, settings.scaling_batch, seq_len, settings.seed)
             samples = rounds.run(f"scaling seq_len={seq_len}",
-                                 {m: (lambda m=m: runners[m](model, workload)) for m in BENCH_METHODS})
+                                 {m: partial(runners[m], model, workload) for m in BENCH_METHODS})
             record["scaling"] += [{"seq_len": seq_len, "method": method, "seconds": _stats(samples[method])["median"],
                                    "timing": _stats(samples[method])} for method in BENCH_METHODS]
     if "heads" in parts:
@@ -472,7 +476,7 @@ def format_table(record: dict[str, Any]) -> str:
     if "heads" in record:
         heads = record["heads"]
         lines += ["", f"heads (ioi workload, {heads['batch']} prompts x {heads['seq_len']} tokens); path patching "
-                      f"to the queries of {', '.join(f'{l}.{h}' for l, h in heads['receivers'])}"
+                      f"to the queries of {', '.join(f'{layer}.{h}' for layer, h in heads['receivers'])}"
                       + ("" if heads["head_cells"] is None else
                          f"; * timed on {heads['head_cells']} evenly spread cells (senders), scaled to all"),
                   f"{'sweep':<22}{'method':<17}{'seconds':>10}{'min-max':>16}{'speed-up [min-max]':>22}{'vs':>18}"
