@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -326,7 +327,7 @@ def explorable_heatmap(
     largest values; see `patchlab.explore.choose_cells`) or the ``cells`` given. ``show()`` draws it
     in a notebook; ``.figure`` is the plotly figure.
     """
-    from patchlab.explore import HEAD_COMPONENTS, MAX_CELLS, ExplorableFigure, cell_runs
+    from patchlab.explore import BUDGET_BYTES, HEAD_COMPONENTS, MAX_CELLS, ExplorableFigure, cell_runs
     from patchlab.patching import PatchingResult
 
     grid = values.values if isinstance(values, PatchingResult) else values
@@ -348,4 +349,9 @@ def explorable_heatmap(
                 else " (the largest values)" if by_head else " (the last column and the largest values)")
              + "; explorable_heatmap(..., cells=[(layer, column), ...]) in the notebook shows others.",
     )
-    return ExplorableFigure(fig, runs)
+    explorable = ExplorableFigure(fig, runs)
+    size = explorable.embedded_bytes()
+    if size > BUDGET_BYTES:
+        warnings.warn(f"this figure embeds {size / 1000:.0f} KB, over its {BUDGET_BYTES / 1000:.0f} KB budget: "
+                      "pass fewer cells (max_cells=, cells=) or a smaller top_k", stacklevel=2)
+    return explorable

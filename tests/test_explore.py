@@ -127,7 +127,8 @@ def test_the_books_figures_stay_within_their_budget(model: Any, classic: Any, cl
 
 def test_a_too_large_figure_fails_the_budget(model: Any, classic: Any, maps: dict) -> None:
     """The budget check can fail: every cell with all 225 tokens of the course model's vocabulary."""
-    fig = explorable_heatmap(model, classic, maps["resid_pre"], "resid_pre", "all tokens", top_k=model.cfg.d_vocab)
+    with pytest.warns(UserWarning, match="over its 300 KB budget: pass fewer cells"):
+        fig = explorable_heatmap(model, classic, maps["resid_pre"], "resid_pre", "all tokens", top_k=model.cfg.d_vocab)
     assert fig.embedded_bytes() > BUDGET_BYTES
 
 
