@@ -4,10 +4,11 @@
 with the clean activation patched in: the reference method's hooks) and keeps, per cell, what a reader
 needs to see why the cell has its value: the metric of that run, the logit difference of every
 prompt, and each prompt's top next tokens with their probabilities; the clean and corrupted runs get
-the same, once. For head cells (a head's output, or a sender of path patching) it adds the head's
+the same, once. For head cells (a head's output or values, a sender of path patching) it adds the head's
 attention pattern from the last position in the clean and the corrupted run (patching a head's output
-leaves its own pattern as it was in the corrupted run). Everything is rounded and the token strings
-are kept once, in a shared table, so a figure's data stays small (`BUDGET_BYTES`).
+or values leaves its own pattern as it was in the corrupted run; see `PATTERN_KEPT`). Everything is
+rounded and the token strings are kept once, in a shared table, so a figure's data stays small
+(`BUDGET_BYTES`).
 
 `ExplorableFigure` is a plotly figure plus a small script (`SCRIPT`, plotly's ``post_script``) that
 draws a panel beside the figure (below it on a narrow screen) with the selected cell's run: a click
@@ -46,6 +47,10 @@ PATH = "path"
 
 HEAD_COMPONENTS = ("head_out", "head_q", "head_k", "head_v", "head_pattern", PATH)
 POSITION_COMPONENTS = ("resid_pre", "attn_out", "mlp_out")
+PATTERN_KEPT = ("head_out", "head_v", PATH)
+"""The head maps whose patch leaves the head's own pattern as in the corrupted run (its output or its
+values): their cells show the head's clean and corrupted pattern. (A patched query, key or pattern
+changes it; those cells show no pattern.)"""
 
 
 class _Recorder:
@@ -145,7 +150,7 @@ def cell_runs(
     for (row, col), final, value in zip(chosen, recorder.final, measured):
         cell_data[f"{row},{col}"] = {"m": round(value, 4), **_run_summary(final, answers, tokens, top_k)}
     heads = {}
-    if component in HEAD_COMPONENTS:
+    if component in PATTERN_KEPT:
         for layer, head in chosen:
             name = f"blocks.{layer}.attn.hook_pattern"
             heads[f"{layer},{head}"] = {
@@ -277,7 +282,7 @@ var show = function (r, c) {
       return [s + ': ' + tok(D.prompts.clean[prompt][s]), fix(w, 2), fix(head.corrupted[prompt][s], 2)];
     });
     var pat = table('attention of head ' + D.rows[r] + '.' + c + ' from the last position, prompt ' + prompt
-      + ' (patching its output leaves its pattern as in the corrupted run)', ['source', 'clean', 'corrupted'], rows);
+      + ' (the patch leaves its pattern as in the corrupted run)', ['source', 'clean', 'corrupted'], rows);
     pat.className = 'pattern'; panel.appendChild(pat);
   }
 };

@@ -85,6 +85,12 @@ def test_a_head_cell_carries_its_run_and_its_pattern(model: Any, classic: Any, c
     assert np.allclose(runs["heads"][f"{layer},{head}"]["corrupted"], pattern.numpy(), atol=0.006)
 
 
+def test_a_patched_query_shows_no_pattern(model: Any, classic: Any) -> None:
+    """Patching a head's query changes its pattern: its cells show none (rather than a wrong one)."""
+    runs = cell_runs(model, classic, torch.zeros(4, 4), "head_q", cells=[(3, 1)])
+    assert runs["heads"] == {} and list(runs["cells"]) == ["3,1"]
+
+
 def test_a_path_cell_is_the_path_patched_run(model: Any, classic: Any, classic_run: Any) -> None:
     _, cache, _, metric = classic_run
     to_logits = fast_path_patching(model, classic.corrupted_tokens, cache, metric, None, "q", progress=False)
