@@ -193,8 +193,10 @@ class ExplorableFigure:
         return len(self.figure.to_json().encode()) + len(self.script.encode())
 
     def to_html(self, **kwargs: Any) -> str:
-        """The figure with its panel as HTML (``plotly.io.to_html``'s arguments)."""
-        return self.figure.to_html(post_script=self.script, **kwargs)
+        """The figure with its panel as HTML (``plotly.io.to_html``'s arguments); a whole page
+        (``full_html``, the default) is laid out at a phone's own width."""
+        html = self.figure.to_html(post_script=self.script, **kwargs)
+        return html.replace("<head>", '<head><meta name="viewport" content="width=device-width, initial-scale=1">', 1)
 
     def show(self) -> None:
         """Draw the figure with its panel in a notebook (Jupyter, JupyterLab, Colab, VS Code) or a

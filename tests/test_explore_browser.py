@@ -80,6 +80,17 @@ def _check_panel(panel: dict, lds: list[float], tops: list[tuple[str, float]]) -
     assert [float(p) for _, p in shown] == pytest.approx([p for _, p in tops], abs=0.0006)
 
 
+def _check_layout(page: "Page", screen: str) -> None:
+    """Beside the figure on a desktop, below it on a phone, and on the screen."""
+    at = page.where(0, 0)
+    assert at["viewport"] == SCREENS[screen][0], "the page is laid out at the screen's width"
+    if screen == "phone":
+        assert at["panelTop"] >= at["figureBottom"] - 1, f"on a phone the panel opens below the figure: {at}"
+    else:
+        assert at["panelLeft"] >= at["figureRight"] - 1, f"on a desktop the panel opens beside the figure: {at}"
+    assert at["panelRight"] <= at["viewport"] + 1, f"the panel runs off the screen: {at}"
+
+
 class Page:
     """One page in the browser at one screen size: click, tap, press keys, read the panel."""
 
@@ -159,12 +170,7 @@ def test_click_tap_and_keys_show_the_cells_run(browser: DevTools, notebook_pages
     panel = page.key("ArrowUp")  # layer last - 1, END
     final = _direct_run(model, classic, f"blocks.{last - 1}.hook_resid_pre", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
-    at = page.where(0, 0)
-    if screen == "phone":
-        assert at["panelTop"] >= at["figureBottom"] - 1, "on a phone the panel opens below the figure"
-    else:
-        assert at["panelLeft"] >= at["figureRight"] - 1, "on a desktop the panel opens beside the figure"
-    assert at["panelRight"] <= at["viewport"] + 1, "the panel runs off the screen"
+    _check_layout(page, screen)
 
 
 @pytest.mark.parametrize("screen", list(SCREENS))
@@ -192,3 +198,4 @@ def test_the_books_residual_map_opens_layer_end(browser: DevTools, server: str, 
     panel = page.tap(layer, end) if page.mobile else page.click(layer, end)
     final = _direct_run(model, classic, f"blocks.{layer}.hook_resid_pre", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
+    _check_layout(page, screen)
