@@ -199,3 +199,20 @@ def test_the_books_residual_map_opens_layer_end(browser: DevTools, server: str, 
     final = _direct_run(model, classic, f"blocks.{layer}.hook_resid_pre", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
     _check_layout(page, screen)
+
+
+def test_the_books_explorable_figures_stay_within_their_budget(built_book: Path) -> None:
+    """Each explorable figure of the built book (its plotly call with its panel's data) is within
+    BUDGET_BYTES, and the residual, head and path chapters have theirs."""
+    import re
+
+    from patchlab.explore import BUDGET_BYTES
+
+    found = {}
+    for page in sorted((built_book / "book").glob("*.html")):
+        scripts = re.findall(r"<script[^>]*>(.*?)</script>", page.read_text(encoding="utf-8"), re.DOTALL)
+        sizes = [len(s.encode()) for s in scripts if "data-explorable" in s and "Plotly.newPlot" in s]
+        if sizes:
+            found[page.stem] = sizes
+    assert {"residual_patching", "attention_heads", "path_patching"} <= set(found), found
+    assert all(size <= BUDGET_BYTES for sizes in found.values() for size in sizes), found
