@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import math
 import textwrap
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 from jaxtyping import Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from patchlab.explore import ExplorableFigure
 
 TITLE_WIDTH = 42
 """Characters per title line that fit a 390 px screen at the template's title size (`wrap`)."""
@@ -297,3 +301,57 @@ def stacked_lines(
     fig.update_layout(title=title_layout, margin={"t": round(top)},
                       height=260 * len(panel_titles) + 40 * len(series) + 80 + round(top))
     return fig
+
+
+def explorable_heatmap(
+    model: Any,
+    data: Any,
+    values: Any,
+    component: str,
+    title: str,
+    x_labels: Sequence[str] | None = None,
+    zmax: float | None = None,
+    cells: Sequence[tuple[int, int]] | None = None,
+    max_cells: int | None = None,
+    top_k: int = 5,
+    receivers: Sequence[tuple[int, int]] | None = None,
+    receiver_input: str = "q",
+) -> "ExplorableFigure":
+    """A patching map whose cells open their patched run: `heatmap` of ``values`` (a tensor or a
+    ``PatchingResult``) and, beside it, the selected cell's run (click, tap or arrow keys).
+
+    ``model`` and ``data`` (an ``IOIData``) are the runs the map came from; ``component`` is what
+    was patched (``resid_pre``, ``attn_out``, ``mlp_out``, ``head_out``, ... or ``"path"`` with
+    ``receivers`` and ``receiver_input``, as in path patching). The patched runs are run again, batched
+    over the prompts: every cell of a small map, else ``max_cells`` cells (the last column and the
+    largest values; see `patchlab.explore.choose_cells`) or the ``cells`` given. ``show()`` draws it
+    in a notebook; ``.figure`` is the plotly figure.
+    """
+    from patchlab.explore import BUDGET_BYTES, HEAD_COMPONENTS, MAX_CELLS, ExplorableFigure, cell_runs
+    from patchlab.patching import PatchingResult
+
+    grid = values.values if isinstance(values, PatchingResult) else values
+    by_head = component in HEAD_COMPONENTS
+    if x_labels is None:
+        x_labels = ([f"H{h}" for h in range(model.cfg.n_heads)] if by_head
+                    else position_labels(data.str_tokens, data.s2_pos, data.end_pos))
+    x_title = "head" if by_head else "position"
+    fig = heatmap(grid, x_labels, title, x_title=x_title, zmax=zmax)
+    fig.update_traces(hovertemplate=f"layer %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<br>"
+                                    "click for its run<extra></extra>")
+    runs = cell_runs(model, data, grid, component, cells, MAX_CELLS if max_cells is None else max_cells, top_k,
+                     receivers, receiver_input)
+    shown = len(runs["cells"])
+    runs.update(
+        title=title, rows=[str(i) for i in range(len(grid))], cols=list(x_labels), rowTitle="layer", colTitle=x_title,
+        note=f"This figure carries the runs of {shown} of its {runs['total']} cells"
+             + ("" if cells is not None or shown == runs["total"]
+                else " (the largest values)" if by_head else " (the last column and the largest values)")
+             + "; explorable_heatmap(..., cells=[(layer, column), ...]) in the notebook shows others.",
+    )
+    explorable = ExplorableFigure(fig, runs)
+    size = explorable.embedded_bytes()
+    if size > BUDGET_BYTES:
+        warnings.warn(f"this figure embeds {size / 1000:.0f} KB, over its {BUDGET_BYTES / 1000:.0f} KB budget: "
+                      "pass fewer cells (max_cells=, cells=) or a smaller top_k", stacklevel=2)
+    return explorable

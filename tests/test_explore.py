@@ -1,0 +1,156 @@
+"""Explorable heatmaps (patchlab.explore, patchlab.plots.explorable_heatmap): the data behind each cell
+is the patched run computed independently here, with a hand-written hook; the figures the book draws
+stay within their size budget; the figure shows with its panel script in every notebook front end."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+import pytest
+import torch
+
+from patchlab.explore import BUDGET_BYTES, ExplorableFigure, _json, cell_runs, choose_cells
+from patchlab.patching import fast_path_patching, fast_patching
+from patchlab.plots import explorable_heatmap
+
+
+def _hooked_final(model: Any, data: Any, hook_name: str, where: tuple[Any, ...]) -> torch.Tensor:
+    """Final logits of the corrupted run with the clean activation written in at ``where``."""
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(data.clean_tokens)
+
+        def patch(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+            activation[where] = clean_cache[hook_name][where]
+            return activation
+
+        return model.run_with_hooks(data.corrupted_tokens, fwd_hooks=[(hook_name, patch)])[:, -1]
+
+
+def _check_run(model: Any, runs: dict, key: str, final: torch.Tensor, answers: torch.Tensor) -> None:
+    """The cell's per-prompt logit differences and top tokens (strings, probabilities) equal ``final``'s."""
+    cell = runs["cells"][key]
+    lds = final.gather(-1, answers[:, :1]) - final.gather(-1, answers[:, 1:])
+    assert cell["ld"] == pytest.approx(lds.squeeze(-1).tolist(), abs=1e-3)
+    assert len(set(runs["tokens"])) == len(runs["tokens"]), "each token string is stored once"
+    probs, ids = final.softmax(-1).topk(len(cell["top"][0]), dim=-1)
+    for prompt, (row_p, row_ids) in enumerate(zip(probs, ids)):
+        assert [p for _, p in cell["top"][prompt]] == pytest.approx(row_p.tolist(), abs=6e-4)
+        assert [runs["tokens"][i] for i, _ in cell["top"][prompt]] == model.to_str_tokens(row_ids, prepend_bos=False)
+
+
+@pytest.fixture(scope="module")
+def maps(model: Any, classic: Any, classic_run: Any) -> dict[str, torch.Tensor]:
+    _, cache, _, metric = classic_run
+    return {c: fast_patching(model, classic.corrupted_tokens, cache, metric, c, progress=False)
+            for c in ("resid_pre", "attn_out", "mlp_out", "head_out")}
+
+
+def test_a_residual_cells_run_is_the_hand_patched_run(model: Any, classic: Any, maps: dict) -> None:
+    layer, end = 2, classic.end_pos
+    runs = cell_runs(model, classic, maps["resid_pre"], "resid_pre")
+    final = _hooked_final(model, classic, f"blocks.{layer}.hook_resid_pre", (slice(None), end))
+    _check_run(model, runs, f"{layer},{end}", final, classic.answer_tokens)
+    # the run's metric is the map's value (fast patching, another method) at every cell
+    for key, cell in runs["cells"].items():
+        r, c = map(int, key.split(","))
+        assert cell["m"] == pytest.approx(float(maps["resid_pre"][r, c]), abs=1e-3), key
+    assert len(runs["cells"]) == runs["total"] == maps["resid_pre"].numel()
+
+
+def test_clean_and_corrupted_runs_are_the_unpatched_runs(model: Any, classic: Any, classic_run: Any, maps: dict) -> None:
+    clean_logits, _, corrupted_logits, _ = classic_run
+    runs = cell_runs(model, classic, maps["mlp_out"], "mlp_out", cells=[(0, 0)])
+    for name, logits in (("clean", clean_logits), ("corrupted", corrupted_logits)):
+        final = logits[:, -1]
+        lds = (final.gather(-1, classic.answer_tokens[:, :1]) - final.gather(-1, classic.answer_tokens[:, 1:])).squeeze(-1)
+        assert runs["runs"][name]["ld"] == pytest.approx(lds.tolist(), abs=1e-3)
+    assert list(runs["cells"]) == ["0,0"]
+
+
+def test_a_head_cell_carries_its_run_and_its_pattern(model: Any, classic: Any, classic_run: Any, maps: dict) -> None:
+    _, clean_cache, _, _ = classic_run
+    layer, head = 3, 1
+    runs = cell_runs(model, classic, maps["head_out"], "head_out")
+    final = _hooked_final(model, classic, f"blocks.{layer}.attn.hook_z", (slice(None), slice(None), head))
+    _check_run(model, runs, f"{layer},{head}", final, classic.answer_tokens)
+    pattern = clean_cache[f"blocks.{layer}.attn.hook_pattern"][:, head, -1]
+    assert np.allclose(runs["heads"][f"{layer},{head}"]["clean"], pattern.numpy(), atol=0.006)
+    with torch.no_grad():
+        _, corrupted_cache = model.run_with_cache(classic.corrupted_tokens)
+    pattern = corrupted_cache[f"blocks.{layer}.attn.hook_pattern"][:, head, -1]
+    assert np.allclose(runs["heads"][f"{layer},{head}"]["corrupted"], pattern.numpy(), atol=0.006)
+
+
+def test_a_patched_query_shows_no_pattern(model: Any, classic: Any) -> None:
+    """Patching a head's query changes its pattern: its cells show none (rather than a wrong one)."""
+    runs = cell_runs(model, classic, torch.zeros(4, 4), "head_q", cells=[(3, 1)])
+    assert runs["heads"] == {} and list(runs["cells"]) == ["3,1"]
+
+
+def test_a_path_cell_is_the_path_patched_run(model: Any, classic: Any, classic_run: Any) -> None:
+    _, cache, _, metric = classic_run
+    to_logits = fast_path_patching(model, classic.corrupted_tokens, cache, metric, None, "q", progress=False)
+    runs = cell_runs(model, classic, to_logits, "path", cells=[(2, 0), (3, 1)])
+    for key, cell in runs["cells"].items():
+        r, c = map(int, key.split(","))
+        assert cell["m"] == pytest.approx(float(to_logits[r, c]), abs=1e-3)
+        # the metric is the normalised mean of the per-prompt logit differences shown
+        clean, corrupted = metric.clean_logit_diff, metric.corrupted_logit_diff
+        assert (np.mean(cell["ld"]) - corrupted) / (clean - corrupted) == pytest.approx(cell["m"], abs=2e-3)
+
+
+def test_large_maps_embed_the_last_column_and_the_largest_cells() -> None:
+    values = np.zeros((12, 15))
+    values[3, 4], values[7, 2] = 5.0, -4.0
+    chosen = choose_cells(values, "resid_pre", max_cells=14)
+    assert set(chosen) == {(r, 14) for r in range(12)} | {(3, 4), (7, 2)}
+    assert set(choose_cells(values, "head_out", max_cells=2)) == {(3, 4), (7, 2)}
+    assert len(choose_cells(np.zeros((4, 4)), "head_out", max_cells=64)) == 16
+
+
+def test_bad_input_gets_one_clear_line(model: Any, classic: Any) -> None:
+    with pytest.raises(ValueError, match=r"resid_pre map of this model and data is \(4, 15\)"):
+        cell_runs(model, classic, torch.zeros(4, 4), "resid_pre")
+    with pytest.raises(ValueError, match="cannot explore 'head_out_by_pos'"):
+        cell_runs(model, classic, torch.zeros(4, 4), "head_out_by_pos")
+
+
+@pytest.mark.parametrize("component", ["resid_pre", "attn_out", "mlp_out", "head_out", "path"])
+def test_the_books_figures_stay_within_their_budget(model: Any, classic: Any, classic_run: Any, maps: dict,
+                                                    component: str) -> None:
+    _, cache, _, metric = classic_run
+    values = (fast_path_patching(model, classic.corrupted_tokens, cache, metric, None, "q", progress=False)
+              if component == "path" else maps[component])
+    fig = explorable_heatmap(model, classic, values, component, f"ioi-mini: {component}")
+    html = fig.to_html(include_plotlyjs=False, full_html=False)
+    assert fig.embedded_bytes() <= BUDGET_BYTES and len(html.encode()) <= BUDGET_BYTES + 2_000, fig.embedded_bytes()
+    assert len(fig.data["cells"]) == values.numel(), "on the course model every cell carries its run"
+
+
+def test_a_too_large_figure_fails_the_budget(model: Any, classic: Any, maps: dict) -> None:
+    """The budget check can fail: every cell with all 225 tokens of the course model's vocabulary."""
+    with pytest.warns(UserWarning, match="over its 300 KB budget: pass fewer cells"):
+        fig = explorable_heatmap(model, classic, maps["resid_pre"], "resid_pre", "all tokens", top_k=model.cfg.d_vocab)
+    assert fig.embedded_bytes() > BUDGET_BYTES
+
+
+def test_embedded_data_cannot_close_its_script() -> None:
+    text = _json({"tokens": ["</script><script>alert(1)</script>", "a & b"]})
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == {"tokens": ["</script><script>alert(1)</script>", "a & b"]}
+
+
+@pytest.mark.parametrize(("default", "used"), [("notebook", "notebook"), ("colab", "colab"),
+                                               ("plotly_mimetype+notebook", "notebook"), ("plotly_mimetype", "notebook")])
+def test_show_uses_a_renderer_that_runs_the_panel(monkeypatch: pytest.MonkeyPatch, default: str, used: str) -> None:
+    calls = []
+    monkeypatch.setattr(go.Figure, "show", lambda self, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(pio.renderers, "default", default)
+    figure = ExplorableFigure(go.Figure(go.Heatmap(z=[[0.0]])), {"tokens": []})
+    figure.show()
+    assert calls == [{"renderer": used, "post_script": figure.script}]
+    assert "{plot_id}" in figure.script and "__DATA__" not in figure.script
