@@ -6,14 +6,20 @@ on their mean, halfway between: the logit difference is linear in the logits).
 
 from __future__ import annotations
 
+from typing import Callable
+
+from torch import Tensor
+
 from patchlab.check import ATOL_LOGIT_DIFF, ATOL_METRIC
 from patchlab.metrics import logit_diff, normalise
 
 from ._check import Check, Expected, Key
 from ._inputs import PromptSet
+from ._judge import References
 
 
-def _on(*which: str):
+def _on(*which: str) -> Callable[[PromptSet, int, int], list[Key]]:
+    """One case per logits of ``which`` (``clean``, ``corrupted``, ``halfway``)."""
     return lambda ps, model_index, set_index: [{"logits": logits} for logits in which]
 
 
@@ -21,7 +27,7 @@ def _logits_and_answers(ps: PromptSet, key: Key) -> tuple[tuple, dict]:
     return (ps.logits(key["logits"]).clone(), ps.data.answer_tokens.clone()), {}
 
 
-def _per_prompt(refs, key: Key):
+def _per_prompt(refs: References, key: Key) -> tuple[PromptSet, Tensor, Callable[[], Tensor], Tensor]:
     """The right per-prompt logit differences of a case, and two ways to get them wrong."""
     ps = refs.prompt_set(key)
     logits, answers = ps.logits(key["logits"]), ps.data.answer_tokens
@@ -32,7 +38,7 @@ def _per_prompt(refs, key: Key):
     return ps, per_prompt, second_to_last, broadcast
 
 
-def _expected_per_prompt(refs, key: Key) -> Expected:
+def _expected_per_prompt(refs: References, key: Key) -> Expected:
     _, per_prompt, second_to_last, broadcast = _per_prompt(refs, key)
     return per_prompt, [
         ("sign_flipped", -per_prompt), ("not_final_position", second_to_last),
@@ -40,7 +46,7 @@ def _expected_per_prompt(refs, key: Key) -> Expected:
     ], {"axis_names": ("prompt",), "atol": ATOL_LOGIT_DIFF}
 
 
-def _expected_mean(refs, key: Key) -> Expected:
+def _expected_mean(refs: References, key: Key) -> Expected:
     _, per_prompt, second_to_last, _ = _per_prompt(refs, key)
     return per_prompt.mean(), [
         ("sign_flipped", -per_prompt.mean()), ("single_prompt", per_prompt[0]),
@@ -49,7 +55,7 @@ def _expected_mean(refs, key: Key) -> Expected:
     ], {"atol": ATOL_LOGIT_DIFF}
 
 
-def _expected_normalised(refs, key: Key) -> Expected:
+def _expected_normalised(refs: References, key: Key) -> Expected:
     ps, per_prompt, _, _ = _per_prompt(refs, key)
     clean, corrupted = ps.clean_logit_diff, ps.corrupted_logit_diff
     raw = per_prompt.mean()
