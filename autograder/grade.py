@@ -48,7 +48,7 @@ from nbgrader.apps import NbGraderAPI
 import patchlab
 
 from autograder import gpu, interrupt, lms, record, restore, sandbox, summary, untrusted
-from autograder.checks import References, judge
+from autograder.checks import REGISTRY, References, judge
 from autograder.classrecord import ClassRecord, RecordError
 from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
                                nbgrader_config, release_notebook)
@@ -442,7 +442,7 @@ class Grader:
             gid = restore.grade_id(rebuilt.notebook.cells[index])
             try:  # only the test cells' own files are read
                 data = untrusted.read_beneath(work, f"results/{gid}.json", MAX_RESULT_BYTES[self.model])
-                execution.results[gid] = untrusted.parse_results(data, check)
+                execution.results[gid] = untrusted.parse_results(data, check, REGISTRY[check].record_fields)
             except untrusted.Refused as why:
                 execution.refused[gid] = str(why)
         return execution
@@ -479,13 +479,16 @@ class Grader:
         return env
 
     def install_grader_files(self) -> None:
-        """The modules the sandbox runs (runner, harvest, preload) and the stand-ins of ``sandbox_path/``,
-        copied where it can read them (and nothing else of ours)."""
+        """The modules the sandbox runs (runner, harvest with the checks package, preload) and the
+        stand-ins of ``sandbox_path/``, copied where it can read them (and nothing else of ours)."""
         grader_dir = self.staging / "work" / "grader"
         grader_dir.mkdir(parents=True, exist_ok=True)
         here = Path(__file__).parent
         shutil.copy(here / "runner.py", grader_dir / "runner.py")
         shutil.copy(here / "harvest.py", grader_dir / f"{restore.HARVEST_MODULE}.py")
+        (grader_dir / "autograder_checks").mkdir(exist_ok=True)
+        for module in (here / "checks").glob("*.py"):  # the registry: how harvest calls the learner's functions
+            shutil.copy(module, grader_dir / "autograder_checks" / module.name)
         shutil.copy(here / "preload.py", grader_dir / "autograder_preload.py")
         for module in (here / "sandbox_path").glob("*.py"):
             shutil.copy(module, grader_dir / module.name)

@@ -25,7 +25,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import nbformat
 
@@ -124,13 +124,12 @@ def _text(value: Any, name: str, limit: int = MAX_TEXT) -> str:
     return value
 
 
-def _record(record: Any, check: str) -> dict[str, Any]:
-    """One record as harvest writes it (:func:`autograder.harvest.encode`), or :class:`Refused`."""
+def _record(record: Any, extra_fields: Iterable[str]) -> dict[str, Any]:
+    """One record as harvest writes it (:func:`autograder.checks._inputs.encode`), or :class:`Refused`;
+    ``extra_fields`` (a figure) are those its check adds to a tensor's."""
     if not isinstance(record, dict):
         raise Refused("a record is not a mapping")
-    allowed = {"case", "error", "type", "dtype", "shape", "values", "repr", "cache_mutated"}
-    if check == "check_heatmap":
-        allowed.add("figure")
+    allowed = {"case", "error", "type", "dtype", "shape", "values", "repr", "cache_mutated", *extra_fields}
     if set(record) - allowed:
         raise Refused(f"a record has unknown fields {sorted(set(record) - allowed)[:5]}")
     case = record.get("case", {})
@@ -156,8 +155,10 @@ def _record(record: Any, check: str) -> dict[str, Any]:
     return record
 
 
-def parse_results(data: bytes, check: str) -> list[dict[str, Any]]:
-    """The records of a test's result file ``{"check": CHECK, "records": [...]}``, or :class:`Refused`."""
+def parse_results(data: bytes, check: str, extra_fields: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The records of a test's result file ``{"check": CHECK, "records": [...]}``, or :class:`Refused`;
+    ``extra_fields``: the fields a record of that check may hold beyond a tensor's (the check's
+    ``record_fields``)."""
     raw = load_json(data, "the result file")
     if not isinstance(raw, dict) or set(raw) != {"check", "records"}:
         raise Refused("the result file is not {check, records}")
@@ -166,7 +167,7 @@ def parse_results(data: bytes, check: str) -> list[dict[str, Any]]:
     records = raw["records"]
     if not isinstance(records, list) or not 1 <= len(records) <= MAX_RECORDS:
         raise Refused("the result file's records are not a list")
-    return [_record(r, check) for r in records]
+    return [_record(r, extra_fields) for r in records]
 
 
 def _joined(value: Any, name: str) -> str:

@@ -347,11 +347,13 @@ def diagnose(
     axis_names: tuple[str, ...] = (),
     atol: float = 1e-4,
     rtol: float = 1e-4,
+    messages: dict[str, str] = MESSAGES,
 ) -> Diagnosis | None:
     """None if ``learner`` matches ``reference``; else the mistakes that explain it (every one of
     ``candidates`` it matches, else off by one along ``off_by_one_axes`` {axis: mistake name}),
     else a ``"mismatch"`` diagnosis saying where the values differ. When two mistakes give the same
-    numbers (on this model and these prompts) both are named: ``"a+b"``, "... Or: ..."."""
+    numbers (on this model and these prompts) both are named: ``"a+b"``, "... Or: ...". The
+    mistakes' names are keys of ``messages``."""
     if close(learner, reference, atol, rtol):
         return None
     names = list(dict.fromkeys(matches(learner, candidates, atol, rtol)))  # a mistake may have several forms
@@ -360,7 +362,7 @@ def diagnose(
                  if off_by_one(learner, reference, axis, atol, rtol)][:1]
     if not names:
         return Diagnosis("mismatch", mismatch_message(learner, reference, axis_names, atol))
-    return Diagnosis("+".join(names), " Or: ".join(MESSAGES[name] for name in names))
+    return Diagnosis("+".join(names), " Or: ".join(messages[name] for name in names))
 
 
 # The residual-stream patching grid's known mistakes computed by patching (the others derive from

@@ -90,7 +90,7 @@ fixtures = load_module("submission_fixtures", "tests/fixtures/submissions/build.
 LIMITS = ("--cell-timeout", "240", "--notebook-timeout", "900", "--jobs", "2")
 # Each assignment's points: automatic and manual together.
 MAX_SCORES = {"logit_difference": 5, "residual_patching": 8, "attention_heads": 10, "attribution_patching": 8,
-              "path_patching": 8}
+              "path_patching": 8, "choosing_corruption": 5}
 
 
 def write_groups(base: Path, groups: list[str]) -> dict[str, Path]:
@@ -103,8 +103,10 @@ def write_groups(base: Path, groups: list[str]) -> dict[str, Path]:
 
 def check_submission(out: Path, fixture: Any) -> None:
     """The grade, status, diagnoses and page a fixture must get in the run that wrote ``out``."""
-    from patchlab.check import MESSAGES
+    from autograder.checks import REGISTRY
+    from autograder.checks._check import messages
 
+    told = {name: text for check in REGISTRY.values() for name, text in messages(check).items()}
     row = read_grades(out)[fixture.name]
     assert row["status"] == fixture.status, row
     expected = "" if fixture.score is None else f"{fixture.score:g}"
@@ -112,7 +114,7 @@ def check_submission(out: Path, fixture: Any) -> None:
     assert float(row["max_score"]) == MAX_SCORES[fixture.assignment]
     text = page_text(out / "feedback" / f"{fixture.name}.html")
     for name in fixture.diagnoses:
-        assert " ".join(MESSAGES[name].split()) in text, f"diagnosis {name!r} missing from the feedback"
+        assert " ".join(told[name].split()) in text, f"diagnosis {name!r} missing from the feedback"
     if fixture.status in ("graded", "needs_manual_grade"):
         assert "Score" in text  # nbgrader's own feedback page, with the scores
 

@@ -50,3 +50,7 @@ class TestPathPatching(GradedAssignment):
 
 class TestAttributionPatching(GradedAssignment):
     assignment = "attribution_patching"
+
+
+class TestChoosingCorruption(GradedAssignment):
+    assignment = "choosing_corruption"
