@@ -178,8 +178,8 @@ def notebooks_summary(notebooks: dict) -> str:
              "shared with other jobs: the wall times are longer than a quiet machine's; the CPU seconds, the "
              "process's user + sys time, are not). Each figure is the median of the runs (min-max in brackets); "
              "rounds ran every notebook once, in an order rotated each round. Kernel start-up is not counted.",
-             "", "| page | runs | wall s | CPU s | slowest cell: wall s, CPU s | course model: wall s, CPU s |",
-             "|---|---:|---:|---:|---|---:|"]
+             "", "| page | runs | wall s | CPU s | slowest cell: wall s, CPU s |"
+             + (" course model: wall s, CPU s |" if course else ""), "|---|---:|---:|---:|---|" + ("---:|" * bool(course))]
     for path, p in pages.items():
         slow = p["slowest_cell"]
         mini = course.get(path)
@@ -188,7 +188,8 @@ def notebooks_summary(notebooks: dict) -> str:
         runs = f"{p['runs']}" if p["runs"] >= ROBUST_RUNS else f"{p['runs']} ⚠"
         lines.append(f"| `{page_key(path)}` | {runs} | {p['wall_s']:.0f} [{_range(p['wall_range'])}] | "
                      f"{p['cpu_s']:.0f} [{_range(p['cpu_range'])}] | {slow['wall_s']:.0f}, {slow['cpu_s']:.0f} "
-                     f"(code cell {slow['number']}: `{slow['label'].replace('|', '/').replace('`', chr(39))}`) | {mini_text} |")
+                     f"(code cell {slow['number']}: `{slow['label'].replace('|', '/').replace('`', chr(39))}`) |"
+                     + (f" {mini_text} |" if course else ""))
     over = [f"`{page_key(path)}` code cell {i + 1} ({c['wall_s']:.0f} s wall, {c['cpu_s']:.0f} CPU s)"
             for path, p in pages.items() for i, c in enumerate(p["cells"]) if c["cpu_s"] > CELL_LIMIT_S]
     few = [f"`{page_key(path)}`" for path, p in pages.items() if p["runs"] < ROBUST_RUNS]
@@ -235,7 +236,9 @@ def render(bench: Path = BENCH) -> tuple[str, str]:
         "a figure.", "",
         "## What each page costs on a CPU at GPT-2 small's size", "",
         "The chapters and exercise solutions on an offline GPT-2 small (`tools/gpt2_offline.py build DIR --shape full`:"
-        " GPT-2 small's size and code path, random weights), measured by `python tools/measure_notebooks.py`. "
+        " GPT-2 small's size and code path, random weights), measured by `python tools/measure_notebooks.py --hub "
+        "DIR/full/hub --rounds 3` (more rounds of some pages: `--only NAME ...`; the course model: `--model ioi-mini`), "
+        "then written here by `python tools/bench_summary.py`. "
         "**On a quiet 2-core CPU** a page waits about its CPU seconds or less (two threads share the work); "
         "**on a busy machine** the wait grows by about the load over the cores, while the CPU seconds stay (the "
         "wall times below are such a machine's); **Colab's free CPU runtime** has 2 virtual cores: expect about "
