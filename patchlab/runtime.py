@@ -6,8 +6,10 @@ stderr.
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import TYPE_CHECKING, Iterable, TypeVar
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Iterable, TypeVar
 
 import torch
 from tqdm.std import tqdm
@@ -38,20 +40,51 @@ def device_name(device: torch.device | str) -> str:
     return "CPU" if device.type == "cpu" else device.type
 
 
-def runtime_note(model: Model, cpu_minutes: float, slow_cells: str | None = None) -> str:
-    """Which device runs ``model``, and on a CPU with a GPT-2-sized model, what the page costs there.
+COSTS = "costs.json"  # patchlab/data/: written by tools/bench_summary.py from bench/notebooks.json
 
-    ``cpu_minutes``: how long the page's code takes with GPT-2 small on one CPU core, measured;
+
+def page_cost(page: str) -> dict[str, Any]:
+    """The measured cost of ``page`` (``book/NAME`` or ``solutions/NAME``) with GPT-2 small on a CPU,
+    and how it was measured, from the package's ``data/costs.json``."""
+    costs = json.loads(resources.files("patchlab").joinpath("data", COSTS).read_text(encoding="utf-8"))
+    if page not in costs["pages"]:
+        raise KeyError(f"no measured cost for {page!r}: run tools/measure_notebooks.py, then tools/bench_summary.py")
+    return {**costs["pages"][page], "measured": costs["measured"]}
+
+
+def _minutes(seconds: float) -> str:
+    return "under a minute" if seconds < 60 else f"{round(seconds / 60, 1 if seconds < 600 else 0):g} minutes"
+
+
+def cost_sentence(page: str) -> str:
+    """What ``page`` costs with GPT-2 small on a CPU, where it was measured and how another CPU changes it."""
+    cost = page_cost(page)
+    how = cost["measured"]
+    runs = f"median of {cost['runs']} runs" if cost["runs"] > 1 else "one run"
+    return (f"On a CPU this page needs about {_minutes(cost['cpu_s'])} of processor time with GPT-2 small, "
+            f"{cost['slowest_cell']['cpu_s']:.0f} s of it in its slowest cell ({runs} with {how['threads']} threads on "
+            f"{how['machine']}, {how['date']}). "
+            "On a quiet 2-core CPU you wait about that long or less; a busy machine stretches the wait by about "
+            f"its load over its cores (here, at load {how['load']}, it took {_minutes(cost['wall_s'])}); Colab's "
+            "free CPU runtime (2 virtual cores) should take about as long to twice as long (not measured there).")
+
+
+def runtime_note(model: Model, page: str, slow_cells: str | None = None) -> str:
+    """Which device runs ``model``, and on a CPU with a GPT-2-sized model, what ``page`` costs there.
+
+    ``page``: ``book/NAME`` or ``solutions/NAME``, whose cost was measured (:func:`page_cost`);
     ``slow_cells``: which cells take most of it (``None``: no cell is slow, no GPU is needed).
     """
     device = torch.device(model.cfg.device or "cpu")
     n_params = sum(p.numel() for p in model.parameters())
     lines = [f"Running on {device_name(device)}."]
     if device.type == "cpu" and n_params >= SLOW_ON_CPU_PARAMS:
-        duration = "a minute" if cpu_minutes <= 1 else f"{cpu_minutes:g} minutes"
-        cost = f"On a CPU this page takes about {duration} with GPT-2 small (measured on one core)"
+        try:
+            cost = cost_sentence(page)
+        except KeyError:  # a page added since the last measurement: no figure rather than a crash
+            cost = "On a CPU with GPT-2 small this page's cost has not been measured yet."
         if slow_cells is None:
-            lines.append(f"{cost}; no GPU needed.")
+            lines.append(f"{cost} No GPU needed.")
         else:
-            lines.append(f"{cost}, most of it in {slow_cells}. {COLAB_GPU_ADVICE}")
+            lines.append(f"{cost} Most of it goes to {slow_cells}. {COLAB_GPU_ADVICE}")
     return "\n".join(lines)

@@ -63,13 +63,16 @@ def too_wide(label: str, stats: dict[str, float | int]) -> str | None:
 
 
 def run_context() -> dict[str, object]:
-    """The threads and OpenMP policy the measurement ran with, and the machine's load at its start."""
+    """The threads and OpenMP policy the measurement ran with, the machine's load at its start, the date."""
+    import datetime
+
     import torch
 
     return {"torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def describe_context(context: dict[str, object]) -> str:

@@ -1,27 +1,50 @@
-"""Rewrite the README's benchmark summaries from ``bench.json`` files, instead of typed tables.
+"""Write the book's measurements page and the package's cost table from the committed bench files.
 
-    python tools/bench_summary.py [--patchlab bench/patchlab.json] [--autograder bench/autograder.json]
-                                  [--readme README.md]
+    python tools/bench_summary.py [--check]
 
-Each summary lives between two markers in the README, ``<!-- bench:patchlab -->`` ...
-``<!-- /bench:patchlab -->`` (and ``autograder``); only the text between them is replaced. The files
-are what ``python -m patchlab bench --out DIR`` and ``python -m autograder bench --out DIR`` write
-(``DIR/bench.json``): medians of interleaved rounds with their min-max, ratios taken within a round.
+Reads ``bench/notebooks.json`` (``tools/measure_notebooks.py``: each chapter and exercise solution,
+cell by cell, in interleaved rounds), ``bench/patchlab.json`` (``python -m patchlab bench --out DIR``)
+and ``bench/autograder.json`` (``python -m autograder bench --out DIR``), and writes
+``book/measurements.md`` (the tables, dated, with the machine) and ``patchlab/data/costs.json`` (what
+each page costs with GPT-2 small on a CPU, which the chapters' ``runtime_note`` reads). ``--check``
+writes nothing and exits 1 when either file is not what the bench files give. A benchmark of fewer
+than ``MIN_ROUNDS`` rounds is refused (a single timing on a shared machine is not a measurement); a
+page measured fewer than ``ROBUST_RUNS`` times is flagged on the page, and one never measured listed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tools"))
+
+import measure_notebooks as measure_tool  # noqa: E402  (tools/measure_notebooks.py)
 from patchlab_dev.rounds import describe_context  # noqa: E402
 
-NAMES = {"patchlab": "python -m patchlab bench", "autograder": "python -m autograder bench"}
+BENCH = ROOT / "bench"
+PAGE = ROOT / "book" / "measurements.md"
+COSTS = ROOT / "patchlab" / "data" / "costs.json"
+NAMES = {"patchlab": "python -m patchlab bench", "autograder": "python -m autograder bench",
+         "notebooks": "python tools/measure_notebooks.py"}
+MIN_ROUNDS = 5  # the benchmarks' rounds (--rounds)
+ROBUST_RUNS = 3  # a page measured fewer times is flagged on the page: one busy moment may be in its figure
+# No cell should take longer than this on a 2-core CPU at GPT-2 small's size. Judged by its CPU seconds:
+# on a quiet machine a cell waits no longer than the CPU time it needs (two threads: down to half), and
+# unlike its wall time on a shared machine, the CPU time does not grow with the other jobs' load.
+CELL_LIMIT_S = 120
+
+
+class BenchError(ValueError):
+    """A bench file that cannot give the page: the message says which and what to do."""
 
 
 def _method(name: str) -> str:
@@ -29,8 +52,9 @@ def _method(name: str) -> str:
 
 
 def _setting(record: dict) -> str:
+    date = f", {record['context']['date']}" if "date" in record["context"] else ""
     return (f"Generated from `{record['source']}`: medians of {record['rounds']} interleaved rounds (min-max in "
-            f"brackets; each ratio taken within a round), {describe_context(record['context'])}.")
+            f"brackets; each ratio taken within a round), {describe_context(record['context'])}{date}.")
 
 
 def patchlab_summary(record: dict) -> str:
@@ -74,7 +98,7 @@ def autograder_summary(record: dict) -> str:
 
 
 def _warnings(record: dict) -> list[str]:
-    """One line for the README: how many figures the benchmark warned about (bench.json has each)."""
+    """One line for the page: how many figures the benchmark warned about (bench.json has each)."""
     count = len(record["warnings"])
     if not count:
         return []
@@ -84,42 +108,170 @@ def _warnings(record: dict) -> list[str]:
                 "them): rerun on a quieter machine before trusting them."]
 
 
-def replace_block(text: str, name: str, body: str) -> str:
-    """``text`` with what lies between the ``bench:name`` markers replaced by ``body``."""
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-        raise ValueError(f"the README needs one {start} line and one {end} line after it, around the summary")
-    head, rest = text.split(start)
-    _, tail = rest.split(end)
-    return f"{head}{start}\n{body}\n{end}{tail}"
+def _range(values: list[float], digits: int = 0) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.{digits}f}" if round(low, digits) == round(high, digits) else f"{low:.{digits}f}-{high:.{digits}f}"
+
+
+def reading_order(path: str) -> tuple[int, int, str]:
+    """The chapters in the book's order (``_toc.yml``), then the exercise solutions by name."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    pages = [f"{toc['root']}.ipynb"] + [f"{entry['file']}.ipynb" for entry in toc["chapters"]]
+    return (0, pages.index(path), path) if path in pages else (1, 0, path)
+
+
+def page_costs(setup: dict) -> dict[str, dict]:
+    """Per notebook of a ``notebooks.json`` setup: the medians of its runs (the cells' wall and CPU
+    seconds), their min-max, the runs, the slowest cell (by median CPU) and the load during the runs."""
+    pages = {}
+    for path, runs in sorted(setup["notebooks"].items(), key=lambda item: reading_order(item[0])):
+        counts = {len(run["cells"]) for run in runs}
+        if len(counts) != 1:
+            raise BenchError(f"{path}: its runs timed {sorted(counts)} cells: the notebook changed between runs; "
+                             f"measure it again ({NAMES['notebooks']} --only {Path(path).stem})")
+        cells = []
+        for i, first in enumerate(runs[0]["cells"]):
+            cells.append({"label": first["label"], "cpu_s": statistics.median(r["cells"][i]["cpu"] for r in runs),
+                          "wall_s": statistics.median(r["cells"][i]["wall"] for r in runs)})
+        cpu = [sum(c["cpu"] for c in r["cells"]) for r in runs]
+        wall = [sum(c["wall"] for c in r["cells"]) for r in runs]
+        load = [x for r in runs for x in (r["load_average"][0], r["load_average_after"][0])]
+        slowest = max(cells, key=lambda c: c["cpu_s"])
+        pages[path] = {"runs": len(runs), "cpu_s": statistics.median(cpu), "cpu_range": [min(cpu), max(cpu)],
+                       "wall_s": statistics.median(wall), "wall_range": [min(wall), max(wall)],
+                       "slowest_cell": {**slowest, "number": cells.index(slowest) + 1}, "cells": cells,
+                       "load": [min(load), max(load)], "dates": sorted({r["date"][:10] for r in runs})}
+    return pages
+
+
+def page_key(path: str) -> str:
+    """``book/NAME.ipynb`` -> ``book/NAME``; ``solutions/NAME/NAME.ipynb`` -> ``solutions/NAME``."""
+    return str(Path(path).parent if path.startswith("solutions/") else Path(path).with_suffix(""))
+
+
+def costs_table(notebooks: dict) -> dict:
+    """``patchlab/data/costs.json``: what each page costs with GPT-2 small on a CPU, and where measured."""
+    setup = notebooks["setups"]["gpt2-small"]
+    pages = page_costs(setup)
+    load = [x for page in pages.values() for x in page["load"]]
+    dates = sorted({d for page in pages.values() for d in page["dates"]})
+    measured = {"model": "GPT-2 small's size (offline cache, random weights)", "threads": setup["threads"],
+                "machine": "a shared {}-core {}".format(*setup["machine"].split(" × ", 1)),
+                "date": ", ".join(dates), "load": _range(load, 1)}
+    return {"source": "bench/notebooks.json (tools/measure_notebooks.py; written by tools/bench_summary.py)",
+            "measured": measured,
+            "pages": {page_key(path): {"runs": p["runs"], "cpu_s": round(p["cpu_s"], 1), "wall_s": round(p["wall_s"], 1),
+                                       "slowest_cell": {"cpu_s": round(p["slowest_cell"]["cpu_s"], 1),
+                                                        "wall_s": round(p["slowest_cell"]["wall_s"], 1)}}
+                      for path, p in pages.items()}}
+
+
+def notebooks_summary(notebooks: dict) -> str:
+    """Markdown: each page's cost on GPT-2 small's size (and on the course model where measured)."""
+    setup = notebooks["setups"]["gpt2-small"]
+    pages = page_costs(setup)
+    course = page_costs(notebooks["setups"]["ioi-mini"]) if "ioi-mini" in notebooks["setups"] else {}
+    costs = costs_table(notebooks)["measured"]
+    lines = [f"Each page executed in a fresh kernel, {setup['threads']} threads "
+             f"(`OMP_NUM_THREADS={setup['threads']}`, `OMP_WAIT_POLICY={setup['omp_wait_policy']}`), on "
+             f"{setup['machine']}, {costs['date']}, load average {costs['load']} during the runs (the machine was "
+             "shared with other jobs: the wall times are longer than a quiet machine's; the CPU seconds, the "
+             "process's user + sys time, are not). Each figure is the median of the runs (min-max in brackets); "
+             "rounds ran every notebook once, in an order rotated each round. Kernel start-up is not counted.",
+             "", "| page | runs | wall s | CPU s | slowest cell: wall s, CPU s |"
+             + (" course model: wall s, CPU s |" if course else ""), "|---|---:|---:|---:|---|" + ("---:|" * bool(course))]
+    for path, p in pages.items():
+        slow = p["slowest_cell"]
+        mini = course.get(path)
+        mini_text = f"{mini['wall_s']:.0f}, {mini['cpu_s']:.0f} ({mini['runs']} run{'s' * (mini['runs'] > 1)})" \
+            if mini else "not measured"
+        runs = f"{p['runs']}" if p["runs"] >= ROBUST_RUNS else f"{p['runs']} ⚠"
+        lines.append(f"| `{page_key(path)}` | {runs} | {p['wall_s']:.0f} [{_range(p['wall_range'])}] | "
+                     f"{p['cpu_s']:.0f} [{_range(p['cpu_range'])}] | {slow['wall_s']:.0f}, {slow['cpu_s']:.0f} "
+                     f"(code cell {slow['number']}: `{slow['label'].replace('|', '/').replace('`', chr(39))}`) |"
+                     + (f" {mini_text} |" if course else ""))
+    over = [f"`{page_key(path)}` code cell {i + 1} ({c['wall_s']:.0f} s wall, {c['cpu_s']:.0f} CPU s)"
+            for path, p in pages.items() for i, c in enumerate(p["cells"]) if c["cpu_s"] > CELL_LIMIT_S]
+    few = [f"`{page_key(path)}`" for path, p in pages.items() if p["runs"] < ROBUST_RUNS]
+    missing = [f"`{page_key(path)}`" for path in measure_tool.measured_notebooks() if path not in pages]
+    if few:
+        lines += ["", f"⚠ Measured fewer than {ROBUST_RUNS} times, so a busy moment may be in the figure: {', '.join(few)} "
+                      f"(add rounds: `{NAMES['notebooks']} --only NAME ...`)."]
+    if missing:
+        lines += ["", f"Not measured yet (their runtime notes say so): {', '.join(missing)}."]
+    lines += ["", f"Cells needing over {CELL_LIMIT_S} CPU s (median; on a quiet 2-core CPU such a cell could wait over "
+                  f"two minutes): {', '.join(over) if over else 'none'}."]
+    return "\n".join(lines)
+
+
+def load_record(path: Path, name: str) -> dict:
+    """A bench file, refused with one line when it is missing, malformed or has too few rounds."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BenchError(f"{path}: {err} (write it with {NAMES[name]})") from None
+    if name != "notebooks" and record.get("rounds", 0) < MIN_ROUNDS:
+        raise BenchError(f"{path}: {record.get('rounds', 0)} rounds; the page needs {MIN_ROUNDS} or more "
+                         f"({NAMES[name]} --rounds {MIN_ROUNDS})")
+    record["source"] = path.resolve().relative_to(ROOT).as_posix() if path.resolve().is_relative_to(ROOT) \
+        else path.name
+    return record
+
+
+def render(bench: Path = BENCH) -> tuple[str, str]:
+    """The measurements page and the costs json, from the bench files in ``bench``."""
+    records = {name: load_record(bench / f"{name}.json", name) for name in ("notebooks", "patchlab", "autograder")}
+    try:
+        costs = costs_table(records["notebooks"])
+        parts = [notebooks_summary(records["notebooks"]), patchlab_summary(records["patchlab"]),
+                 autograder_summary(records["autograder"])]
+    except KeyError as err:
+        raise BenchError(f"a bench file lacks {err}: write it again with its tool") from None
+    page = "\n".join([
+        "# Measurements", "",
+        "<!-- Generated by `python tools/bench_summary.py` from bench/*.json: edit those, not this page. -->", "",
+        "What the course's code costs, measured on the machines named below, not typed in: the chapters' runtime "
+        "notes read the first table (through `patchlab/data/costs.json`). A figure is the median of repeated, "
+        "interleaved runs (the tables say how many), so that one busy moment of a shared machine does not become "
+        "a figure.", "",
+        "## What each page costs on a CPU at GPT-2 small's size", "",
+        "The chapters and exercise solutions on an offline GPT-2 small (`tools/gpt2_offline.py build DIR --shape full`:"
+        " GPT-2 small's size and code path, random weights), measured by `python tools/measure_notebooks.py --hub "
+        "DIR/full/hub --rounds 3` (more rounds of some pages: `--only NAME ...`; the course model: `--model ioi-mini`), "
+        "then written here by `python tools/bench_summary.py`. "
+        "**On a quiet 2-core CPU** a page waits about its CPU seconds or less (two threads share the work); "
+        "**on a busy machine** the wait grows by about the load over the cores, while the CPU seconds stay (the "
+        "wall times below are such a machine's); **Colab's free CPU runtime** has 2 virtual cores: expect about "
+        "the CPU seconds to twice them (not measured there). A GPU runs every page in seconds.", "", parts[0], "",
+        "## The patching benchmark", "", f"`{NAMES['patchlab']}`: the `resid_pre` sweep and the head sweeps, "
+        "each method against TransformerLens.", "", parts[1], "",
+        "## Grading throughput", "", f"`{NAMES['autograder']}`: a class graded as `python -m autograder grade` does it, "
+        "sandbox on, with `--jobs 1` and `--jobs 2`, on the course model.", "", parts[2], ""])
+    return page, json.dumps(costs, indent=1) + "\n"
+
+
+def _shown(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patchlab", type=Path, help="a bench.json of python -m patchlab bench")
-    parser.add_argument("--autograder", type=Path, help="a bench.json of python -m autograder bench")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
+    parser.add_argument("--bench", type=Path, default=BENCH, help="the folder of the bench files (%(default)s)")
     args = parser.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
-    for name, path, render in (("patchlab", args.patchlab, patchlab_summary),
-                               ("autograder", args.autograder, autograder_summary)):
-        if path is None:
-            continue
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            record["source"] = path.resolve().relative_to(ROOT).as_posix() if path.resolve().is_relative_to(ROOT) \
-                else path.name
-            body = render(record)
-        except (OSError, ValueError, KeyError) as err:
-            print(f"error: {path}: {err!r} (a bench.json of {NAMES[name]} --out DIR is needed)", file=sys.stderr)
-            return 2
-        try:
-            text = replace_block(text, name, body)
-        except ValueError as err:
-            print(f"error: {args.readme}: {err}", file=sys.stderr)
-            return 2
-    args.readme.write_text(text, encoding="utf-8")
-    print(f"rewrote {args.readme}")
+    try:
+        texts = dict(zip((PAGE, COSTS), render(args.bench)))
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    stale = [path for path, text in texts.items() if not path.exists() or path.read_text(encoding="utf-8") != text]
+    if args.check:
+        for path in stale:
+            print(f"{_shown(path)} is not what the bench files give: run python tools/bench_summary.py")
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(texts[path], encoding="utf-8")
+        print(f"wrote {_shown(path)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Interleaved rounds (patchlab_dev.rounds), the grading benchmark's record, and the README summaries
+"""Interleaved rounds (patchlab_dev.rounds), the grading benchmark's record, and the measurements page's summaries
 generated from bench.json (tools/bench_summary.py). Fast: nothing is timed or compared with a time."""
 
 from __future__ import annotations
@@ -96,17 +96,3 @@ def test_patchlab_summary_renders_from_bench_json() -> None:
     assert f"| `head_out` | attribution | {attribution['seconds']:.2f} (peer " in text
     assert "> **Warning: 1 figure varied by more than half its median over the rounds**" in text
     assert "Warning" not in summary_tool.patchlab_summary({**record, "warnings": [], "source": "x"})
-
-
-def test_readme_block_rewritten_in_place_and_only_there(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text("# Title\n\nbefore\n<!-- bench:patchlab -->\nold typed table\n<!-- /bench:patchlab -->\nafter\n")
-    args = ["--patchlab", str(FIXTURES / "patchlab.json"), "--readme", str(readme)]
-    assert summary_tool.main(args) == 0
-    text = readme.read_text()
-    assert text.startswith("# Title\n\nbefore\n<!-- bench:patchlab -->\nModel ") and text.endswith(
-        "\n<!-- /bench:patchlab -->\nafter\n")
-    assert "old typed table" not in text
-    assert summary_tool.main(args) == 0 and readme.read_text() == text  # the same input, the same page
-    readme.write_text("no markers\n")
-    assert summary_tool.main(args) == 2 and readme.read_text() == "no markers\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from patchlab.runtime import COLAB_GPU_ADVICE, progress, runtime_note
+from patchlab.runtime import COLAB_GPU_ADVICE, page_cost, progress, runtime_note
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,23 +26,40 @@ def test_progress_writes_to_stdout_only(capsys) -> None:
     assert err == "" and "cells" in out and "3/3" in out
 
 
-def test_a_gpt2_sized_model_on_cpu_gets_the_cost_and_the_way_to_a_gpu() -> None:
-    note = runtime_note(fake_model(124_439_808), cpu_minutes=4, slow_cells="the patching loop")
+def test_a_gpt2_sized_model_on_cpu_gets_the_measured_cost_and_the_way_to_a_gpu() -> None:
+    costs = json.loads((ROOT / "patchlab" / "data" / "costs.json").read_text())
+    page = max(costs["pages"], key=lambda name: costs["pages"][name]["wall_s"])  # the slowest page
+    cost = costs["pages"][page]
+    note = runtime_note(fake_model(124_439_808), page, slow_cells="the patching loop")
     assert note.splitlines()[0] == "Running on CPU."
-    assert "about 4 minutes with GPT-2 small" in note and "the patching loop" in note
+    # minutes to a tenth below ten minutes, whole minutes above
+    cpu_minutes = float(re.search(r"about ([\d.]+) minutes of processor time with GPT-2 small", note)[1])
+    assert abs(cpu_minutes - cost["cpu_s"] / 60) <= (0.05 if cost["cpu_s"] < 600 else 0.5)
+    assert f"{cost['slowest_cell']['cpu_s']:.0f} s of it in its slowest cell" in note and "the patching loop" in note
+    wall_minutes = float(re.search(r"at load [\d.-]+, it took ([\d.]+) minutes", note)[1])
+    assert abs(wall_minutes - cost["wall_s"] / 60) <= (0.05 if cost["wall_s"] < 600 else 0.5)
+    assert f"at load {costs['measured']['load']}" in note
+    assert costs["measured"]["date"] in note and ("one run" if cost["runs"] == 1 else f"median of {cost['runs']} runs") in note and "Colab" in note
     assert COLAB_GPU_ADVICE in note
-    quick = runtime_note(fake_model(124_439_808), cpu_minutes=1)
-    assert "about a minute with GPT-2 small" in quick and "no GPU needed" in quick and COLAB_GPU_ADVICE not in quick
+    quick = runtime_note(fake_model(124_439_808), page)
+    assert "No GPU needed" in quick and COLAB_GPU_ADVICE not in quick
+
+
+def test_a_page_never_measured_says_so_instead_of_failing() -> None:
+    with pytest.raises(KeyError, match="tools/measure_notebooks.py"):
+        page_cost("book/no_such_page")
+    note = runtime_note(fake_model(124_439_808), "book/no_such_page", slow_cells="the loop")
+    assert "cost has not been measured yet" in note and COLAB_GPU_ADVICE in note
 
 
 def test_the_course_model_on_cpu_needs_no_advice(model) -> None:
-    assert runtime_note(model, cpu_minutes=4, slow_cells="the patching loop") == "Running on CPU."
+    assert runtime_note(model, "book/residual_patching", slow_cells="the patching loop") == "Running on CPU."
 
 
 def test_on_a_gpu_only_the_device_is_named(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
-    note = runtime_note(fake_model(124_439_808, "cuda"), cpu_minutes=4, slow_cells="the patching loop")
+    note = runtime_note(fake_model(124_439_808, "cuda"), "book/residual_patching", slow_cells="the patching loop")
     assert note == "Running on GPU (Tesla T4)."
 
 
@@ -57,3 +75,9 @@ def test_every_page_says_its_device_and_cost_where_it_loads_the_model(page: Path
     if not loading:
         pytest.skip("loads no model")
     assert "runtime_note(" in loading[0], f"{page.name}: the cell that loads the model prints no runtime_note"
+    # ... of this page's own measured cost (patchlab/data/costs.json, generated from bench/notebooks.json;
+    # a page not measured yet says so, and the measurements page lists it)
+    key = page.with_suffix("").relative_to(ROOT).as_posix() if page.parent.name == "book" else \
+        f"solutions/{page.parent.name}"
+    names = re.findall(r'runtime_note\(\s*model,\s*"([^"]+)"', loading[0])
+    assert names == [key], f"{page.name}: runtime_note(model, {key!r}, ...) names its own page, not {names}"
