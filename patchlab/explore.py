@@ -31,7 +31,6 @@ from torch import Tensor
 
 from patchlab.ioi import IOIData
 from patchlab.metrics import logit_diff, metric_from_runs
-from patchlab.patching.components import component as get_component
 from patchlab.patching.paths import reference_path_patching
 from patchlab.patching.reference import reference_cells
 
@@ -137,9 +136,9 @@ def cell_runs(
     metric = metric_from_runs(clean_logits, corrupted_logits, data.answer_tokens)
     recorder = _Recorder(metric)
     if component == PATH:
-        measured = reference_path_patching(model, data.corrupted_tokens, clean_cache, recorder, receivers,
-                                           receiver_input, progress=False, senders=chosen)
-        measured = [float(measured[cell]) for cell in chosen]
+        by_cell = reference_path_patching(model, data.corrupted_tokens, clean_cache, recorder, receivers,
+                                          receiver_input, progress=False, senders=chosen)
+        measured = [float(by_cell[cell]) for cell in chosen]
     else:
         measured = reference_cells(model, data.corrupted_tokens, clean_cache, recorder, component, chosen).tolist()
     tokens = _Tokens(model)

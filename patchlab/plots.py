@@ -316,7 +316,7 @@ def explorable_heatmap(
     top_k: int = 5,
     receivers: Sequence[tuple[int, int]] | None = None,
     receiver_input: str = "q",
-) -> "ExplorableFigure":
+) -> ExplorableFigure:
     """A patching map whose cells open their patched run: `heatmap` of ``values`` (a tensor or a
     ``PatchingResult``) and, beside it, the selected cell's run (click, tap or arrow keys).
 

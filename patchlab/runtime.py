@@ -46,7 +46,7 @@ COSTS = "costs.json"  # patchlab/data/: written by tools/bench_summary.py from b
 def page_cost(page: str) -> dict[str, Any]:
     """The measured cost of ``page`` (``book/NAME`` or ``solutions/NAME``) with GPT-2 small on a CPU,
     and how it was measured, from the package's ``data/costs.json``."""
-    costs = json.loads(resources.files("patchlab").joinpath("data", COSTS).read_text(encoding="utf-8"))
+    costs = json.loads(resources.files("patchlab").joinpath("data").joinpath(COSTS).read_text(encoding="utf-8"))
     if page not in costs["pages"]:
         raise KeyError(f"no measured cost for {page!r}: run tools/measure_notebooks.py, then tools/bench_summary.py")
     return {**costs["pages"][page], "measured": costs["measured"]}
@@ -69,16 +69,20 @@ def cost_sentence(page: str) -> str:
             "free CPU runtime (2 virtual cores) should take about as long to twice as long (not measured there).")
 
 
+def slow_on_cpu(model: Model) -> bool:
+    """Whether ``model`` runs on a CPU and is GPT-2-sized, where a page skips work too slow for it."""
+    n_params = sum(p.numel() for p in model.parameters())
+    return torch.device(model.cfg.device or "cpu").type == "cpu" and n_params >= SLOW_ON_CPU_PARAMS
+
+
 def runtime_note(model: Model, page: str, slow_cells: str | None = None) -> str:
     """Which device runs ``model``, and on a CPU with a GPT-2-sized model, what ``page`` costs there.
 
     ``page``: ``book/NAME`` or ``solutions/NAME``, whose cost was measured (:func:`page_cost`);
     ``slow_cells``: which cells take most of it (``None``: no cell is slow, no GPU is needed).
     """
-    device = torch.device(model.cfg.device or "cpu")
-    n_params = sum(p.numel() for p in model.parameters())
-    lines = [f"Running on {device_name(device)}."]
-    if device.type == "cpu" and n_params >= SLOW_ON_CPU_PARAMS:
+    lines = [f"Running on {device_name(torch.device(model.cfg.device or 'cpu'))}."]
+    if slow_on_cpu(model):
         try:
             cost = cost_sentence(page)
         except KeyError:  # a page added since the last measurement: no figure rather than a crash

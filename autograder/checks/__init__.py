@@ -37,6 +37,8 @@ def _module(path: Path) -> ModuleType:
         if path.parent == HERE:
             return importlib.import_module(name)
         spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load the check module {path}")
         module = sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     return sys.modules[name]

@@ -9,7 +9,7 @@ half (``cases``, ``arguments``, ``lent``), the trusted grader the other (``expec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from torch import Tensor
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._judge import References
 
 # A candidate mistake: the result it would give, or a function computing it (run only when needed).
-Candidate = Union[Tensor, Callable[[], Tensor]]
+Candidate = Tensor | Callable[[], Tensor]
 Key = dict[str, Any]
 Expected = tuple[Tensor, list[tuple[str, Candidate]], dict[str, Any]]
 

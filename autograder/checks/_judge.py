@@ -88,6 +88,7 @@ def judge(check: Check, records: list[dict[str, Any]], refs: References) -> str 
             return f"on {_where(key, refs)}, {problem}"
         if record.get("cache_mutated"):
             return f"on {_where(key, refs)}: {MESSAGES['cache_mutated']}"
+        assert got is not None and check.expected is not None  # decode gave no problem; a judged check declares it
         reference, candidates, options = check.expected(refs, key)
         if check.grid and got.shape != reference.shape:  # only a transposition changes a grid's shape
             candidates = [c for c in candidates if "transposed" in c[0]]
@@ -103,7 +104,7 @@ def summarise(outcomes: list[tuple], records: list[dict[str, Any]], refs: Refere
     every case checked (right cases included, unless the check has ``separate_branches``); otherwise
     where the values are off, in words."""
     common: set[str] | None = None
-    for key, got, reference, candidates, options, diagnosis in outcomes:
+    for _key, got, _reference, candidates, options, diagnosis in outcomes:
         if diagnosis is None and check.separate_branches:
             continue
         here = set(diagnosis.name.split("+")) if diagnosis else set(matches(got, candidates, options["atol"], RTOL))

@@ -8,6 +8,7 @@ hook that patches every head, or the wrong axis, cannot pass by chance; the loop
 from __future__ import annotations
 
 import itertools
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -38,7 +39,7 @@ def loop_patching(model: Any, tokens: Tensor, source_cache: Any, metric: Callabl
             activation[selector] = source_cache[name][selector]
             return activation
 
-        results[(layer, *index)] = metric(model.run_with_hooks(tokens, fwd_hooks=[(name, patch)])).item()
+        results[(layer,) + tuple(index)] = metric(model.run_with_hooks(tokens, fwd_hooks=[(name, patch)])).item()
     return results
 
 
@@ -126,7 +127,8 @@ def _head_mistakes(refs: References, key: Key, component: str
     those of the metric (last in the list, where they were)."""
     ps = refs.prompt_set(key)
     reference = head_grid(refs, key, component)
-    _, *metric_mistakes = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
+    _, *grid_metric = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
+    metric_mistakes: list[tuple[str, Candidate]] = [*grid_metric]
     return reference, [
         ("wrong_direction", lambda: head_grid(refs, key, component, "wrong_direction")),
         ("patched_all_heads", lambda: head_grid(refs, key, component, "all_heads")),
@@ -143,8 +145,8 @@ def _expected_by_pos(refs: References, key: Key) -> Expected:
 
 def _expected_inputs(refs: References, key: Key) -> Expected:
     reference, mistakes, metric = _head_mistakes(refs, key, f"head_{key['which']}")
-    inputs = [("patched_head_output", lambda: head_grid(refs, key, "head_out"))]
-    inputs += [("wrong_input", lambda other=other: head_grid(refs, key, f"head_{other}"))
+    inputs: list[tuple[str, Candidate]] = [("patched_head_output", lambda: head_grid(refs, key, "head_out"))]
+    inputs += [("wrong_input", partial(head_grid, refs, key, f"head_{other}"))
                for other in HEAD_INPUTS if other != key["which"]]
     return reference, [("head_transposed", reference.T), *mistakes, *inputs, *metric], {
         "off_by_one_axes": {0: "head_off_by_one_layer"}, "axis_names": ("layer", "head"), "atol": ATOL_METRIC}

@@ -82,7 +82,7 @@ def path_grid(refs: References, key: Key, variant: str = "reference") -> Tensor:
     receivers = None if which is None else path_receivers(ps.model)
     tokens, corrupted = ps.data.corrupted_tokens, ps.corrupted_cache
 
-    def fast(tokens: Tensor, source: Any, receivers: list | None, which: str) -> Tensor:
+    def fast(tokens: Tensor, source: Any, receivers: list | None, which: str | None) -> Tensor:
         return fast_path_patching(ps.model, tokens, source, ps.metric, receivers, which or "q", progress=False)
 
     def compute() -> Tensor:
@@ -96,9 +96,10 @@ def path_grid(refs: References, key: Key, variant: str = "reference") -> Tensor:
             return fast(tokens, ps.clean_cache, receivers, variant)
         if variant == "not_frozen" and receivers is None:
             return fast_patching(ps.model, tokens, ps.clean_cache, ps.metric, "head_out", progress=False)
-        options = {"not_frozen": {"freeze_heads": False}, "mlps_frozen": {"freeze_mlps": True},
-                   "freeze_short": {"frozen_layers": -1}}[variant]
-        return path_loop(ps.model, tokens, corrupted, ps.clean_cache, ps.metric, receivers, which or "q", **options)
+        variants: dict[str, dict[str, Any]] = {"not_frozen": {"freeze_heads": False}, "mlps_frozen": {"freeze_mlps": True},
+                                               "freeze_short": {"frozen_layers": -1}}
+        return path_loop(ps.model, tokens, corrupted, ps.clean_cache, ps.metric, receivers, which or "q",
+                         **variants[variant])
     return refs.cached((key["model"], key["set"], "path", which, variant), compute)
 
 

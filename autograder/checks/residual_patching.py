@@ -82,8 +82,8 @@ def _judge_heatmap(check: Check, records: list[dict[str, Any]], refs: References
     for record, key in zip(records, keys):
         where = refs.prompt_set(key).label
         if "error" in record or record.get("type") != "Figure":
-            problem = decode(record, check)[1] or f"it must return a plotly Figure, not a {record.get('type')}."
-            return f"on {where}, {problem}"
+            not_a_figure = decode(record, check)[1] or f"it must return a plotly Figure, not a {record.get('type')}."
+            return f"on {where}, {not_a_figure}"
         problem = heatmap_problem(record["figure"], refs.prompt_set(key))
         if problem:
             return f"on {where}: {problem}"
@@ -161,8 +161,8 @@ def _centred(figure: dict[str, Any], trace: dict[str, Any]) -> bool:
                                   and trace.get("zmax")):
         return True
     axis = figure.get("layout", {}).get("coloraxis", {}) or {}
-    return axis.get("cmid") == 0 or (axis.get("cmin") is not None and axis.get("cmax")
-                                     and axis["cmin"] == -axis["cmax"])
+    return axis.get("cmid") == 0 or bool(axis.get("cmin") is not None and axis.get("cmax")
+                                          and axis["cmin"] == -axis["cmax"])
 
 
 patch_hook = Check(
