@@ -76,7 +76,7 @@ def combine(deadline: str | None, per_day: str | None, most: str | None, saved: 
         if per_day or most:
             raise LateRuleError("--late-penalty counts from a deadline: give --deadline too")
         return None
-    return LatePolicy(parse_deadline(deadline) if deadline else earlier.deadline,
+    return LatePolicy(earlier.deadline if earlier is not None and not deadline else parse_deadline(deadline or ""),
                       parse_percent(per_day, True) if per_day else earlier.percent_per_day if earlier else 0.0,
                       parse_percent(most, False) if most else earlier.max_percent if earlier else 100.0)
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import os
 import re
@@ -181,7 +182,7 @@ def opened(download: Path) -> Iterator[list[Entry]]:
                 if info.file_size > MAX_FILE_BYTES:
                     problem = f"larger than {MAX_FILE_BYTES // 2**20} MiB"
                 found.append(Entry(info.filename.lstrip("/"), info.file_size,
-                                   lambda info=info: archive.read(info), problem))
+                                   functools.partial(archive.read, info), problem))
             yield found
         return
     if not download.is_dir():
@@ -198,7 +199,7 @@ def opened(download: Path) -> Iterator[list[Entry]]:
                 found.append(Entry(relative, 0, bytes, "a symbolic link: not followed"))
                 continue
             size = path.stat().st_size
-            found.append(Entry(relative, size, lambda path=path: _read_file(path),
+            found.append(Entry(relative, size, functools.partial(_read_file, path),
                                f"larger than {MAX_FILE_BYTES // 2**20} MiB" if size > MAX_FILE_BYTES else ""))
     yield found
 
@@ -485,26 +486,26 @@ def export(results: Results, fmt: str, roster: Roster | None = None, canvas_assi
                          *(_fmt(q.max_score) for q in questions)])
         for p in people:
             learner = results.learners.get(p.id)
-            writer.writerow([p.name, p.lms_id, "", "", "", _fmt(learner and learner.score),
-                             *(_fmt(learner and learner.scores.get(q.name)) for q in questions)])
+            writer.writerow([p.name, p.lms_id, "", "", "", _fmt(learner.score if learner else None),
+                             *(_fmt(learner.scores.get(q.name) if learner else None) for q in questions)])
     elif fmt == "moodle":
         writer.writerow(["ID number", "Email address", "Full name", name, *(f"{name}: {q.name}" for q in questions),
                          "Status"])
         for p in people:
             learner = results.learners.get(p.id)
-            writer.writerow([p.id, p.email, p.name, _fmt(learner and learner.score),
-                             *(_fmt(learner and learner.scores.get(q.name)) for q in questions),
+            writer.writerow([p.id, p.email, p.name, _fmt(learner.score if learner else None),
+                             *(_fmt(learner.scores.get(q.name) if learner else None) for q in questions),
                              learner.status if learner else "missing"])
     else:
         writer.writerow(["student", "name", "email", "lms_id", "status", "question", "score", "max_score"])
         for p in people:
             learner = results.learners.get(p.id)
             status = learner.status if learner else "missing"
-            writer.writerow([p.id, p.name, p.email, p.lms_id, status, "total", _fmt(learner and learner.score),
+            writer.writerow([p.id, p.name, p.email, p.lms_id, status, "total", _fmt(learner.score if learner else None),
                              _fmt(results.max_score)])
             for q in questions:
                 writer.writerow([p.id, p.name, p.email, p.lms_id, status, q.name,
-                                 _fmt(learner and learner.scores.get(q.name)), _fmt(q.max_score)])
+                                 _fmt(learner.scores.get(q.name) if learner else None), _fmt(q.max_score)])
     return Export(buffer.getvalue(), notes)
 
 

@@ -57,10 +57,10 @@ class Rebuilt:
     matched_by_content: bool
 
 
-def _match(learner: list[NotebookNode], release: list[NotebookNode]) -> tuple[dict[str, int], bool]:
+def _match(learner: list[NotebookNode], release: list[NotebookNode]) -> tuple[dict[str | None, int], bool]:
     """{release grade_id: index of the learner cell that fills it}; True when content had to be used."""
     ids = {grade_id(c) for c in release}
-    found: dict[str, int] = {}
+    found: dict[str | None, int] = {}  # None: cells without a grade id, as at runtime
     for index, cell in enumerate(learner):
         gid = grade_id(cell)
         if gid in ids and gid not in found:
@@ -68,7 +68,7 @@ def _match(learner: list[NotebookNode], release: list[NotebookNode]) -> tuple[di
     if any(grade_id(c) in found for c in release if is_answer(c)) or not any(is_answer(c) for c in release):
         return found, False
     # No answer cell matched by id: the metadata was stripped. Anchor on read-only cells' exact text.
-    anchors: dict[str, int] = {}
+    anchors: dict[str | None, int] = {}
     for cell in release:
         if not is_answer(cell):
             hits = [i for i, c in enumerate(learner) if c.cell_type == cell.cell_type and

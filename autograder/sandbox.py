@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Any, Sequence
 
 KINDS = ("auto", "bwrap", "none")
 INSTALL_HINT = ("bubblewrap is not installed: install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`) or "
@@ -62,7 +62,7 @@ class Group:
         self._running: set[subprocess.Popen] = set()
         self._stopped = False
 
-    def start(self, command: list[str], **popen: object) -> subprocess.Popen:
+    def start(self, command: list[str], **popen: Any) -> subprocess.Popen:
         with self._lock:
             if self._stopped:
                 raise Stopped("the grading run was stopped")
@@ -301,7 +301,7 @@ class _Reader(threading.Thread):
     told): what came before is counted and dropped, so a run that prints gigabytes costs the grader
     at most twice ``cap`` bytes."""
 
-    def __init__(self, pipe: object, cap: int) -> None:
+    def __init__(self, pipe: IO[bytes], cap: int) -> None:
         super().__init__(daemon=True)
         self.pipe, self.cap = pipe, cap
         self.kept = bytearray()
@@ -352,6 +352,7 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
     except BaseException:  # stopped, or it could not start: no cgroup left behind
         cgroups.remove()
         raise
+    assert proc.stdout is not None  # stdout=subprocess.PIPE above
     reader = _Reader(proc.stdout, limits.output_kib * 1024)
     reader.start()
     killed = ""

@@ -118,8 +118,8 @@ def question_means(res: Results) -> list[tuple[str, float, float | None, int]]:
     """(question, points, mean score or None, learners scored) over the learners whose run ended."""
     rows = []
     for q in res.questions:
-        scores = [x.scores[q.name] for x in res.learners.values()
-                  if x.status in SCORED and x.scores.get(q.name) is not None]
+        scores = [score for x in res.learners.values()
+                  if x.status in SCORED and (score := x.scores.get(q.name)) is not None]
         rows.append((q.name, q.max_score, statistics.mean(scores) if scores else None, len(scores)))
     return rows
 
@@ -128,7 +128,7 @@ def per_question(res: Results) -> str:
     rows = question_means(res)
     if not rows:
         return "<p>No questions in the gradebook.</p>"
-    shown = [r for r in rows if r[2] is not None and r[1] > 0]
+    shown = [(name, points, mean, n) for name, points, mean, n in rows if mean is not None and points > 0]
     figure = ""
     if shown:
         fig = go.Figure(go.Bar(

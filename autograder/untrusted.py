@@ -36,7 +36,7 @@ MAX_TEXT = 100_000  # one string of a record (an error message, a repr)
 MAX_NUMBERS = 50_000_000  # values of one record
 IMAGES = ("image/png", "image/jpeg")  # the only rich outputs shown to the instructor (as <img src="data:...">)
 _BASE64 = re.compile(r"[A-Za-z0-9+/\s]*={0,2}\s*")
-_REASONS = {errno.ELOOP: "a symbolic link", errno.ENOTDIR: "a folder on its path is not a folder (a link?)",
+_REASONS: dict[int | None, str] = {errno.ELOOP: "a symbolic link", errno.ENOTDIR: "a folder on its path is not a folder (a link?)",
             errno.ENOENT: "missing", errno.EACCES: "not readable"}
 
 
