@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Iterator, Sequence, cast
 
 import nbformat
 from nbgrader.apps import NbGraderAPI
@@ -129,11 +129,11 @@ class Execution:
     """What came back from one sandboxed run (all of it untrusted, read through :mod:`autograder.untrusted`)."""
 
     executed: nbformat.NotebookNode | None
-    results: dict[str, list[dict]] = field(default_factory=dict)  # grade id: its records (checked)
+    results: dict[str | None, list[dict]] = field(default_factory=dict)  # grade id: its records (checked)
     problem: str = ""  # why nothing usable came back
     killed: str = ""
     seconds: float = 0.0
-    refused: dict[str, str] = field(default_factory=dict)  # grade id: why its result file was not used
+    refused: dict[str | None, str] = field(default_factory=dict)  # grade id: why its result file was not used
     returncode: int | None = None
     oom_kills: int = 0
 
@@ -154,18 +154,19 @@ def inventory(folder: Path, max_bytes: int = MAX_SUBMISSION_BYTES) -> tuple[list
         name = entry.name
         if name == lms.SIDECAR:  # what `import` took from the LMS of each submission
             continue
-        why = ""
+        why, student = "", learner_id(name)
         if entry.is_symlink():
             why = "a symbolic link: refused (copy the notebook itself into the folder)"
         elif entry.is_dir():
             why = "a folder: submissions must be notebooks directly in the submissions folder"
         elif not name.endswith(".ipynb"):
             why = "not a notebook (.ipynb)"
-        elif learner_id(name) is None:
+        elif student is None:
             why = "the file name is not a usable learner id (letters, digits, ._@+-; not starting with . or -)"
-        elif learner_id(name).casefold() in seen:
+        elif student.casefold() in seen:
             why = "another file has the same learner id (names differing only in case or accents' encoding)"
         if not why:
+            assert student is not None  # a None id sets `why` above
             try:
                 fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
                 with os.fdopen(fd, "rb") as handle:
@@ -177,8 +178,8 @@ def inventory(folder: Path, max_bytes: int = MAX_SUBMISSION_BYTES) -> tuple[list
                 if len(data) > max_bytes:
                     why = f"larger than {max_bytes / 2**20:g} MiB: clear its outputs and submit again"
                 else:
-                    subs.append(Submission(learner_id(name), data, mtime))
-                    seen.add(learner_id(name).casefold())
+                    subs.append(Submission(student, data, mtime))
+                    seen.add(student.casefold())
         if why:
             skipped.append(Grade(name, None, None, "skipped", why))
     return subs, skipped
@@ -190,7 +191,7 @@ class OutputFolder:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.staging = out / ".staging"
-        self._lock = None
+        self._lock: IO[str] | None = None
         self._gradebook: tuple[int, int] | None = None  # the live gradebook as staged
 
     def __enter__(self) -> OutputFolder:
@@ -209,6 +210,7 @@ class OutputFolder:
         try:
             self.recover()
         finally:
+            assert self._lock is not None  # opened by __enter__
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
 
@@ -514,7 +516,7 @@ class Grader:
         graded = rebuilt.notebook
         if len(execution.executed.cells) != len(graded.cells):
             return self.not_run(sub.student, "its executed notebook does not match what was run")
-        stopped, never_ran = "", []
+        stopped, never_ran = "", []  # never_ran: grade ids (None: a test cell without one)
         for index, (cell, ran) in enumerate(zip(graded.cells, execution.executed.cells)):
             if cell.cell_type != "code":
                 continue
@@ -535,7 +537,7 @@ class Grader:
         grade.detail = "; ".join(filter(None, [grade.detail, self.what_stopped(graded, execution, never_ran)]))
         return grade
 
-    def what_stopped(self, graded: nbformat.NotebookNode, execution: Execution, never_ran: list[str]) -> str:
+    def what_stopped(self, graded: nbformat.NotebookNode, execution: Execution, never_ran: list[str | None]) -> str:
         """Which cell ran past which limit, where the kernel died, which tests never ran (for ``detail``)."""
         said = []
         for number, cell in enumerate(graded.cells, 1):
@@ -553,11 +555,11 @@ class Grader:
                         f"was reached ({execution.oom_kills} process(es) killed)")
         if never_ran:
             code = "" if execution.returncode in (0, None) else f" (exit code {execution.returncode})"
-            said.append(f"its run ended{code} before {', '.join(never_ran)} ran")
+            said.append(f"its run ended{code} before {', '.join(map(str, never_ran))} ran")
         return one_line("; ".join(dict.fromkeys(said)), 500)
 
     def verdict(self, cell: nbformat.NotebookNode, check: tuple[str, str] | None, execution: Execution,
-                outputs: list[dict]) -> list[nbformat.NotebookNode]:
+                outputs: Sequence[dict]) -> list[nbformat.NotebookNode]:
         """The test cell's output, decided here: a pass line, or an error with the diagnosis."""
         gid = restore.grade_id(cell)
         errors = [o for o in outputs if o.get("output_type") == "error" and o.get("ename") in STOP_ERRORS]
@@ -582,8 +584,8 @@ class Grader:
         autograded = self.autograded(student)
         autograded.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(graded, autograded)
-        when = self.submitted.get(student)
-        penalty = (lambda max_score: self.late.penalty(when, max_score)) if self.late and when else None
+        when, late = self.submitted.get(student), self.late
+        penalty = (lambda max_score: late.penalty(when, max_score)) if late and when else None
         scores = record.save(self.db, self.course, self.assignment, student, graded, self.note, when, penalty)
         grade = self.grade_of(student, scores, stopped, stopped_cells(graded))
         grade.seconds, grade.submitted = execution.seconds, when
@@ -732,7 +734,7 @@ def stopped_cells(nb: nbformat.NotebookNode, most: int = 3) -> str:
     return "; ".join(words + ([f"{len(found) - most} more"] if len(found) > most else []))
 
 
-def stopped_by(outputs: list[dict]) -> str:
+def stopped_by(outputs: Sequence[dict]) -> str:
     """``crashed`` or ``timed_out`` when a test cell's outputs say the run stopped there, else ''."""
     names = {o.get("ename") for o in outputs if o.get("output_type") == "error"}
     if not names & set(STOP_ERRORS):
@@ -816,6 +818,7 @@ def grade(
         cell_timeout = cell_timeout or TIMEOUTS[model][0]
         notebook_timeout = notebook_timeout or TIMEOUTS[model][1]
     check_options(assignment, model, cell_timeout or 0, notebook_timeout or 0, jobs)
+    assert cell_timeout and notebook_timeout  # check_options refused 0 (no timeout given, no default)
     # GPT-2 small and its caches need more address space than the course model.
     limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
                                       cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120,
@@ -852,7 +855,7 @@ def grade(
         except RecordError as err:
             raise GradingError(str(err)) from None
         try:
-            rule = combine(*late, book.last("late"))
+            rule = combine(*late, cast("dict | None", book.last("late")))  # as LatePolicy.record wrote it
         except LateRuleError as err:
             raise GradingError(str(err)) from None
         staging = folder.stage()
@@ -879,7 +882,7 @@ def grade(
                         print(f"  [{done}/{len(subs)}] {grades[-1].outcome()}", flush=True)
         else:
             grader.prepare()
-            files = {sub.student: sub for sub in subs}
+            on_disk = {sub.student: sub for sub in subs}
             wanted = {s.casefold() for s in students or []}
             learners = [s for s in grader.graded_learners() if not wanted or s.casefold() in wanted]
             for student in learners:  # as handed in when graded (the row's time), else the file's
@@ -887,8 +890,8 @@ def grade(
                 try:
                     grader.submitted[student] = datetime.fromisoformat(earlier)
                 except ValueError:  # no time recorded (or the cell was edited by hand)
-                    if student in files:
-                        grader.submitted[student] = datetime.fromtimestamp(files[student].mtime, timezone.utc)
+                    if student in on_disk:
+                        grader.submitted[student] = datetime.fromtimestamp(on_disk[student].mtime, timezone.utc)
             grader.submitted.update(submitted or {})
             grades = [grader.collect(student) for student in learners]
             grades += [Grade(sub.student, None, None, "skipped", "not graded yet: grade without --no-run")
