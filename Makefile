@@ -47,9 +47,10 @@ test: $(STAMP) lint
 	OMP_NUM_THREADS=1 PATCHLAB_MODEL=ioi-mini HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadscope --nbval-lax --nbval-current-env $(READER_NOTEBOOKS)
 
-# The unit tier alone (tests/unit/: in-process, no kernel, sandbox, browser or build), for the edit loop.
+# The unit tier (tests/unit/: in-process, no kernel, sandbox, browser or build) without its tests marked
+# slow (sweeps by position, every check on both grading models), for the edit loop.
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=10 tests/unit
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=10 -m "not slow" tests/unit
 
 # Before publishing a release: checks the version, course.toml, the notebooks' install lines and
 # Colab links and a clean tree, runs the as-shipped test (tests/e2e/test_install.py), then prints the

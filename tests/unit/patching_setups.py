@@ -6,9 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 
 from patchlab.metrics import PatchingMetric, logit_diff, patching_metric
+
+# Sweeps by position patch every (layer, position, head) cell: minutes on the course model, so `make
+# test-fast` leaves them out (they are marked slow) and `make test` runs them.
+SLOW_CHECKS = {"check_head_inputs", "check_path_to_receivers", "check_path_to_logits", "check_attribution_heads"}
+
+
+def slow_by_pos(names: Any) -> list[Any]:
+    """``names`` as pytest parameters, those of sweeps by position (``*_by_pos``) marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if str(n).endswith("_by_pos") else n for n in names]
 
 
 @dataclass

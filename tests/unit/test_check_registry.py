@@ -17,6 +17,7 @@ import torch
 
 from autograder import checks
 from autograder.checks._check import messages
+from patching_setups import SLOW_CHECKS  # tests/unit/patching_setups.py
 from patchlab.corruptions import embedding_noise as library_noise
 from patchlab.patching import attribution_patching, fast_path_patching, fast_patching
 from patchlab.patching.components import patch_position
@@ -128,7 +129,8 @@ def test_every_registered_check_has_a_unit_test_here():
     assert sorted(LEARNERS) == sorted(checks.REGISTRY)
 
 
-@pytest.mark.parametrize("name", sorted(LEARNERS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CHECKS else n
+                                  for n in sorted(LEARNERS)])
 def test_check_passes_the_right_function_and_names_the_mistake(name, refs, inside):
     check = checks.REGISTRY[name]
     right, wrong, mistake = LEARNERS[name]
@@ -178,6 +180,7 @@ def test_a_check_in_a_new_module_is_found_and_graded_with_no_other_change(monkey
         checks.discover([checks.HERE, FIXTURES, FIXTURES / "duplicate"])
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and the registry
 def test_the_sandbox_copy_of_the_registry_imports_on_its_own(tmp_path):
     """As install_grader_files lays it out: the package as autograder_checks/, harvest as autograder_harvest."""
     shutil.copytree(checks.HERE, tmp_path / "autograder_checks", ignore=shutil.ignore_patterns("__pycache__"))

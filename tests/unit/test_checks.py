@@ -20,6 +20,9 @@ from patchlab.patching.components import patch_position
 from patchlab.plots import heatmap, position_labels
 
 MODELS = ["ioi-mini", "ioi-mini-reshaped"]
+# Every check harvested and judged on both grading models takes minutes: `make test-fast` leaves this
+# module out (tests/unit/test_check_registry.py grades each check once, on the course model).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)

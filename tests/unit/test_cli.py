@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from patchlab.patching import reference_patching
@@ -19,6 +20,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow  # a fresh interpreter loads torch and the model
 def test_patch_writes_three_files(tmp_path, model, classic, classic_run):
     proc = run_cli("patch", "--model", "ioi-mini", "--component", "resid_pre", "--method", "reference",
                    "--out", str(tmp_path))
@@ -44,6 +46,7 @@ def test_patch_writes_three_files(tmp_path, model, classic, classic_run):
     assert (tmp_path / "resid_pre.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # fresh interpreters, one per bad argument
 def test_bad_arguments_exit_nonzero_with_one_line(tmp_path):
     proc = run_cli("patch", "--component", "resid_middle", "--out", str(tmp_path))
     assert proc.returncode == 2

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from patching_setups import Setup, random_setup  # tests/unit/patching_setups.py
+from patching_setups import Setup, random_setup, slow_by_pos  # tests/unit/patching_setups.py
 from tl_functions import TL_FUNCTIONS  # tests/unit/tl_functions.py
 
 from patchlab import patching
@@ -28,7 +28,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.cpu() - b.cpu()).abs().max().item()
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("component", slow_by_pos(COMPONENTS))
 def test_fast_equals_reference_on_the_course_model(mini: Setup, component: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", FastPatchingFallback)
@@ -41,7 +41,7 @@ def test_fast_equals_reference_on_the_course_model(mini: Setup, component: str) 
         assert max_diff(fast, tl) <= TOLERANCE
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("component", slow_by_pos(COMPONENTS))
 @pytest.mark.parametrize("differ", ["every position", "only the last token", "only the first token",
                                     "from a different position per prompt"])
 def test_fast_equals_reference_on_a_random_gpt2(tiny: Any, component: str, differ: str) -> None:
@@ -54,7 +54,7 @@ def test_fast_equals_reference_on_a_random_gpt2(tiny: Any, component: str, diffe
     assert reference.std() > 1e-3  # the patches really do change the metric: the test can fail
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("component", slow_by_pos(COMPONENTS))
 def test_fast_equals_transformer_lens_for_a_batch_of_one(tiny: Any, component: str) -> None:
     setup = random_setup(tiny, batch=1, n_pos=6, differ="every position", seed=1)
     fast = setup.run(fast_patching, component)

@@ -49,8 +49,7 @@ def test_make_test_runs_the_suite_and_nbval_over_the_exercises(tmp_path: Path) -
 def test_make_test_fast_runs_the_unit_tier_alone(tmp_path: Path) -> None:
     (pytest_line,) = [line for line in dry_run("test-fast", tmp_path / "venv").splitlines() if "-m pytest" in line]
     assert pytest_line.startswith("OMP_NUM_THREADS=1 ") and pytest_line.split()[-1] == "tests/unit"
-    assert "nbval" not in pytest_line and "tests/e2e" not in pytest_line
-
+    assert "nbval" not in pytest_line and "tests/e2e" not in pytest_line and "-m \"not slow\"" in pytest_line
 
 def test_make_test_lints_the_library_and_the_grader_first(tmp_path: Path) -> None:
     commands = dry_run("test", tmp_path / "venv").splitlines()

@@ -88,6 +88,7 @@ def test_device_is_cuda_or_cpu_never_mps(monkeypatch):
     assert models.pick_device() == torch.device("cuda")
 
 
+@pytest.mark.slow  # builds two GPT-2-small-sized models
 def test_gpt2_small_random_has_gpt2_small_shape_and_is_seeded():
     a = load_model("gpt2-small-random", device="cpu")
     assert (a.cfg.n_layers, a.cfg.d_model, a.cfg.n_heads, a.cfg.d_vocab) == (12, 768, 12, 50257)

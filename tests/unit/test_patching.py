@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from patching_setups import slow_by_pos  # tests/unit/patching_setups.py
 from tl_functions import TL_FUNCTIONS  # tests/unit/tl_functions.py
 
 from patchlab.patching import COMPONENTS, hook_name, reference_cells, reference_patching
@@ -27,7 +28,7 @@ def test_every_component_is_checked_against_transformer_lens():
     assert set(SWEPT) | {"head_out"} == set(COMPONENTS)
 
 
-@pytest.mark.parametrize("component", SWEPT)
+@pytest.mark.parametrize("component", slow_by_pos(SWEPT))
 def test_reference_equals_transformer_lens(model, classic, classic_run, component):
     _, cache, _, metric = classic_run
     ours = reference_patching(model, classic.corrupted_tokens, cache, metric, component, progress=False)
@@ -72,7 +73,7 @@ def test_bad_component_and_mismatched_batch(model, classic, classic_run):
         reference_patching(model, classic.corrupted_tokens[:3], cache, metric, progress=False)
 
 
-@pytest.mark.parametrize("component", ["head_out_by_pos", "head_pattern_by_pos", "resid_pre"])
+@pytest.mark.parametrize("component", slow_by_pos(["head_out_by_pos", "head_pattern_by_pos", "resid_pre"]))
 def test_reference_cells_are_transformer_lenss_cells(model, classic, classic_run, component):
     """A spot check of some cells equals TransformerLens's whole sweep at those cells."""
     _, clean_cache, _, metric = classic_run
