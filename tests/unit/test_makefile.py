@@ -51,6 +51,7 @@ def test_make_test_fast_runs_the_unit_tier_alone(tmp_path: Path) -> None:
     assert pytest_line.startswith("OMP_NUM_THREADS=1 ") and pytest_line.split()[-1] == "tests/unit"
     assert "nbval" not in pytest_line and "tests/e2e" not in pytest_line and "-m \"not slow\"" in pytest_line
 
+
 def test_make_test_lints_the_library_and_the_grader_first(tmp_path: Path) -> None:
     commands = dry_run("test", tmp_path / "venv").splitlines()
     ruff = next(i for i, line in enumerate(commands) if "/ruff check patchlab patchlab_dev autograder" in line)
