@@ -298,6 +298,24 @@ gd.addEventListener('keydown', function (ev) {
   var r = sel ? Math.min(nr - 1, Math.max(0, sel[0] + step[0])) : 0, c = sel ? Math.min(nc - 1, Math.max(0, sel[1] + step[1])) : 0;
   show(r, c);
 });
+// In the flex box plotly's height:100% has nothing to be a share of: the div gets the figure's own
+// height. Beside the panel the figure is narrow, and a title that then runs under the mode bar moves
+// down below it (the top margin and the figure grow where the title needs room, so the map keeps its size).
+var tries = 0, fit = function () {
+  var L = gd._fullLayout; if (!L) return;
+  gd.style.height = L.height + 'px';
+  var t = gd.querySelector('.gtitle'), m = gd.querySelector('.modebar');
+  if (tries > 2 || !t || !m) return;
+  var tb = t.getBoundingClientRect(), mb = m.getBoundingClientRect(), top = gd.getBoundingClientRect().top;
+  if (!(mb.width > 0 && tb.left < mb.right && mb.left < tb.right && tb.top < mb.bottom && mb.top < tb.bottom)) return;
+  tries += 1;  // plotly anchors a title of several lines by its first: measure, move, measure again
+  var want = Math.ceil(mb.bottom - top) + 4, now = tb.top - top;
+  var at = L.title.yref === 'container' && L.title.yanchor === 'top' ? (1 - L.title.y) * L.height + want - now : want;
+  var extra = Math.max(0, Math.ceil(want + tb.height + 8 - L.margin.t));
+  Plotly.relayout(gd, {'title.yref': 'container', 'title.yanchor': 'top', 'title.y': 1 - at / (L.height + extra),
+                       'margin.t': L.margin.t + extra, height: L.height + extra}).then(fit);
+};
+gd.on('plotly_afterplot', fit);
 hint();
-Plotly.Plots.resize(gd);
+Plotly.Plots.resize(gd).then(fit);
 })();"""
