@@ -34,10 +34,11 @@ $(STAMP): pyproject.toml requirements.txt constraints.txt
 book: $(STAMP)
 	PATCHLAB_MODEL=$(PATCHLAB_MODEL) PLOTLY_RENDERER=notebook $(BIN)/jupyter-book build . -W -n --keep-going
 
-# ruff's checks and mypy on the library, its developer tools and the grader (configured in pyproject.toml). The formatter,
-# `ruff format`, is configured there too; it is not enforced yet.
+# ruff's checks and formatter and mypy on the library, its developer tools and the grader (configured in
+# pyproject.toml). `ruff format patchlab patchlab_dev autograder` fixes what the format check finds.
 lint: $(STAMP)
 	$(BIN)/ruff check patchlab patchlab_dev autograder
+	$(BIN)/ruff format --check patchlab patchlab_dev autograder
 	$(BIN)/mypy
 
 # The lint, the test suite (both tiers, tests/README.md), then every reader notebook executed as learners get

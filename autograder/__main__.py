@@ -51,11 +51,23 @@ def _grade(args: argparse.Namespace) -> int:
 
     chosen = {name: getattr(args, name) for name in LIMIT_OPTIONS if getattr(args, name) is not None}
     try:
-        grades = grade(args.submissions, args.assignment, args.out, cell_timeout=args.cell_timeout,
-                       notebook_timeout=args.notebook_timeout, model=args.model, run=not args.no_run,
-                       sandbox_kind=args.sandbox, jobs=args.jobs, progress=True, shard=args.shard, device=args.device,
-                       submission_limits=chosen, students=args.student,
-                       late=(args.deadline, args.late_penalty, args.late_penalty_max))
+        grades = grade(
+            args.submissions,
+            args.assignment,
+            args.out,
+            cell_timeout=args.cell_timeout,
+            notebook_timeout=args.notebook_timeout,
+            model=args.model,
+            run=not args.no_run,
+            sandbox_kind=args.sandbox,
+            jobs=args.jobs,
+            progress=True,
+            shard=args.shard,
+            device=args.device,
+            submission_limits=chosen,
+            students=args.student,
+            late=(args.deadline, args.late_penalty, args.late_penalty_max),
+        )
     except GradingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -82,8 +94,10 @@ def _report(grades: list[Grade], out: Path, done: str) -> int:
         late = f" (late {g.late:.1f} days, -{g.penalty:g} points)" if g.late and g.penalty else ""
         print(f"{g.student:<24} {score:>5} / {total:<5} {g.status:<18} {g.detail}{late}")
     skipped = sum(g.status == "skipped" for g in grades)
-    print(f"{len(grades) - skipped} submissions {done}, {skipped} entries skipped; every learner graded into this "
-          f"folder: {out / 'grades.csv'}, feedback in {out / 'feedback'}")
+    print(
+        f"{len(grades) - skipped} submissions {done}, {skipped} entries skipped; every learner graded into this "
+        f"folder: {out / 'grades.csv'}, feedback in {out / 'feedback'}"
+    )
     return 0
 
 
@@ -205,44 +219,87 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--assignment", required=True, choices=assignments())
     grade.add_argument("--out", required=True, type=Path, metavar="OUT_DIR")
     grade.add_argument("--cell-timeout", type=seconds, help=f"seconds per cell ({CELL_TIMEOUT}; 1800 on gpt2-small)")
-    grade.add_argument("--notebook-timeout", type=seconds,
-                       help=f"seconds per notebook ({NOTEBOOK_TIMEOUT}; 5400 on gpt2-small)")
-    grade.add_argument("--model", default="ioi-mini", choices=("ioi-mini", "gpt2-small"),
-                       help="the model the notebooks and the hidden tests run (%(default)s; the tests also run "
-                            "on a second model of another shape)")
-    grade.add_argument("--sandbox", default="auto", choices=("auto", "bwrap", "none"),
-                       help="auto (default): bubblewrap, refused when missing; none: run learner code with your "
-                            "own rights")
+    grade.add_argument(
+        "--notebook-timeout", type=seconds, help=f"seconds per notebook ({NOTEBOOK_TIMEOUT}; 5400 on gpt2-small)"
+    )
+    grade.add_argument(
+        "--model",
+        default="ioi-mini",
+        choices=("ioi-mini", "gpt2-small"),
+        help="the model the notebooks and the hidden tests run (%(default)s; the tests also run "
+        "on a second model of another shape)",
+    )
+    grade.add_argument(
+        "--sandbox",
+        default="auto",
+        choices=("auto", "bwrap", "none"),
+        help="auto (default): bubblewrap, refused when missing; none: run learner code with your own rights",
+    )
     grade.add_argument("--jobs", type=positive, default=1, help="submissions run at a time (%(default)s)")
     whole = grade.add_argument_group("limits of each submission as a whole (recorded in run.json)")
-    whole.add_argument("--memory-mib", dest="submission_memory_mib", type=positive,
-                       help="memory of all its processes and in-memory files together (4096; 16384 on gpt2-small)")
+    whole.add_argument(
+        "--memory-mib",
+        dest="submission_memory_mib",
+        type=positive,
+        help="memory of all its processes and in-memory files together (4096; 16384 on gpt2-small)",
+    )
     whole.add_argument("--scratch-mib", dest="scratch_mib", type=positive, help="its scratch folder (1024)")
     whole.add_argument("--tmp-mib", dest="tmp_mib", type=positive, help="its /tmp, and its /dev/shm (512 each)")
-    whole.add_argument("--output-kib", dest="output_kib", type=positive,
-                       help="of what the sandbox prints, kept (1024; the rest is read and dropped)")
-    whole.add_argument("--max-notebook-mib", dest="notebook_mib", type=positive,
-                       help="a larger submitted notebook is skipped unread (20)")
-    whole.add_argument("--max-cells", dest="cells", type=positive,
-                       help="a notebook with more cells is not run (2000)")
-    grade.add_argument("--no-run", action="store_true",
-                       help="do not execute again: report every learner graded so far again from the last "
-                            "run and the gradebook (after manual grading)")
-    grade.add_argument("--student", action="append", metavar="ID",
-                       help="grade only this learner (repeatable); the others in OUT_DIR are kept")
-    grade.add_argument("--deadline", metavar="ISO8601",
-                       help="the deadline (e.g. 2026-12-01T23:59, local time unless it says +01:00): a file "
-                            "modified later is late; kept for later runs into OUT_DIR")
-    grade.add_argument("--late-penalty", metavar="RATE",
-                       help="points off per day or part of a day late, as a percentage of the maximum score "
-                            "(e.g. 10%%/day; default 0%%/day)")
-    grade.add_argument("--late-penalty-max", metavar="MAX",
-                       help="the most a late submission loses (default 100%% of the maximum score)")
-    grade.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                       help="cpu (default), or cuda: the NVIDIA GPU bound into the sandbox (its device nodes and "
-                            "driver libraries only), the references and the learner's code on it")
-    grade.add_argument("--shard", type=shard, metavar="I/N",
-                       help="grade only shard I of N (from 0), into its own --out; join them with merge")
+    whole.add_argument(
+        "--output-kib",
+        dest="output_kib",
+        type=positive,
+        help="of what the sandbox prints, kept (1024; the rest is read and dropped)",
+    )
+    whole.add_argument(
+        "--max-notebook-mib",
+        dest="notebook_mib",
+        type=positive,
+        help="a larger submitted notebook is skipped unread (20)",
+    )
+    whole.add_argument("--max-cells", dest="cells", type=positive, help="a notebook with more cells is not run (2000)")
+    grade.add_argument(
+        "--no-run",
+        action="store_true",
+        help="do not execute again: report every learner graded so far again from the last "
+        "run and the gradebook (after manual grading)",
+    )
+    grade.add_argument(
+        "--student",
+        action="append",
+        metavar="ID",
+        help="grade only this learner (repeatable); the others in OUT_DIR are kept",
+    )
+    grade.add_argument(
+        "--deadline",
+        metavar="ISO8601",
+        help="the deadline (e.g. 2026-12-01T23:59, local time unless it says +01:00): a file "
+        "modified later is late; kept for later runs into OUT_DIR",
+    )
+    grade.add_argument(
+        "--late-penalty",
+        metavar="RATE",
+        help="points off per day or part of a day late, as a percentage of the maximum score "
+        "(e.g. 10%%/day; default 0%%/day)",
+    )
+    grade.add_argument(
+        "--late-penalty-max",
+        metavar="MAX",
+        help="the most a late submission loses (default 100%% of the maximum score)",
+    )
+    grade.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="cpu (default), or cuda: the NVIDIA GPU bound into the sandbox (its device nodes and "
+        "driver libraries only), the references and the learner's code on it",
+    )
+    grade.add_argument(
+        "--shard",
+        type=shard,
+        metavar="I/N",
+        help="grade only shard I of N (from 0), into its own --out; join them with merge",
+    )
     grade.set_defaults(run=_grade)
 
     merge = commands.add_parser("merge", help="join the --out folders of grade --shard 0/N ... N-1/N into one")
@@ -267,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     importing.add_argument("--lms", required=True, choices=LMSS)
     importing.add_argument("--roster", required=True, type=Path, help="CSV file: id, name, email, lms_id")
     importing.add_argument("--into", required=True, type=Path, metavar="SUBMISSIONS_DIR")
-    importing.add_argument("--replace", action="store_true",
-                           help="replace a learner's notebook already there that differs (each one is named)")
+    importing.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a learner's notebook already there that differs (each one is named)",
+    )
     importing.set_defaults(run=_import)
 
     exporting = commands.add_parser("export", help="a grades file Canvas or Moodle imports, or a per-question CSV")
@@ -276,8 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     exporting.add_argument("--assignment", required=True, choices=assignments())
     exporting.add_argument("--format", required=True, choices=FORMATS)
     exporting.add_argument("--roster", type=Path, help="CSV file: id, name, email, lms_id (needed for canvas)")
-    exporting.add_argument("--canvas-assignment-id", help="the assignment's id in Canvas (in its address): the "
-                           "column is then titled 'NAME (ID)' and Canvas matches it to that assignment")
+    exporting.add_argument(
+        "--canvas-assignment-id",
+        help="the assignment's id in Canvas (in its address): the "
+        "column is then titled 'NAME (ID)' and Canvas matches it to that assignment",
+    )
     exporting.add_argument("--to", type=Path, help="the file to write (default: OUT_DIR/NAME-FORMAT.csv)")
     exporting.set_defaults(run=_export)
 
@@ -286,8 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     summarising.add_argument("--assignment", required=True, choices=assignments())
     summarising.set_defaults(run=_summary)
 
-    bench = commands.add_parser("bench", help="seconds per submission for a class, --jobs 1 and 2 interleaved over "
-                                              "rounds, sandbox on: medians with their min-max")
+    bench = commands.add_parser(
+        "bench",
+        help="seconds per submission for a class, --jobs 1 and 2 interleaved over "
+        "rounds, sandbox on: medians with their min-max",
+    )
     bench.add_argument("--assignment", choices=assignments(), help="default: every assignment")
     bench.add_argument("--submissions", type=positive, default=8, help="class size (%(default)s)")
     bench.add_argument("--rounds", type=positive, default=5, help="rounds, --jobs 1 and 2 once each (%(default)s)")
@@ -299,8 +365,11 @@ def main(argv: list[str] | None = None) -> int:
         with interrupt.remembered():
             return args.run(args)
     except KeyboardInterrupt:
-        print("interrupted: nothing was changed (the last complete run's grades, feedback and gradebook are "
-              "kept); run the same command again", file=sys.stderr)
+        print(
+            "interrupted: nothing was changed (the last complete run's grades, feedback and gradebook are "
+            "kept); run the same command again",
+            file=sys.stderr,
+        )
         return 130
 
 

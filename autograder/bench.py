@@ -30,18 +30,33 @@ from autograder.release import source_notebook
 TARGET_SECONDS = 10  # per residual_patching submission with --jobs 2 on 2 CPUs
 
 
-def bench(assignment: str | None = None, submissions: int = 8, jobs: tuple[int, ...] = (1, 2),
-          rounds: int = timing.DEFAULT_ROUNDS, out: Path | None = None) -> dict:
+def bench(
+    assignment: str | None = None,
+    submissions: int = 8,
+    jobs: tuple[int, ...] = (1, 2),
+    rounds: int = timing.DEFAULT_ROUNDS,
+    out: Path | None = None,
+) -> dict:
     """Grade a class per assignment with each of ``jobs`` in ``rounds`` interleaved rounds; print the
     table and return (and write to ``out/bench.json``) the record."""
     kind = "bwrap" if shutil.which("bwrap") else "none"
     context = timing.run_context()
-    print(f"grading {submissions} submissions per assignment, {rounds} rounds of --jobs "
-          f"{' and '.join(map(str, jobs))} interleaved, sandbox {kind}, model ioi-mini (+ ioi-mini-reshaped); "
-          f"{timing.describe_context(context)}; each notebook runs one thread. Target: {TARGET_SECONDS} s per "
-          "residual_patching submission with --jobs 2 on 2 CPUs")
-    record: dict = {"kind": "autograder", "sandbox": kind, "submissions": submissions, "rounds": rounds,
-                    "context": context, "python": platform.python_version(), "assignments": {}, "warnings": []}
+    print(
+        f"grading {submissions} submissions per assignment, {rounds} rounds of --jobs "
+        f"{' and '.join(map(str, jobs))} interleaved, sandbox {kind}, model ioi-mini (+ ioi-mini-reshaped); "
+        f"{timing.describe_context(context)}; each notebook runs one thread. Target: {TARGET_SECONDS} s per "
+        "residual_patching submission with --jobs 2 on 2 CPUs"
+    )
+    record: dict = {
+        "kind": "autograder",
+        "sandbox": kind,
+        "submissions": submissions,
+        "rounds": rounds,
+        "context": context,
+        "python": platform.python_version(),
+        "assignments": {},
+        "warnings": [],
+    }
     for name in [assignment] if assignment else assignments():
         with tempfile.TemporaryDirectory(prefix="autograder-bench-") as tmp:
             folder = Path(tmp) / "submissions"
@@ -57,8 +72,11 @@ def bench(assignment: str | None = None, submissions: int = 8, jobs: tuple[int, 
                 assert all(g.status in ("graded", "needs_manual_grade") for g in grades), grades
                 return seconds / submissions
 
-            samples = timing.interleave({f"--jobs {n}": partial(grade_class, n) for n in jobs}, rounds,
-                                        lambda line: print(f"  {name} {line} per submission", flush=True))
+            samples = timing.interleave(
+                {f"--jobs {n}": partial(grade_class, n) for n in jobs},
+                rounds,
+                lambda line: print(f"  {name} {line} per submission", flush=True),
+            )
         rows = {}
         for n in jobs:
             own, peer = samples[f"--jobs {n}"], samples[f"--jobs {jobs[0]}"]
@@ -77,11 +95,15 @@ def bench(assignment: str | None = None, submissions: int = 8, jobs: tuple[int, 
 
 def format_table(record: dict) -> str:
     """Markdown: per assignment and ``--jobs``, the median s/submission, its min-max, the speed-up."""
-    lines = [f"| assignment | `--jobs` | s / submission (median of {record['rounds']}) | min-max | "
-             "speed-up [min-max] |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"| assignment | `--jobs` | s / submission (median of {record['rounds']}) | min-max | speed-up [min-max] |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, rows in record["assignments"].items():
         for n, row in rows.items():
             t, s = row["per_submission"], row["speedup"]
-            lines.append(f"| {name} | {n} | {t['median']:.1f} | {t['min']:.1f}-{t['max']:.1f} | "
-                         f"{s['median']:.2f}× [{s['min']:.2f}-{s['max']:.2f}] |")
+            lines.append(
+                f"| {name} | {n} | {t['median']:.1f} | {t['min']:.1f}-{t['max']:.1f} | "
+                f"{s['median']:.2f}× [{s['min']:.2f}-{s['max']:.2f}] |"
+            )
     return "\n".join(lines + record["warnings"])

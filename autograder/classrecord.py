@@ -58,8 +58,10 @@ class ClassRecord:
     def check(self, assignment: str, out: Path) -> None:
         """Refuse to mix two assignments in one folder."""
         if self.assignment and self.assignment != assignment:
-            raise RecordError(f"{out} holds the grades of {self.assignment}: grade {assignment} into another "
-                              "--out folder (one folder per assignment)")
+            raise RecordError(
+                f"{out} holds the grades of {self.assignment}: grade {assignment} into another "
+                "--out folder (one folder per assignment)"
+            )
 
     def last(self, key: str) -> object:
         """The value of ``key`` in the newest run that recorded one (None if none did)."""
@@ -93,5 +95,8 @@ class ClassRecord:
         writer.writeheader()
         writer.writerows({name: row.get(name, "") for name in fields} for _, row in sorted(self.rows.items()))
         record = {"assignment": self.assignment, "runs": self.runs, "learners": dict(sorted(self.learners.items()))}
-        return {"grades.csv": buffer.getvalue(), "grading.log": self.log,
-                "run.json": json.dumps(record, indent=1, ensure_ascii=False) + "\n"}
+        return {
+            "grades.csv": buffer.getvalue(),
+            "grading.log": self.log,
+            "run.json": json.dumps(record, indent=1, ensure_ascii=False) + "\n",
+        }

@@ -51,8 +51,13 @@ def nbgrader_config(
     c.CourseDirectory.db_url = f"sqlite:///{db_path}"
     # The MyST sources hold the solutions in clear: never copy them next to a learner notebook.
     c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.md"]
-    c.GenerateFeedback.preprocessors = [GetGrades, ScrubOutputs, SanitiseLearnerContent, ClearHiddenTests,
-                                        CSSHTMLHeaderPreprocessor]
+    c.GenerateFeedback.preprocessors = [
+        GetGrades,
+        ScrubOutputs,
+        SanitiseLearnerContent,
+        ClearHiddenTests,
+        CSSHTMLHeaderPreprocessor,
+    ]
     return c
 
 

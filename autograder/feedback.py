@@ -37,8 +37,7 @@ def hidden_test_lines(nb: NotebookNode) -> list[str]:
 
 
 def _scrub_text(text: str, hidden: list[str]) -> str:
-    return "\n".join(REMOVED if any(h in _ANSI.sub("", line) for h in hidden) else line
-                     for line in text.split("\n"))
+    return "\n".join(REMOVED if any(h in _ANSI.sub("", line) for h in hidden) else line for line in text.split("\n"))
 
 
 def _is_test_cell(cell: NotebookNode) -> bool:
@@ -78,8 +77,9 @@ def leaks(page: str, hidden: list[str]) -> list[str]:
 
 AWAITING = "awaiting your instructor"
 # Diagnoses and tracebacks wrap instead of running off the page in one long line.
-WRAP_CSS = ("<style>div.output_area pre, div.output_subarea pre {white-space: pre-wrap; "
-            "overflow-wrap: anywhere;}</style>")
+WRAP_CSS = (
+    "<style>div.output_area pre, div.output_subarea pre {white-space: pre-wrap; overflow-wrap: anywhere;}</style>"
+)
 
 
 def exercise_titles(nb: NotebookNode) -> list[str]:
@@ -88,8 +88,7 @@ def exercise_titles(nb: NotebookNode) -> list[str]:
     titles, current = [], ""
     for cell in nb.cells:
         if cell.cell_type == "markdown" and cell.metadata.get("nbgrader", {}).get("grade_id"):
-            headings = [line.lstrip("#").strip() for line in cell.source.splitlines()
-                        if re.match(r"#{1,3}\s", line)]
+            headings = [line.lstrip("#").strip() for line in cell.source.splitlines() if re.match(r"#{1,3}\s", line)]
             current = headings[-1] if headings else current
         titles.append(current)
     return titles
@@ -102,19 +101,31 @@ def polish(page: str, titles: dict[str, str], awaiting: dict[str, float]) -> str
     for gid, title in titles.items():
         anchor = re.escape(html.escape(gid))
         name = html.escape(title)
-        page = re.sub(rf'(<li><a href="#{anchor}">)(?:Test cell|Written response|Coding free-response|Task)</a>',
-                      rf"\g<1>{name}</a>", page)
-        page = re.sub(rf'(<a name="{anchor}"></a>\s*<div class="panel-heading">\s*<span class="nbgrader-label">)'
-                      rf'(?:Grade cell: <code>{anchor}</code>|Student&#39;s answer|Student\'s answer)</span>',
-                      rf"\g<1>{name}</span>", page)
+        page = re.sub(
+            rf'(<li><a href="#{anchor}">)(?:Test cell|Written response|Coding free-response|Task)</a>',
+            rf"\g<1>{name}</a>",
+            page,
+        )
+        page = re.sub(
+            rf'(<a name="{anchor}"></a>\s*<div class="panel-heading">\s*<span class="nbgrader-label">)'
+            rf"(?:Grade cell: <code>{anchor}</code>|Student&#39;s answer|Student\'s answer)</span>",
+            rf"\g<1>{name}</span>",
+            page,
+        )
     for gid, points in awaiting.items():
         anchor = re.escape(html.escape(gid))
         waiting = f"{AWAITING}: {points:g} points"
         page = re.sub(rf'(<li><a href="#{anchor}">[^<]*</a>) \(Score: [^)]*\)', rf"\g<1> ({waiting})", page)
-        page = re.sub(rf'(<a name="{anchor}"></a>\s*<div class="panel-heading">.*?<span class="pull-right">)\s*'
-                      r'Score: [0-9.]+ / [0-9.]+', rf"\g<1>{waiting[0].upper() + waiting[1:]}", page, flags=re.DOTALL)
+        page = re.sub(
+            rf'(<a name="{anchor}"></a>\s*<div class="panel-heading">.*?<span class="pull-right">)\s*'
+            r"Score: [0-9.]+ / [0-9.]+",
+            rf"\g<1>{waiting[0].upper() + waiting[1:]}",
+            page,
+            flags=re.DOTALL,
+        )
     if awaiting:
         total = sum(awaiting.values())
-        page = re.sub(r"(<h4>[^<]*\(Score: [0-9.]+ / [0-9.]+)\)</h4>",
-                      rf"\g<1>; {total:g} points {AWAITING})</h4>", page, count=1)
+        page = re.sub(
+            r"(<h4>[^<]*\(Score: [0-9.]+ / [0-9.]+)\)</h4>", rf"\g<1>; {total:g} points {AWAITING})</h4>", page, count=1
+        )
     return page.replace("</head>", WRAP_CSS + "\n</head>", 1)

@@ -60,13 +60,17 @@ def bind_args(dev: Path = Path("/dev"), listing: str | None = None) -> list[str]
     driver library outside the system folders bound read-only (its link's target, and the link).
     Raises :class:`GpuError` when there is no GPU or no driver to give."""
     nodes = device_nodes(dev)
-    if not any(n.name == "nvidiactl" for n in nodes) or not any(n.name[len("nvidia"):].isdigit() for n in nodes):
-        raise GpuError(f"--device cuda: no NVIDIA GPU here (no {dev}/nvidiactl and {dev}/nvidia0 character "
-                       "devices): grade with --device cpu, or on a machine with the NVIDIA driver")
+    if not any(n.name == "nvidiactl" for n in nodes) or not any(n.name[len("nvidia") :].isdigit() for n in nodes):
+        raise GpuError(
+            f"--device cuda: no NVIDIA GPU here (no {dev}/nvidiactl and {dev}/nvidia0 character "
+            "devices): grade with --device cpu, or on a machine with the NVIDIA driver"
+        )
     libraries = driver_libraries(ldconfig_listing() if listing is None else listing)
     if not any(p.name.startswith("libcuda.") for p in libraries):
-        raise GpuError("--device cuda: ldconfig -p lists no libcuda.so: install the NVIDIA driver's libraries "
-                       "(or run ldconfig), or grade with --device cpu")
+        raise GpuError(
+            "--device cuda: ldconfig -p lists no libcuda.so: install the NVIDIA driver's libraries "
+            "(or run ldconfig), or grade with --device cpu"
+        )
     args, bound = [], set()
     for node in nodes:
         args += ["--dev-bind", str(node), f"/dev/{node.name}"]
@@ -87,5 +91,7 @@ def check_torch() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise GpuError(f"--device cuda: this Python's torch {torch.__version__} sees no GPU: install a CUDA build "
-                       "of torch, or grade with --device cpu")
+        raise GpuError(
+            f"--device cuda: this Python's torch {torch.__version__} sees no GPU: install a CUDA build "
+            "of torch, or grade with --device cpu"
+        )

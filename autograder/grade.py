@@ -50,8 +50,15 @@ import patchlab
 from autograder import gpu, interrupt, lms, record, restore, sandbox, summary, untrusted
 from autograder.checks import REGISTRY, References, judge
 from autograder.classrecord import ClassRecord, RecordError
-from autograder.config import (CELL_TIMEOUT, NOTEBOOK_TIMEOUT, REPO_ROOT, assignments, environment,
-                               nbgrader_config, release_notebook)
+from autograder.config import (
+    CELL_TIMEOUT,
+    NOTEBOOK_TIMEOUT,
+    REPO_ROOT,
+    assignments,
+    environment,
+    nbgrader_config,
+    release_notebook,
+)
 from autograder.feedback import exercise_titles, hidden_test_lines, leaks, polish
 from autograder.late import LatePolicy, LateRuleError, combine, timestamp
 from autograder.release import source_notebook, stale_solutions
@@ -104,11 +111,17 @@ class Grade:
 
     def row(self) -> dict[str, str]:
         fmt = lambda v: "" if v is None else f"{round(v, 4):g}"  # noqa: E731
-        return {"student": csv_cell(self.student), "score": fmt(self.score), "max_score": fmt(self.max_score),
-                "status": self.status, "detail": csv_cell(self.detail),
-                "submitted": timestamp(self.submitted.timestamp()) if self.submitted else "",
-                "late": "" if self.late is None else f"{self.late:.2f}", "penalty": fmt(self.penalty),
-                **{gid: fmt(points) for gid, points in self.questions.items()}}
+        return {
+            "student": csv_cell(self.student),
+            "score": fmt(self.score),
+            "max_score": fmt(self.max_score),
+            "status": self.status,
+            "detail": csv_cell(self.detail),
+            "submitted": timestamp(self.submitted.timestamp()) if self.submitted else "",
+            "late": "" if self.late is None else f"{self.late:.2f}",
+            "penalty": fmt(self.penalty),
+            **{gid: fmt(points) for gid, points in self.questions.items()},
+        }
 
     def outcome(self) -> str:
         """One line for the console: the learner, its status and score, its run's time."""
@@ -143,7 +156,7 @@ def learner_id(name: str) -> str | None:
     starting with a dot or a dash."""
     if not name.endswith(".ipynb"):
         return None
-    stem = unicodedata.normalize("NFC", name[:-len(".ipynb")])
+    stem = unicodedata.normalize("NFC", name[: -len(".ipynb")])
     return stem if re.fullmatch(r"[^\W_][\w.@+-]*", stem) and len(stem) <= 100 else None
 
 
@@ -201,8 +214,9 @@ class OutputFolder:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise GradingError(f"another grading run is using {self.out}: wait for it to finish, or grade into "
-                               "another --out folder") from None
+            raise GradingError(
+                f"another grading run is using {self.out}: wait for it to finish, or grade into another --out folder"
+            ) from None
         self.recover()
         return self
 
@@ -252,8 +266,10 @@ class OutputFolder:
         when the live gradebook changed since :meth:`stage` (scores typed into formgrader meanwhile),
         which the staging copy would overwrite."""
         if self.gradebook_state() != self._gradebook:
-            raise GradingError(f"the gradebook {self.out / 'nbgrader' / 'gradebook.db'} changed during this run (scores "
-                               "entered in formgrader?): nothing was written, and they are kept; run the command again")
+            raise GradingError(
+                f"the gradebook {self.out / 'nbgrader' / 'gradebook.db'} changed during this run (scores "
+                "entered in formgrader?): nothing was written, and they are kept; run the command again"
+            )
         for name, text in files.items():
             atomic_write(self.staging / name, text)
         atomic_write(self.staging / COMPLETE, "".join(f"{name}\n" for name in files))
@@ -292,9 +308,18 @@ def atomic_write(path: Path, text: str) -> None:
 class Grader:
     """One grading run of one assignment into a staging copy of ``OUT_DIR``."""
 
-    def __init__(self, assignment: str, staging: Path, model: str, sandbox_kind: str, cell_timeout: int,
-                 notebook_timeout: int, limits: sandbox.Limits, device: str = "cpu",
-                 devices: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        assignment: str,
+        staging: Path,
+        model: str,
+        sandbox_kind: str,
+        cell_timeout: int,
+        notebook_timeout: int,
+        limits: sandbox.Limits,
+        device: str = "cpu",
+        devices: Sequence[str] = (),
+    ) -> None:
         self.assignment, self.staging, self.model = assignment, staging, model
         self.device, self.devices = device, devices  # devices: the GPU's bubblewrap arguments (autograder.gpu)
         self.sandbox_kind, self.limits = sandbox_kind, limits
@@ -308,8 +333,11 @@ class Grader:
         self.release = nbformat.read(release_notebook(assignment), as_version=4)
         self.hidden = hidden_test_lines(self.source)
         titles = exercise_titles(self.source)
-        graded = [(i, c.metadata.nbgrader) for i, c in enumerate(self.source.cells)
-                  if c.metadata.get("nbgrader", {}).get("grade")]
+        graded = [
+            (i, c.metadata.nbgrader)
+            for i, c in enumerate(self.source.cells)
+            if c.metadata.get("nbgrader", {}).get("grade")
+        ]
         self.questions = [meta["grade_id"] for _, meta in graded]  # grades.csv's columns of points
         self.titles = {meta["grade_id"]: titles[i] for i, meta in graded if titles[i]}
         self.points = {meta["grade_id"]: float(meta.get("points", 0)) for _, meta in graded}
@@ -361,8 +389,11 @@ class Grader:
             if ours:
                 kept.append(sub)
                 continue
-            why = (f"a notebook of {other}, not {self.assignment}: grade it with --assignment {other}" if other else
-                   f"not a notebook of {self.assignment} (none of its cells is the assignment's)")
+            why = (
+                f"a notebook of {other}, not {self.assignment}: grade it with --assignment {other}"
+                if other
+                else f"not a notebook of {self.assignment} (none of its cells is the assignment's)"
+            )
             self.note(f"{sub.student}: skipped: {why}")
             skipped.append(Grade(sub.student, None, None, "skipped", why))
         return kept, skipped
@@ -377,9 +408,11 @@ class Grader:
             except ModelUnavailableError as err:  # the ways out it names are a learner's: the grader's instead
                 if not err.ways_out:
                     raise GradingError(f"cannot grade on {name}: {err}") from None
-                raise GradingError(f"cannot grade on {name}: {err.reason}. Load it once while online (python -c "
-                                   f"\"import patchlab; patchlab.load_model('{name}')\"), or grade with "
-                                   "--model ioi-mini") from None
+                raise GradingError(
+                    f"cannot grade on {name}: {err.reason}. Load it once while online (python -c "
+                    f"\"import patchlab; patchlab.load_model('{name}')\"), or grade with "
+                    "--model ioi-mini"
+                ) from None
         interrupt.check()  # a library on the way (torch, transformers) may have caught a Ctrl-C
 
     # --- phase 1: the sandboxed run ----------------------------------------------------------
@@ -408,38 +441,61 @@ class Grader:
         try:
             rebuilt = restore.rebuild(nb, self.release, self.source)
         except Exception as err:  # metadata no editor writes: report it, go on with the others
-            return None, Execution(None, problem=f"its cells could not be matched to the assignment's "
-                                                 f"({type(err).__name__})")
+            return None, Execution(
+                None, problem=f"its cells could not be matched to the assignment's ({type(err).__name__})"
+            )
         work = self.staging / "work" / hashlib.sha256(sub.student.encode()).hexdigest()[:16]
         grader_dir = work.parent / "grader"
         with sandbox.Scratch(work, self.limits) as scratch:
             nbformat.write(restore.for_sandbox(rebuilt), work / "run.ipynb")
-            result = sandbox.run(self.sandbox_kind, [
-                sys.executable, "{grader}/runner.py", "run.ipynb", "executed.ipynb",
-                "--cell-timeout", str(self.cell_timeout), "--notebook-timeout", str(self.notebook_timeout),
-                "--max-output", str(MAX_OUTPUT_CHARS), "--preload", ",".join(PRELOAD)],
-                work, self.read_only(), grader_dir, self.kernel_env(), self.limits, group=self.sandboxes,
-                devices=self.devices)
+            result = sandbox.run(
+                self.sandbox_kind,
+                [
+                    sys.executable,
+                    "{grader}/runner.py",
+                    "run.ipynb",
+                    "executed.ipynb",
+                    "--cell-timeout",
+                    str(self.cell_timeout),
+                    "--notebook-timeout",
+                    str(self.notebook_timeout),
+                    "--max-output",
+                    str(MAX_OUTPUT_CHARS),
+                    "--preload",
+                    ",".join(PRELOAD),
+                ],
+                work,
+                self.read_only(),
+                grader_dir,
+                self.kernel_env(),
+                self.limits,
+                group=self.sandboxes,
+                devices=self.devices,
+            )
             execution = self.read_back(work, rebuilt, result)
-        self.note(f"{sub.student}: ran in {result.seconds:.1f} s in sandbox '{self.sandbox_kind}'"
-                  + (f", peak memory {result.peak_mib} MiB" if result.peak_mib is not None else "")
-                  + (f", killed: {result.killed}" if result.killed else "")
-                  + (f", {result.oom_kills} process(es) killed at the memory limit" if result.oom_kills else "")
-                  + ("" if not scratch.left else ", its scratch folder could not be removed (set aside at the end)"))
+        self.note(
+            f"{sub.student}: ran in {result.seconds:.1f} s in sandbox '{self.sandbox_kind}'"
+            + (f", peak memory {result.peak_mib} MiB" if result.peak_mib is not None else "")
+            + (f", killed: {result.killed}" if result.killed else "")
+            + (f", {result.oom_kills} process(es) killed at the memory limit" if result.oom_kills else "")
+            + ("" if not scratch.left else ", its scratch folder could not be removed (set aside at the end)")
+        )
         return rebuilt, execution
 
     def read_back(self, work: Path, rebuilt: restore.Rebuilt, result: sandbox.Result) -> Execution:
         """What the run left in ``work``, read as hostile data: the executed notebook (as many cells as
         were run) and each test cell's own result file, checked against their schemas."""
-        execution = Execution(None, killed=result.killed, seconds=result.seconds, returncode=result.returncode,
-                              oom_kills=result.oom_kills)
+        execution = Execution(
+            None, killed=result.killed, seconds=result.seconds, returncode=result.returncode, oom_kills=result.oom_kills
+        )
         try:
             data = untrusted.read_beneath(work, "executed.ipynb", MAX_EXECUTED_BYTES)
             execution.executed = untrusted.parse_notebook(data, len(rebuilt.notebook.cells), "its executed notebook")
         except untrusted.Refused as why:
             printed = one_line(result.output.strip()[-300:], 2000)[-300:]  # its end, escaped
             execution.problem = f"it left no usable executed notebook ({why})" + (
-                f"; the sandbox printed: {printed}" if printed and not result.killed else "")
+                f"; the sandbox printed: {printed}" if printed and not result.killed else ""
+            )
         for index, (check, _) in rebuilt.checks.items():
             gid = restore.grade_id(rebuilt.notebook.cells[index])
             try:  # only the test cells' own files are read
@@ -460,15 +516,28 @@ class Grader:
     def kernel_env(self) -> dict[str, str]:
         """The sandbox's whole environment: the grading models, offline, one thread, nothing on stderr."""
         env = {
-            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            "HOME": "/tmp",
+            "LANG": "C.UTF-8",
             # patchlab from the folder the references use (bound read-only), whatever the venv points at
             "PYTHONPATH": os.pathsep.join(["{grader}", str(Path(patchlab.__file__).resolve().parent.parent)]),
-            "PATCHLAB_MODEL": self.model, "JUPYTER_PLATFORM_DIRS": "1",
-            "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime", "IPYTHONDIR": "/tmp/ipython", "MPLCONFIGDIR": "/tmp/mpl",
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TQDM_DISABLE": "1",
-            "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg",
-            "PLOTLY_RENDERER": "notebook_connected", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "AUTOGRADER_MODELS": ",".join(GRADING_MODELS[self.model]), "AUTOGRADER_DEVICE": self.device,
+            "PATCHLAB_MODEL": self.model,
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+            "IPYTHONDIR": "/tmp/ipython",
+            "MPLCONFIGDIR": "/tmp/mpl",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "TQDM_DISABLE": "1",
+            "PYTHONWARNINGS": "ignore",
+            "PYTHONHASHSEED": "0",
+            "MPLBACKEND": "Agg",
+            "PLOTLY_RENDERER": "notebook_connected",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "AUTOGRADER_MODELS": ",".join(GRADING_MODELS[self.model]),
+            "AUTOGRADER_DEVICE": self.device,
         }
         if self.device == "cpu":  # no GPU for the learner's code either, whatever the sandbox
             env["CUDA_VISIBLE_DEVICES"] = ""
@@ -525,8 +594,12 @@ class Grader:
                 gid = restore.grade_id(cell)
                 if not outputs and gid not in execution.results:  # the run ended before this test
                     never_ran.append(gid)
-                    outputs = [restore_error("NotebookTimeoutError" if execution.killed else "DeadKernelError",
-                                             "not run: the run had ended before this test")]
+                    outputs = [
+                        restore_error(
+                            "NotebookTimeoutError" if execution.killed else "DeadKernelError",
+                            "not run: the run had ended before this test",
+                        )
+                    ]
                 cell.outputs = self.verdict(cell, rebuilt.checks.get(index), execution, outputs)
                 stopped = stopped or stopped_by(outputs)
             else:
@@ -551,15 +624,18 @@ class Grader:
             elif "DeadKernelError" in names and "not run" not in evalues:
                 said.append(f"the kernel died in {label}")
         if execution.oom_kills:
-            said.append(f"the memory limit ({self.limits.submission_memory_mib} MiB, all its processes together) "
-                        f"was reached ({execution.oom_kills} process(es) killed)")
+            said.append(
+                f"the memory limit ({self.limits.submission_memory_mib} MiB, all its processes together) "
+                f"was reached ({execution.oom_kills} process(es) killed)"
+            )
         if never_ran:
             code = "" if execution.returncode in (0, None) else f" (exit code {execution.returncode})"
             said.append(f"its run ended{code} before {', '.join(map(str, never_ran))} ran")
         return one_line("; ".join(dict.fromkeys(said)), 500)
 
-    def verdict(self, cell: nbformat.NotebookNode, check: tuple[str, str] | None, execution: Execution,
-                outputs: Sequence[dict]) -> list[nbformat.NotebookNode]:
+    def verdict(
+        self, cell: nbformat.NotebookNode, check: tuple[str, str] | None, execution: Execution, outputs: Sequence[dict]
+    ) -> list[nbformat.NotebookNode]:
         """The test cell's output, decided here: a pass line, or an error with the diagnosis."""
         gid = restore.grade_id(cell)
         errors = [o for o in outputs if o.get("output_type") == "error" and o.get("ename") in STOP_ERRORS]
@@ -567,11 +643,24 @@ class Grader:
             return [restore_error(errors[0].get("ename", "Error"), str(errors[0].get("evalue", ""))[:300])]
         records = execution.results.get(gid)
         if check is None or records is None:
-            raised = next((f" (it stopped with {o.get('ename')}: {str(o.get('evalue', ''))[:200]})" for o in outputs
-                           if o.get("output_type") == "error"), "")
+            raised = next(
+                (
+                    f" (it stopped with {o.get('ename')}: {str(o.get('evalue', ''))[:200]})"
+                    for o in outputs
+                    if o.get("output_type") == "error"
+                ),
+                "",
+            )
             refused = f" (its result file was not used: {execution.refused[gid]})" if gid in execution.refused else ""
-            return [restore_error("AssertionError", "this test could not record your results" + raised + refused +
-                                  ": run every cell of the notebook in order and keep the test cells as they are")]
+            return [
+                restore_error(
+                    "AssertionError",
+                    "this test could not record your results"
+                    + raised
+                    + refused
+                    + ": run every cell of the notebook in order and keep the test cells as they are",
+                )
+            ]
         try:
             message = judge(check[0], records, self.references)
         except Exception as err:  # records that pass the schema and still cannot be judged
@@ -598,15 +687,30 @@ class Grader:
         """The learner's row; ``where``: the cells a limit stopped (:func:`stopped_cells`)."""
         penalty = scores.penalty if self.late else None
         if stopped:
-            before = {"crashed": "the kernel died before every test had run",
-                      "timed_out": "a time limit was hit before every test had run"}[stopped]
-            return Grade(student, None, scores.max_score, stopped, "; ".join(filter(None, [before, where])),
-                         questions=dict.fromkeys(scores.cells))
+            before = {
+                "crashed": "the kernel died before every test had run",
+                "timed_out": "a time limit was hit before every test had run",
+            }[stopped]
+            return Grade(
+                student,
+                None,
+                scores.max_score,
+                stopped,
+                "; ".join(filter(None, [before, where])),
+                questions=dict.fromkeys(scores.cells),
+            )
         score = scores.score - scores.penalty
         if scores.to_grade:
-            return Grade(student, score, scores.max_score, "needs_manual_grade",
-                         "; ".join(filter(None, [f"to grade by hand: {', '.join(scores.to_grade)}", where])),
-                         penalty=penalty, questions=scores.cells, to_grade=scores.to_grade)
+            return Grade(
+                student,
+                score,
+                scores.max_score,
+                "needs_manual_grade",
+                "; ".join(filter(None, [f"to grade by hand: {', '.join(scores.to_grade)}", where])),
+                penalty=penalty,
+                questions=scores.cells,
+                to_grade=scores.to_grade,
+            )
         return Grade(student, score, scores.max_score, "graded", where, penalty=penalty, questions=scores.cells)
 
     def autograded(self, student: str) -> Path:
@@ -628,8 +732,15 @@ class Grader:
 
     def not_run(self, student: str, detail: str, killed: str = "") -> Grade:
         status = "timed_out" if killed else "crashed"
-        grade = Grade(student, None, None, status, one_line(detail or killed, 500),
-                      submitted=self.submitted.get(student), questions=dict.fromkeys(self.questions))
+        grade = Grade(
+            student,
+            None,
+            None,
+            status,
+            one_line(detail or killed, 500),
+            submitted=self.submitted.get(student),
+            questions=dict.fromkeys(self.questions),
+        )
         if self.late and grade.submitted:
             grade.late = self.late.days_late(grade.submitted)
         # an earlier run's graded notebook is not this result: --no-run must not report it again
@@ -662,8 +773,10 @@ class Grader:
                 text = polish(text, self.titles, {gid: self.points.get(gid, 0) for gid in grade.to_grade})
             leaked = leaks(text, self.hidden)
             if not text or leaked:
-                self.note(f"{grade.student}: feedback replaced: " + ("it quoted hidden tests" if leaked else
-                                                                      "nbgrader wrote none"))
+                self.note(
+                    f"{grade.student}: feedback replaced: "
+                    + ("it quoted hidden tests" if leaked else "nbgrader wrote none")
+                )
                 text = self.fallback_page(grade)
             self.write_page(grade.student, text)
         self.pages_due = []
@@ -676,9 +789,11 @@ class Grader:
         title = html.escape(f"{self.assignment}: {grade.student}")
         score = "not scored" if grade.score is None else f"{grade.score:g}"
         total = "" if grade.max_score is None else f" / {grade.max_score:g}"
-        return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head><body>"
-                f"<h1>{title}</h1><p>Status: <b>{grade.status}</b></p><p>Score: {score}{total}</p>"
-                f"<p>{html.escape(grade.detail)}</p></body></html>\n")
+        return (
+            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head><body>"
+            f"<h1>{title}</h1><p>Status: <b>{grade.status}</b></p><p>Score: {score}{total}</p>"
+            f"<p>{html.escape(grade.detail)}</p></body></html>\n"
+        )
 
 
 class Runs:
@@ -686,8 +801,13 @@ class Runs:
     handed back as each ends; on any exception or Ctrl-C in the ``with`` block, the runs not started
     are cancelled and ``sandboxes`` stopped (those running killed, none started after)."""
 
-    def __init__(self, execute: Callable[[Submission], tuple[restore.Rebuilt | None, Execution]],
-                 subs: list[Submission], jobs: int, sandboxes: sandbox.Group) -> None:
+    def __init__(
+        self,
+        execute: Callable[[Submission], tuple[restore.Rebuilt | None, Execution]],
+        subs: list[Submission],
+        jobs: int,
+        sandboxes: sandbox.Group,
+    ) -> None:
         self.execute, self.subs, self.jobs, self.sandboxes = execute, subs, jobs, sandboxes
 
     def __enter__(self) -> Runs:
@@ -712,9 +832,11 @@ class Runs:
 
 
 # What stopped a cell, for grades.csv's detail (runner.py writes these errors into the cell).
-STOP_LIMITS = {"CellTimeoutError": "the cell time limit (--cell-timeout)",
-               "NotebookTimeoutError": "the notebook time limit (--notebook-timeout)",
-               "DeadKernelError": "the kernel dying (it exited, was killed or ran out of memory)"}
+STOP_LIMITS = {
+    "CellTimeoutError": "the cell time limit (--cell-timeout)",
+    "NotebookTimeoutError": "the notebook time limit (--notebook-timeout)",
+    "DeadKernelError": "the kernel dying (it exited, was killed or ran out of memory)",
+}
 
 
 def stopped_cells(nb: nbformat.NotebookNode, most: int = 3) -> str:
@@ -724,13 +846,18 @@ def stopped_cells(nb: nbformat.NotebookNode, most: int = 3) -> str:
     titles = exercise_titles(nb)
     found: list[tuple[int, str]] = []
     for index, cell in enumerate(nb.cells):
-        errors = [o.get("ename") for o in cell.get("outputs", []) if isinstance(o, dict)
-                  and o.get("output_type") == "error"] if cell.cell_type == "code" else []
+        errors = (
+            [o.get("ename") for o in cell.get("outputs", []) if isinstance(o, dict) and o.get("output_type") == "error"]
+            if cell.cell_type == "code"
+            else []
+        )
         stop = next((name for name in errors if name in STOP_LIMITS), None)
         if stop and (not found or stop == "CellTimeoutError" or found[-1][1] != stop):
             found.append((index, stop))
-    words = [f"cell {index + 1}" + (f" ({titles[index]})" if titles[index] else "") + f" stopped by {STOP_LIMITS[stop]}"
-             for index, stop in found[:most]]
+    words = [
+        f"cell {index + 1}" + (f" ({titles[index]})" if titles[index] else "") + f" stopped by {STOP_LIMITS[stop]}"
+        for index, stop in found[:most]
+    ]
     return "; ".join(words + ([f"{len(found) - most} more"] if len(found) > most else []))
 
 
@@ -770,9 +897,14 @@ def check_options(assignment: str, model: str, cell_timeout: int, notebook_timeo
 
 
 # What each whole-submission limit may be set to (--memory-mib ... --max-cells): (option, lowest, highest).
-LIMIT_OPTIONS = {"submission_memory_mib": ("--memory-mib", 256, 2**20), "scratch_mib": ("--scratch-mib", 16, 2**20),
-                 "tmp_mib": ("--tmp-mib", 16, 2**16), "output_kib": ("--output-kib", 16, 2**20),
-                 "notebook_mib": ("--max-notebook-mib", 1, 1024), "cells": ("--max-cells", 10, 100_000)}
+LIMIT_OPTIONS = {
+    "submission_memory_mib": ("--memory-mib", 256, 2**20),
+    "scratch_mib": ("--scratch-mib", 16, 2**20),
+    "tmp_mib": ("--tmp-mib", 16, 2**16),
+    "output_kib": ("--output-kib", 16, 2**20),
+    "notebook_mib": ("--max-notebook-mib", 1, 1024),
+    "cells": ("--max-cells", 10, 100_000),
+}
 
 
 def check_limits(limits: sandbox.Limits) -> sandbox.Limits:
@@ -820,9 +952,12 @@ def grade(
     check_options(assignment, model, cell_timeout or 0, notebook_timeout or 0, jobs)
     assert cell_timeout and notebook_timeout  # check_options refused 0 (no timeout given, no default)
     # GPT-2 small and its caches need more address space than the course model.
-    limits = limits or sandbox.Limits(memory_mib=6144 if model == "ioi-mini" else 16384,
-                                      cpu_seconds=notebook_timeout + 60, wall_seconds=notebook_timeout + 120,
-                                      submission_memory_mib=4096 if model == "ioi-mini" else 16384)
+    limits = limits or sandbox.Limits(
+        memory_mib=6144 if model == "ioi-mini" else 16384,
+        cpu_seconds=notebook_timeout + 60,
+        wall_seconds=notebook_timeout + 120,
+        submission_memory_mib=4096 if model == "ioi-mini" else 16384,
+    )
     limits = check_limits(dataclasses.replace(limits, **(submission_limits or {})))
     stale = stale_solutions([assignment])
     if stale:
@@ -894,19 +1029,38 @@ def grade(
                         grader.submitted[student] = datetime.fromtimestamp(on_disk[student].mtime, timezone.utc)
             grader.submitted.update(submitted or {})
             grades = [grader.collect(student) for student in learners]
-            grades += [Grade(sub.student, None, None, "skipped", "not graded yet: grade without --no-run")
-                       for sub in subs if sub.student not in learners and sub.student not in book.rows]
+            grades += [
+                Grade(sub.student, None, None, "skipped", "not graded yet: grade without --no-run")
+                for sub in subs
+                if sub.student not in learners and sub.student not in book.rows
+            ]
             grader.write_feedback()
         grades += skipped
         grades.sort(key=lambda g: g.student)
-        entry = {"assignment": assignment, "executed": run,
-                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "seconds": round(time.monotonic() - start, 1), "late": rule.record() if rule else None}
+        entry = {
+            "assignment": assignment,
+            "executed": run,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.monotonic() - start, 1),
+            "late": rule.record() if rule else None,
+        }
         if run:  # the sandbox, models and limits that produced the results of this run's learners
-            entry.update({"model": model, "models": GRADING_MODELS[model], "sandbox": kind, "device": device,
-                          "jobs": jobs, "limits": {**limits.__dict__, "enforced": sandbox.enforced_limits(kind),
-                                                   "whole_submission": sandbox.whole_limits(kind)},
-                          "submissions": len(subs), "skipped": len(skipped)})
+            entry.update(
+                {
+                    "model": model,
+                    "models": GRADING_MODELS[model],
+                    "sandbox": kind,
+                    "device": device,
+                    "jobs": jobs,
+                    "limits": {
+                        **limits.__dict__,
+                        "enforced": sandbox.enforced_limits(kind),
+                        "whole_submission": sandbox.whole_limits(kind),
+                    },
+                    "submissions": len(subs),
+                    "skipped": len(skipped),
+                }
+            )
             if shard is not None:
                 entry["shard"] = {"index": shard.index, "count": shard.count}
         else:
@@ -920,22 +1074,27 @@ def grade(
     return grades
 
 
-def chosen(subs: list[Submission], skipped: list[Grade], students: list[str], folder: Path,
-           need_files: bool) -> tuple[list[Submission], list[Grade]]:
+def chosen(
+    subs: list[Submission], skipped: list[Grade], students: list[str], folder: Path, need_files: bool
+) -> tuple[list[Submission], list[Grade]]:
     """``--student``: only these learners' submissions (and none of the other entries' rows); an id
     with no file is refused when the run needs the files."""
     wanted = {s.casefold() for s in students}
     found = {sub.student.casefold() for sub in subs}
     missing = [s for s in students if s.casefold() not in found]
     if need_files and missing:
-        raise GradingError(f"no submission {missing[0]}.ipynb in {folder}: check the learner id (the file name "
-                           "without .ipynb)")
-    return ([sub for sub in subs if sub.student.casefold() in wanted],
-            [g for g in skipped if g.student.removesuffix(".ipynb").casefold() in wanted])
+        raise GradingError(
+            f"no submission {missing[0]}.ipynb in {folder}: check the learner id (the file name without .ipynb)"
+        )
+    return (
+        [sub for sub in subs if sub.student.casefold() in wanted],
+        [g for g in skipped if g.student.removesuffix(".ipynb").casefold() in wanted],
+    )
 
 
-def set_manual_score(out: Path, assignment: str, student: str, cell: str, points: float,
-                     comment: str | None = None) -> None:
+def set_manual_score(
+    out: Path, assignment: str, student: str, cell: str, points: float, comment: str | None = None
+) -> None:
     """Record a hand-given score for ``cell`` of ``student`` in the gradebook of an earlier run into
     ``out`` (the answer it scores is remembered: if it changes, the cell is to grade again)."""
     out = Path(out).resolve()
@@ -947,7 +1106,8 @@ def set_manual_score(out: Path, assignment: str, student: str, cell: str, points
         staging = folder.stage()
         course = staging / "nbgrader"
         autograded = course / "autograded" / student / assignment / f"{assignment}.ipynb"
-        record.set_manual(course / "gradebook.db", course, assignment, student, cell, points, comment,
-                          autograded, GradingError)
+        record.set_manual(
+            course / "gradebook.db", course, assignment, student, cell, points, comment, autograded, GradingError
+        )
         with interrupt.deferred():
             folder.commit({})

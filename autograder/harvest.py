@@ -48,8 +48,10 @@ def collect(grade_id: str, check: str, fn: Any) -> None:
     """Run ``fn`` on every case of ``check`` and write the records to ``results/GRADE_ID.json``."""
     global _MODELS
     if _MODELS is None:
-        _MODELS = Models(os.environ.get(MODELS_VARIABLE, "ioi-mini,ioi-mini-reshaped").split(","),
-                         os.environ.get(DEVICE_VARIABLE, "cpu"))
+        _MODELS = Models(
+            os.environ.get(MODELS_VARIABLE, "ioi-mini,ioi-mini-reshaped").split(","),
+            os.environ.get(DEVICE_VARIABLE, "cpu"),
+        )
     if not callable(fn):
         records: list[dict[str, Any]] = [{"error": "missing"}]
     else:

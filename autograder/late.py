@@ -25,8 +25,9 @@ def parse_deadline(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise LateRuleError(f"--deadline {text!r} is not an ISO 8601 time: write e.g. 2026-12-01T23:59 or "
-                            "2026-12-01T23:59+01:00") from None
+        raise LateRuleError(
+            f"--deadline {text!r} is not an ISO 8601 time: write e.g. 2026-12-01T23:59 or 2026-12-01T23:59+01:00"
+        ) from None
     return when.astimezone() if when.tzinfo is None else when
 
 
@@ -36,8 +37,9 @@ def parse_percent(text: str, per_day: bool) -> float:
     match = re.fullmatch(rf"\s*(\d+(?:\.\d+)?)\s*%{unit}\s*", text)
     if not match or not 0 <= float(match.group(1)) <= 100:
         example = "10%/day" if per_day else "50%"
-        raise LateRuleError(f"{text!r} is not a percentage from 0 to 100{' per day' if per_day else ''}: "
-                            f"write e.g. {example}")
+        raise LateRuleError(
+            f"{text!r} is not a percentage from 0 to 100{' per day' if per_day else ''}: write e.g. {example}"
+        )
     return float(match.group(1))
 
 
@@ -58,13 +60,17 @@ class LatePolicy:
 
     def record(self) -> dict[str, object]:
         """For ``run.json`` (:meth:`from_record` reads it back)."""
-        return {"deadline": self.deadline.isoformat(), "percent_per_day": self.percent_per_day,
-                "max_percent": self.max_percent}
+        return {
+            "deadline": self.deadline.isoformat(),
+            "percent_per_day": self.percent_per_day,
+            "max_percent": self.max_percent,
+        }
 
     @classmethod
     def from_record(cls, record: dict) -> LatePolicy:
-        return cls(datetime.fromisoformat(record["deadline"]), float(record["percent_per_day"]),
-                   float(record["max_percent"]))
+        return cls(
+            datetime.fromisoformat(record["deadline"]), float(record["percent_per_day"]), float(record["max_percent"])
+        )
 
 
 def combine(deadline: str | None, per_day: str | None, most: str | None, saved: dict | None) -> LatePolicy | None:
@@ -76,9 +82,11 @@ def combine(deadline: str | None, per_day: str | None, most: str | None, saved: 
         if per_day or most:
             raise LateRuleError("--late-penalty counts from a deadline: give --deadline too")
         return None
-    return LatePolicy(earlier.deadline if earlier is not None and not deadline else parse_deadline(deadline or ""),
-                      parse_percent(per_day, True) if per_day else earlier.percent_per_day if earlier else 0.0,
-                      parse_percent(most, False) if most else earlier.max_percent if earlier else 100.0)
+    return LatePolicy(
+        earlier.deadline if earlier is not None and not deadline else parse_deadline(deadline or ""),
+        parse_percent(per_day, True) if per_day else earlier.percent_per_day if earlier else 0.0,
+        parse_percent(most, False) if most else earlier.max_percent if earlier else 100.0,
+    )
 
 
 def timestamp(seconds: float) -> str:

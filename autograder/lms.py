@@ -61,8 +61,9 @@ SIDECAR_FIELDS = ("student", "lms", "submitted_at", "late", "source")
 FORMATS = ("canvas", "moodle", "csv")
 MAX_FILE_BYTES = 100 * 1024 * 1024  # a file of a download read at most (the grader refuses above 20 MiB)
 MAX_METADATA_BYTES = 20 * 1024 * 1024
-CANVAS_NAME = re.compile(r"(?P<who>[^_]*)_(?:(?P<late>late)_)?(?P<user>\d+)_(?P<submission>\d+)_(?P<file>.+)",
-                         re.IGNORECASE)
+CANVAS_NAME = re.compile(
+    r"(?P<who>[^_]*)_(?:(?P<late>late)_)?(?P<user>\d+)_(?P<submission>\d+)_(?P<file>.+)", re.IGNORECASE
+)
 MOODLE_FOLDER = re.compile(r"(?P<who>.+)_(?P<participant>\d+)_assignsubmission_(?P<plugin>[a-z]+)_?")
 MOODLE_FLAT = re.compile(r"(?P<who>.+)_(?P<participant>\d+)_assignsubmission_(?P<plugin>[a-z]+)_(?P<file>.+)")
 GRADESCOPE_METADATA = "submission_metadata.yml"
@@ -89,8 +90,11 @@ class Roster:
         """The people whose ``key`` (a field, or ``name``/``email`` compared loosely) is ``value``."""
         loose = key in ("name", "email")
         wanted = normal(value) if loose else value.strip()
-        return [p for p in self.people if value.strip()
-                and (normal(getattr(p, key)) if loose else getattr(p, key)) == wanted]
+        return [
+            p
+            for p in self.people
+            if value.strip() and (normal(getattr(p, key)) if loose else getattr(p, key)) == wanted
+        ]
 
 
 def normal(text: str) -> str:
@@ -110,8 +114,9 @@ def read_roster(path: Path) -> Roster:
     header = [h.strip().lower() for h in reader.fieldnames or []]
     absent = [f for f in ROSTER_FIELDS if f not in header]
     if absent:
-        raise LMSError(f"{path}: the first line must name the columns {', '.join(ROSTER_FIELDS)} (missing: "
-                       f"{', '.join(absent)})")
+        raise LMSError(
+            f"{path}: the first line must name the columns {', '.join(ROSTER_FIELDS)} (missing: {', '.join(absent)})"
+        )
     reader.fieldnames = header
     from autograder.grade import learner_id  # the ids the grader takes: file names ID.ipynb
 
@@ -127,8 +132,9 @@ def read_roster(path: Path) -> Roster:
             continue  # a blank line
         bad = []
         if learner_id(f"{person.id}.ipynb") != person.id:
-            bad.append(f"id {person.id!r} is not a usable learner id (letters, digits, ._@+-; not starting with . "
-                       "or -)")
+            bad.append(
+                f"id {person.id!r} is not a usable learner id (letters, digits, ._@+-; not starting with . or -)"
+            )
         if not person.name:
             bad.append("no name")
         if person.email and not re.fullmatch(r"[^@\s]+@[^@\s]+", person.email):
@@ -181,13 +187,16 @@ def opened(download: Path) -> Iterator[list[Entry]]:
                 problem = "a symbolic link: not followed" if kind == 0o120000 else ""
                 if info.file_size > MAX_FILE_BYTES:
                     problem = f"larger than {MAX_FILE_BYTES // 2**20} MiB"
-                found.append(Entry(info.filename.lstrip("/"), info.file_size,
-                                   functools.partial(archive.read, info), problem))
+                found.append(
+                    Entry(info.filename.lstrip("/"), info.file_size, functools.partial(archive.read, info), problem)
+                )
             yield found
         return
     if not download.is_dir():
-        raise LMSError(f"{download} is neither a folder nor a zip file: give the LMS's download (the zip or the "
-                       "folder it unzips to)")
+        raise LMSError(
+            f"{download} is neither a folder nor a zip file: give the LMS's download (the zip or the "
+            "folder it unzips to)"
+        )
     found = []
     for folder, dirs, files in os.walk(download):  # never follows links to folders
         dirs.sort()
@@ -199,8 +208,14 @@ def opened(download: Path) -> Iterator[list[Entry]]:
                 found.append(Entry(relative, 0, bytes, "a symbolic link: not followed"))
                 continue
             size = path.stat().st_size
-            found.append(Entry(relative, size, functools.partial(_read_file, path),
-                               f"larger than {MAX_FILE_BYTES // 2**20} MiB" if size > MAX_FILE_BYTES else ""))
+            found.append(
+                Entry(
+                    relative,
+                    size,
+                    functools.partial(_read_file, path),
+                    f"larger than {MAX_FILE_BYTES // 2**20} MiB" if size > MAX_FILE_BYTES else "",
+                )
+            )
     yield found
 
 
@@ -233,8 +248,10 @@ class Mapping:
         elif not people:
             self.problems.append(f"{entry.path}: {who} is not on the roster")
         else:
-            self.problems.append(f"{entry.path}: {who} matches {len(people)} learners of the roster "
-                                 f"({', '.join(p.id for p in people)}): copy it by hand as ID.ipynb")
+            self.problems.append(
+                f"{entry.path}: {who} matches {len(people)} learners of the roster "
+                f"({', '.join(p.id for p in people)}): copy it by hand as ID.ipynb"
+            )
 
 
 def map_canvas(files: list[Entry], roster: Roster) -> Mapping:
@@ -244,8 +261,12 @@ def map_canvas(files: list[Entry], roster: Roster) -> Mapping:
         if not match:
             mapping.problems.append(f"{entry.path}: not a Canvas submission name (lastfirst_userid_submissionid_file)")
             continue
-        mapping.one(roster.find("lms_id", match["user"]), entry, f"Canvas user {match['user']} ({match['who']})",
-                    late="true" if match["late"] else "false")
+        mapping.one(
+            roster.find("lms_id", match["user"]),
+            entry,
+            f"Canvas user {match['user']} ({match['who']})",
+            late="true" if match["late"] else "false",
+        )
     return mapping
 
 
@@ -256,16 +277,20 @@ def map_moodle(files: list[Entry], roster: Roster) -> Mapping:
         folder = next((m for m in map(MOODLE_FOLDER.fullmatch, parts[:-1]) if m), None)
         match = folder or MOODLE_FLAT.fullmatch(parts[-1])
         if not match:
-            mapping.problems.append(f"{entry.path}: not a Moodle submission name "
-                                    "(Full Name_participant_assignsubmission_file_...)")
+            mapping.problems.append(
+                f"{entry.path}: not a Moodle submission name (Full Name_participant_assignsubmission_file_...)"
+            )
         elif match["plugin"] != "file":
             mapping.problems.append(f"{entry.path}: Moodle's {match['plugin']} submission, not a submitted file")
         elif match["who"] == "Participant" and not roster.find("name", "Participant"):
-            mapping.problems.append(f"{entry.path}: Moodle's blind marking hides the learner's name: reveal student "
-                                    "identities in the assignment, then download again")
+            mapping.problems.append(
+                f"{entry.path}: Moodle's blind marking hides the learner's name: reveal student "
+                "identities in the assignment, then download again"
+            )
         else:
-            mapping.one(roster.find("name", match["who"]), entry, f"Moodle participant {match['participant']} "
-                        f"({match['who']})")
+            mapping.one(
+                roster.find("name", match["who"]), entry, f"Moodle participant {match['participant']} ({match['who']})"
+            )
     return mapping
 
 
@@ -275,8 +300,10 @@ def map_gradescope(files: list[Entry], roster: Roster) -> Mapping:
     mapping = Mapping()
     metadata = [e for e in files if e.name == GRADESCOPE_METADATA]
     if len(metadata) != 1:
-        raise LMSError(f"a Gradescope export holds one {GRADESCOPE_METADATA}, this download {len(metadata)}: "
-                       "give the zip of Gradescope's 'Export Submissions'")
+        raise LMSError(
+            f"a Gradescope export holds one {GRADESCOPE_METADATA}, this download {len(metadata)}: "
+            "give the zip of Gradescope's 'Export Submissions'"
+        )
     base = PurePosixPath(metadata[0].path).parent
     if metadata[0].size > MAX_METADATA_BYTES:
         raise LMSError(f"{metadata[0].path} is larger than {MAX_METADATA_BYTES // 2**20} MiB: not a Gradescope export")
@@ -290,8 +317,13 @@ def map_gradescope(files: list[Entry], roster: Roster) -> Mapping:
         if entry is metadata[0]:
             continue
         path = PurePosixPath(entry.path)
-        parts = path.parts if base == PurePosixPath(".") else path.relative_to(base).parts \
-            if path.is_relative_to(base) else ()
+        parts = (
+            path.parts
+            if base == PurePosixPath(".")
+            else path.relative_to(base).parts
+            if path.is_relative_to(base)
+            else ()
+        )
         record = data.get(parts[0]) if len(parts) > 1 else None
         if not isinstance(record, dict):
             mapping.problems.append(f"{entry.path}: not in a submission folder that {GRADESCOPE_METADATA} lists")
@@ -305,8 +337,11 @@ def map_gradescope(files: list[Entry], roster: Roster) -> Mapping:
             if not isinstance(submitter, dict):
                 continue
             sid, email = str(submitter.get(":sid") or ""), str(submitter.get(":email") or "")
-            people = {p.id: p for key, value in (("id", sid), ("lms_id", sid), ("email", email))
-                      for p in roster.find(key, value)}
+            people = {
+                p.id: p
+                for key, value in (("id", sid), ("lms_id", sid), ("email", email))
+                for p in roster.find(key, value)
+            }
             who = f"Gradescope submitter {submitter.get(':name', '')} (sid {sid or '-'}, {email or 'no email'})"
             mapping.one(list(people.values()), entry, who, submitted_at=when)
     return mapping
@@ -346,8 +381,9 @@ def import_download(download: Path, lms: str, roster: Roster, into: Path, replac
     return report
 
 
-def _copy(mapping: Mapping, into: Path, replace: bool, sidecar: dict[str, dict[str, str]], report: Imported,
-          lms: str) -> None:
+def _copy(
+    mapping: Mapping, into: Path, replace: bool, sidecar: dict[str, dict[str, str]], report: Imported, lms: str
+) -> None:
     """Each learner's one notebook into ``into``; the sidecar rows of those written or unchanged."""
     report.problems += mapping.problems
     by_student: dict[str, list[Found]] = {}
@@ -358,8 +394,10 @@ def _copy(mapping: Mapping, into: Path, replace: bool, sidecar: dict[str, dict[s
             report.problems.append(f"{found.entry.path}: not a notebook (.ipynb) ({found.student})")
     for student, founds in sorted(by_student.items()):
         if len(founds) > 1:
-            report.problems.append(f"{student}: {len(founds)} notebooks ({', '.join(f.entry.path for f in founds)}): "
-                                   f"none imported; copy the right one as {student}.ipynb")
+            report.problems.append(
+                f"{student}: {len(founds)} notebooks ({', '.join(f.entry.path for f in founds)}): "
+                f"none imported; copy the right one as {student}.ipynb"
+            )
             continue
         found = founds[0]
         try:
@@ -375,8 +413,10 @@ def _copy(mapping: Mapping, into: Path, replace: bool, sidecar: dict[str, dict[s
             if target.read_bytes() == data:
                 report.lines.append(f"{student}: unchanged ({found.entry.path})")
             elif not replace:
-                report.problems.append(f"{target.name} exists and differs from {found.entry.path}: kept (import again "
-                                       "with --replace to take the download's)")
+                report.problems.append(
+                    f"{target.name} exists and differs from {found.entry.path}: kept (import again "
+                    "with --replace to take the download's)"
+                )
                 continue
             else:
                 _write_bytes(target, data)
@@ -386,8 +426,13 @@ def _copy(mapping: Mapping, into: Path, replace: bool, sidecar: dict[str, dict[s
             _write_bytes(target, data)
             report.written += 1
             report.lines.append(f"{student}: {found.entry.path}")
-        sidecar[student] = {"student": student, "lms": lms, "submitted_at": found.submitted_at, "late": found.late,
-                            "source": found.entry.path}
+        sidecar[student] = {
+            "student": student,
+            "lms": lms,
+            "submitted_at": found.submitted_at,
+            "late": found.late,
+            "source": found.entry.path,
+        }
 
 
 def read_sidecar(into: Path) -> dict[str, dict[str, str]]:
@@ -480,32 +525,79 @@ def export(results: Results, fmt: str, roster: Roster | None = None, canvas_assi
     writer = csv.writer(buffer, lineterminator="\n")
     if fmt == "canvas":
         total = f"{name} ({canvas_assignment_id})" if canvas_assignment_id else name
-        writer.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", total,
-                         *(f"{name}: {q.name}" for q in questions)])
-        writer.writerow(["Points Possible", "", "", "", "", _fmt(results.max_score),
-                         *(_fmt(q.max_score) for q in questions)])
+        writer.writerow(
+            [
+                "Student",
+                "ID",
+                "SIS User ID",
+                "SIS Login ID",
+                "Section",
+                total,
+                *(f"{name}: {q.name}" for q in questions),
+            ]
+        )
+        writer.writerow(
+            ["Points Possible", "", "", "", "", _fmt(results.max_score), *(_fmt(q.max_score) for q in questions)]
+        )
         for p in people:
             learner = results.learners.get(p.id)
-            writer.writerow([p.name, p.lms_id, "", "", "", _fmt(learner.score if learner else None),
-                             *(_fmt(learner.scores.get(q.name) if learner else None) for q in questions)])
+            writer.writerow(
+                [
+                    p.name,
+                    p.lms_id,
+                    "",
+                    "",
+                    "",
+                    _fmt(learner.score if learner else None),
+                    *(_fmt(learner.scores.get(q.name) if learner else None) for q in questions),
+                ]
+            )
     elif fmt == "moodle":
-        writer.writerow(["ID number", "Email address", "Full name", name, *(f"{name}: {q.name}" for q in questions),
-                         "Status"])
+        writer.writerow(
+            ["ID number", "Email address", "Full name", name, *(f"{name}: {q.name}" for q in questions), "Status"]
+        )
         for p in people:
             learner = results.learners.get(p.id)
-            writer.writerow([p.id, p.email, p.name, _fmt(learner.score if learner else None),
-                             *(_fmt(learner.scores.get(q.name) if learner else None) for q in questions),
-                             learner.status if learner else "missing"])
+            writer.writerow(
+                [
+                    p.id,
+                    p.email,
+                    p.name,
+                    _fmt(learner.score if learner else None),
+                    *(_fmt(learner.scores.get(q.name) if learner else None) for q in questions),
+                    learner.status if learner else "missing",
+                ]
+            )
     else:
         writer.writerow(["student", "name", "email", "lms_id", "status", "question", "score", "max_score"])
         for p in people:
             learner = results.learners.get(p.id)
             status = learner.status if learner else "missing"
-            writer.writerow([p.id, p.name, p.email, p.lms_id, status, "total", _fmt(learner.score if learner else None),
-                             _fmt(results.max_score)])
+            writer.writerow(
+                [
+                    p.id,
+                    p.name,
+                    p.email,
+                    p.lms_id,
+                    status,
+                    "total",
+                    _fmt(learner.score if learner else None),
+                    _fmt(results.max_score),
+                ]
+            )
             for q in questions:
-                writer.writerow([p.id, p.name, p.email, p.lms_id, status, q.name,
-                                 _fmt(learner.scores.get(q.name) if learner else None), _fmt(q.max_score)])
+                writer.writerow(
+                    [
+                        p.id,
+                        p.name,
+                        p.email,
+                        p.lms_id,
+                        status,
+                        q.name,
+                        _fmt(learner.scores.get(q.name) if learner else None),
+                        _fmt(q.max_score),
+                    ]
+                )
     return Export(buffer.getvalue(), notes)
 
 

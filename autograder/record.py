@@ -63,9 +63,16 @@ def max_score(db: Path, assignment: str) -> float:
         return gb.find_assignment(assignment).max_score
 
 
-def save(db: Path, course: Path, assignment: str, student: str, nb: nbformat.NotebookNode,
-         note: Callable[[str], None], submitted: datetime | None = None,
-         penalty: Callable[[float], float] | None = None) -> Scores:
+def save(
+    db: Path,
+    course: Path,
+    assignment: str,
+    student: str,
+    nb: nbformat.NotebookNode,
+    note: Callable[[str], None],
+    submitted: datetime | None = None,
+    penalty: Callable[[float], float] | None = None,
+) -> Scores:
     """Record the graded notebook ``nb`` of ``student``, handed in at ``submitted``; ``penalty`` gives
     the points a late submission loses for a maximum score (at most the points earned), recorded as
     nbgrader's late-submission penalty (its feedback page shows it). Return the scores as the
@@ -89,8 +96,10 @@ def save(db: Path, course: Path, assignment: str, student: str, nb: nbformat.Not
                     # nbgrader keeps comments on answer cells only, not on test cells
                     comment = gb.find_comment(gid, assignment, assignment, student) if utils.is_solution(cell) else None
                     given = comment.manual_comment if comment is not None else None
-                    note(f"{student}: the answer '{gid}' changed since it was scored ({grade.manual_score:g} points"
-                         f"{', comment: ' + repr(given) if given else ''}): to grade again")
+                    note(
+                        f"{student}: the answer '{gid}' changed since it was scored ({grade.manual_score:g} points"
+                        f"{', comment: ' + repr(given) if given else ''}): to grade again"
+                    )
                     grade.manual_score = None
                     if comment is not None:
                         comment.manual_comment = None
@@ -116,8 +125,17 @@ def save(db: Path, course: Path, assignment: str, student: str, nb: nbformat.Not
         return Scores(submission.score, submission.max_score, to_grade, cells, notebook.late_submission_penalty)
 
 
-def set_manual(db: Path, course: Path, assignment: str, student: str, cell: str, points: float,
-               comment: str | None, autograded: Path, error: type[Exception]) -> None:
+def set_manual(
+    db: Path,
+    course: Path,
+    assignment: str,
+    student: str,
+    cell: str,
+    points: float,
+    comment: str | None,
+    autograded: Path,
+    error: type[Exception],
+) -> None:
     """Give ``cell`` of ``student`` ``points`` by hand (and a comment), tied to the answer graded."""
     if not autograded.exists():
         raise error(f"no graded notebook of learner {student!r}: check the id in grades.csv")
@@ -135,8 +153,10 @@ def set_manual(db: Path, course: Path, assignment: str, student: str, cell: str,
             try:
                 gb.find_comment(cell, assignment, assignment, student).manual_comment = comment
             except MissingEntry:
-                raise error(f"{cell} is a test cell, which takes no comment (nbgrader keeps comments on answers): "
-                            "give its points alone") from None
+                raise error(
+                    f"{cell} is a test cell, which takes no comment (nbgrader keeps comments on answers): "
+                    "give its points alone"
+                ) from None
         gb.db.commit()
     answers = _answers(course)
     answers.setdefault(student, {})[cell] = answer_behind(nb, cell)

@@ -53,8 +53,11 @@ def md_line(md_path: Path, grade_id: str | None, nth: int = 1) -> str:
     """``path:line`` of the cell ``grade_id`` in a MyST source (the file alone if it is not found)."""
     shown = md_path.relative_to(REPO_ROOT) if md_path.is_relative_to(REPO_ROOT) else md_path
     if grade_id:
-        lines = [number for number, line in enumerate(md_path.read_text(encoding="utf-8").splitlines(), 1)
-                 if re.search(rf"grade_id\"?:\s*\"?{re.escape(grade_id)}\b", line)]
+        lines = [
+            number
+            for number, line in enumerate(md_path.read_text(encoding="utf-8").splitlines(), 1)
+            if re.search(rf"grade_id\"?:\s*\"?{re.escape(grade_id)}\b", line)
+        ]
         if len(lines) >= nth:
             return f"{shown}:{lines[nth - 1]}"
     return str(shown)
@@ -74,8 +77,10 @@ def problems(name: str, nb: nbformat.NotebookNode) -> list[str]:
         if gid:
             seen.add(gid)
         if is_test(cell) and not HIDDEN_CHECK.search(cell.source):
-            found.append(f"{md_line(md_path, gid)}: the test cell {gid!r} calls no check_NAME(function, model) "
-                         "between its HIDDEN TESTS markers")
+            found.append(
+                f"{md_line(md_path, gid)}: the test cell {gid!r} calls no check_NAME(function, model) "
+                "between its HIDDEN TESTS markers"
+            )
     return found
 
 
@@ -114,8 +119,9 @@ def generate(names: list[str], release_dir: Path = EXERCISES_DIR) -> list[Path]:
     written = []
     with tempfile.TemporaryDirectory(prefix="autograder-release-") as tmp:
         fresh = Path(tmp) / "release"
-        config = nbgrader_config(REPO_ROOT, Path(tmp) / "gradebook.db", source_directory=SOLUTIONS_DIR.name,
-                                 release_directory=str(fresh))
+        config = nbgrader_config(
+            REPO_ROOT, Path(tmp) / "gradebook.db", source_directory=SOLUTIONS_DIR.name, release_directory=str(fresh)
+        )
         api = NbGraderAPI(config=config)
         for name in names:
             with environment():
@@ -123,9 +129,14 @@ def generate(names: list[str], release_dir: Path = EXERCISES_DIR) -> list[Path]:
             if not result["success"]:
                 log = f"{result.get('log', '')}\n{result.get('error', '')}"
                 ids = re.findall(r"[\"'](\w+)[\"']", log)
-                where = next((md_line(SOLUTIONS_DIR / name / f"{name}.md", gid) for gid in ids
-                              if ":" in md_line(SOLUTIONS_DIR / name / f"{name}.md", gid)),
-                             f"solutions/{name}/{name}.md")
+                where = next(
+                    (
+                        md_line(SOLUTIONS_DIR / name / f"{name}.md", gid)
+                        for gid in ids
+                        if ":" in md_line(SOLUTIONS_DIR / name / f"{name}.md", gid)
+                    ),
+                    f"solutions/{name}/{name}.md",
+                )
                 reason = next((line.strip() for line in log.splitlines() if "rror" in line), "see nbgrader's log")
                 raise ReleaseError(f"{where}: nbgrader could not release it: {reason[:300]}")
         for name in names:

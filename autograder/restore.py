@@ -71,8 +71,11 @@ def _match(learner: list[NotebookNode], release: list[NotebookNode]) -> tuple[di
     anchors: dict[str | None, int] = {}
     for cell in release:
         if not is_answer(cell):
-            hits = [i for i, c in enumerate(learner) if c.cell_type == cell.cell_type and
-                    c.source.strip() == cell.source.strip()]
+            hits = [
+                i
+                for i, c in enumerate(learner)
+                if c.cell_type == cell.cell_type and c.source.strip() == cell.source.strip()
+            ]
             if len(hits) == 1:
                 anchors[grade_id(cell)] = hits[0]
     used = set(anchors.values())
@@ -80,7 +83,7 @@ def _match(learner: list[NotebookNode], release: list[NotebookNode]) -> tuple[di
         if not is_answer(cell):
             continue
         before = [anchors[grade_id(c)] for c in release[:position] if grade_id(c) in anchors]
-        after = [anchors[grade_id(c)] for c in release[position + 1:] if grade_id(c) in anchors]
+        after = [anchors[grade_id(c)] for c in release[position + 1 :] if grade_id(c) in anchors]
         low, high = (max(before) if before else -1), (min(after) if after else len(learner))
         name = defined_name(cell.source) if cell.cell_type == "code" else None
         for index in range(low + 1, high):
@@ -97,8 +100,9 @@ def _match(learner: list[NotebookNode], release: list[NotebookNode]) -> tuple[di
 def marks(release: NotebookNode) -> set[str]:
     """What tells a notebook of ``release``'s assignment: its grade ids, and the text of each of its
     read-only cells long enough to say something."""
-    return ({f"id:{gid}" for gid in map(grade_id, release.cells) if gid} |
-            {f"text:{c.source.strip()}" for c in release.cells if not is_answer(c) and len(c.source.strip()) >= 40})
+    return {f"id:{gid}" for gid in map(grade_id, release.cells) if gid} | {
+        f"text:{c.source.strip()}" for c in release.cells if not is_answer(c) and len(c.source.strip()) >= 40
+    }
 
 
 def belongs(learner: NotebookNode, own: set[str]) -> bool:
@@ -160,6 +164,10 @@ def for_sandbox(rebuilt: Rebuilt) -> NotebookNode:
     for index, cell in enumerate(nb.cells):
         if is_test(cell):
             check, function = rebuilt.checks.get(index, (None, None))
-            cell.source = (f"import {HARVEST_MODULE}\n{HARVEST_MODULE}.collect({grade_id(cell)!r}, {check!r}, "
-                           f"globals().get({function!r}))" if check else "pass")
+            cell.source = (
+                f"import {HARVEST_MODULE}\n{HARVEST_MODULE}.collect({grade_id(cell)!r}, {check!r}, "
+                f"globals().get({function!r}))"
+                if check
+                else "pass"
+            )
     return nb

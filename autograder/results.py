@@ -77,8 +77,11 @@ def question_order(root: Path, assignment: str) -> list[str]:
     nb = read_notebook(root / "nbgrader" / "source" / assignment / f"{assignment}.ipynb")
     if nb is None:
         return []
-    return [c.metadata.nbgrader["grade_id"] for c in nb.cells
-            if c.metadata.get("nbgrader", {}).get("grade") and c.metadata.nbgrader.get("grade_id")]
+    return [
+        c.metadata.nbgrader["grade_id"]
+        for c in nb.cells
+        if c.metadata.get("nbgrader", {}).get("grade") and c.metadata.nbgrader.get("grade_id")
+    ]
 
 
 def read(root: Path, assignment: str, grades_csv: str | None = None, run: dict | None = None) -> Results:
@@ -108,14 +111,18 @@ def read(root: Path, assignment: str, grades_csv: str | None = None, run: dict |
             questions = [cells[n] for n in order] + [q for n, q in cells.items() if n not in order]
             for submission in found.submissions:
                 student = submission.student.id
-                scores = {g.name: g.manual_score if g.manual_score is not None else g.auto_score
-                          for nb in submission.notebooks for g in nb.grades}
+                scores = {
+                    g.name: g.manual_score if g.manual_score is not None else g.auto_score
+                    for nb in submission.notebooks
+                    for g in nb.grades
+                }
                 learners[student] = _learner(student, scores, questions, rows.get(student))
     maximum = sum(q.max_score for q in questions) or None
     for student, row in rows.items():
         if student not in learners:  # its notebook never ran: no gradebook entry
-            learners[student] = Learner(student, row["status"], None, _number(row.get("max_score")) or maximum,
-                                        row.get("detail", ""))
+            learners[student] = Learner(
+                student, row["status"], None, _number(row.get("max_score")) or maximum, row.get("detail", "")
+            )
     return Results(assignment, questions, dict(sorted(learners.items())), run)
 
 

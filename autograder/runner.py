@@ -60,15 +60,24 @@ def save(nb: nbformat.NotebookNode, path: str) -> None:
     os.replace(tmp, path)
 
 
-def execute(nb: nbformat.NotebookNode, out: str, cell_timeout: int, notebook_timeout: int, max_output: int,
-            preload: str = "") -> None:
+def execute(
+    nb: nbformat.NotebookNode, out: str, cell_timeout: int, notebook_timeout: int, max_output: int, preload: str = ""
+) -> None:
     deadline = time.monotonic() + notebook_timeout
     km = AsyncKernelManager(kernel_name="python3", transport="ipc")  # async: a silent kernel cannot block it
     # Binds no name in the learner's namespace (see autograder_preload).
     start = [f"--IPKernelApp.exec_lines=__import__('autograder_preload').preload({preload!r})"] if preload else []
-    client = NotebookClient(nb, km=km, timeout=cell_timeout, allow_errors=True, kernel_name="python3",
-                            startup_timeout=min(120, notebook_timeout), record_timing=False,
-                            interrupt_on_timeout=True, extra_arguments=start)
+    client = NotebookClient(
+        nb,
+        km=km,
+        timeout=cell_timeout,
+        allow_errors=True,
+        kernel_name="python3",
+        startup_timeout=min(120, notebook_timeout),
+        record_timing=False,
+        interrupt_on_timeout=True,
+        extra_arguments=start,
+    )
     stopped: nbformat.NotebookNode | None = None
     try:
         with client.setup_kernel():
@@ -80,8 +89,9 @@ def execute(nb: nbformat.NotebookNode, out: str, cell_timeout: int, notebook_tim
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    stopped = error_output("NotebookTimeoutError",
-                                           f"not run: the notebook used up its {notebook_timeout} s limit")
+                    stopped = error_output(
+                        "NotebookTimeoutError", f"not run: the notebook used up its {notebook_timeout} s limit"
+                    )
                     cell.outputs = [stopped]
                     continue
                 client.timeout = max(1, min(cell_timeout, math.ceil(left)))
@@ -90,15 +100,21 @@ def execute(nb: nbformat.NotebookNode, out: str, cell_timeout: int, notebook_tim
                     client.execute_cell(cell, index)
                     interrupted = any(o.get("ename") == "KeyboardInterrupt" for o in cell.outputs)
                     if interrupted and time.monotonic() - started >= client.timeout:  # nbclient interrupted it
-                        cell.outputs.append(error_output("CellTimeoutError",
-                                                         f"the cell ran past its {client.timeout} s limit"))
+                        cell.outputs.append(
+                            error_output("CellTimeoutError", f"the cell ran past its {client.timeout} s limit")
+                        )
                 except CellTimeoutError:
-                    cell.outputs.append(error_output("CellTimeoutError",
-                                                     f"the cell ran past its {client.timeout} s limit"))
+                    cell.outputs.append(
+                        error_output("CellTimeoutError", f"the cell ran past its {client.timeout} s limit")
+                    )
                 except DeadKernelError:
-                    cell.outputs.append(error_output(
-                        "DeadKernelError", "the kernel died while running this cell (it exited, was killed, "
-                        "ran out of memory or crashed)"))
+                    cell.outputs.append(
+                        error_output(
+                            "DeadKernelError",
+                            "the kernel died while running this cell (it exited, was killed, "
+                            "ran out of memory or crashed)",
+                        )
+                    )
                     stopped = error_output("DeadKernelError", "not run: the kernel died in an earlier cell")
                 cut_outputs(cell, max_output)
                 save(nb, out)

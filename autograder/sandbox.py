@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import IO, Any, Sequence
 
 KINDS = ("auto", "bwrap", "none")
-INSTALL_HINT = ("bubblewrap is not installed: install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`) or "
-                "pass `--sandbox none` to run learner code with your own rights")
+INSTALL_HINT = (
+    "bubblewrap is not installed: install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`) or "
+    "pass `--sandbox none` to run learner code with your own rights"
+)
 CGROUP_V2 = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
 CGROUP_V1 = {"pids": Path("/sys/fs/cgroup/pids"), "memory": Path("/sys/fs/cgroup/memory")}
 MIB = 2**20
@@ -122,12 +124,15 @@ def resolve_kind(kind: str) -> str:
         return "none"
     if shutil.which("bwrap") is None:
         raise SandboxError(INSTALL_HINT)
-    probe = subprocess.run(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--", "true"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--", "true"], capture_output=True, text=True
+    )
     if probe.returncode != 0:
-        raise SandboxError(f"bubblewrap cannot create namespaces here ({probe.stderr.strip()[:200]}): allow "
-                           "unprivileged user namespaces, or pass `--sandbox none` to run learner code with "
-                           "your own rights")
+        raise SandboxError(
+            f"bubblewrap cannot create namespaces here ({probe.stderr.strip()[:200]}): allow "
+            "unprivileged user namespaces, or pass `--sandbox none` to run learner code with "
+            "your own rights"
+        )
     return "bwrap"
 
 
@@ -149,16 +154,49 @@ def _system_binds() -> list[str]:
 GRADER_DIR = "/grader"  # where the sandbox sees the grader's own in-kernel modules
 
 
-def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader: Path, env: dict[str, str],
-                  limits: Limits = Limits(), devices: Sequence[str] = ()) -> list[str]:
+def bwrap_command(
+    argv: list[str],
+    scratch: Path,
+    read_only: list[Path],
+    grader: Path,
+    env: dict[str, str],
+    limits: Limits = Limits(),
+    devices: Sequence[str] = (),
+) -> list[str]:
     """The ``bwrap`` command line running ``argv`` with ``scratch`` as ``/submission`` (its working
     folder, read-write), ``grader`` as ``/grader`` and each of ``read_only`` at its own path; its
     ``/tmp`` and ``/dev/shm`` in memory of a fixed size, ``/`` and ``/dev`` read-only, and the
     bubblewrap arguments ``devices`` (a GPU's, :func:`autograder.gpu.bind_args`) after ``/dev``."""
     tmp = str(limits.tmp_mib * MIB)
-    args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--uid", "1000", "--gid", "1000", "--hostname", "sandbox", *_system_binds(),
-            "--size", tmp, "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", *devices, "--size", tmp, "--tmpfs", "/dev/shm"]
+    args = [
+        "bwrap",
+        "--unshare-all",
+        "--unshare-user",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        "1000",
+        "--gid",
+        "1000",
+        "--hostname",
+        "sandbox",
+        *_system_binds(),
+        "--size",
+        tmp,
+        "--tmpfs",
+        "/tmp",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        *devices,
+        "--size",
+        tmp,
+        "--tmpfs",
+        "/dev/shm",
+    ]
     bound = list(dict.fromkeys(Path(p).resolve() for p in read_only))
     for path in bound:
         args += ["--ro-bind", str(path), str(path)]
@@ -167,8 +205,21 @@ def bwrap_command(argv: list[str], scratch: Path, read_only: list[Path], grader:
     for path in dict.fromkeys(Path(os.path.abspath(p)) for p in read_only):
         if path not in bound and not any(folder in path.parents for folder in bound):
             args += ["--symlink", str(path.resolve()), str(path)]
-    args += ["--ro-bind", str(grader), GRADER_DIR, "--bind", str(scratch), "/submission",
-             "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/submission", "--clearenv"]
+    args += [
+        "--ro-bind",
+        str(grader),
+        GRADER_DIR,
+        "--bind",
+        str(scratch),
+        "/submission",
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/submission",
+        "--clearenv",
+    ]
     for key, value in env.items():
         args += ["--setenv", key, value]
     return [*args, "--", *argv]
@@ -183,8 +234,10 @@ class Cgroups:
         self.controllers: dict[str, str] = {}  # controller: "cgroup v2" / "cgroup v1"
         memory = str(limits.submission_memory_mib * MIB)
         name = f"autograder-{os.getpid()}-{time.monotonic_ns()}"
-        wanted = {"pids": [("pids.max", str(limits.processes))],
-                  "memory": [("memory.max", memory), ("memory.swap.max", "0")]}
+        wanted = {
+            "pids": [("pids.max", str(limits.processes))],
+            "memory": [("memory.max", memory), ("memory.swap.max", "0")],
+        }
         for root in CGROUP_V2:
             if not (root / "cgroup.subtree_control").exists() or not os.access(root, os.W_OK):
                 continue
@@ -194,8 +247,10 @@ class Cgroups:
             if group is not None:
                 self.controllers.update({c: "cgroup v2" for c in wanted if c in offered})
                 break
-        v1 = {"pids": [("pids.max", str(limits.processes))],
-              "memory": [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)]}
+        v1 = {
+            "pids": [("pids.max", str(limits.processes))],
+            "memory": [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)],
+        }
         for controller, settings in v1.items():
             root = CGROUP_V1[controller]
             if controller not in self.controllers and (root / "cgroup.procs").exists() and os.access(root, os.W_OK):
@@ -313,14 +368,23 @@ class _Reader(threading.Thread):
                 self.kept += chunk
                 if len(self.kept) > 2 * self.cap:
                     self.dropped += len(self.kept) - self.cap
-                    del self.kept[:-self.cap]
+                    del self.kept[: -self.cap]
         except (OSError, ValueError):  # closed under it: what was read is kept
             pass
 
 
-def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader: Path, env: dict[str, str],
-        limits: Limits = Limits(), max_output: int = 20_000, group: Group | None = None,
-        devices: Sequence[str] = ()) -> Result:
+def run(
+    kind: str,
+    argv: list[str],
+    scratch: Path,
+    read_only: list[Path],
+    grader: Path,
+    env: dict[str, str],
+    limits: Limits = Limits(),
+    max_output: int = 20_000,
+    group: Group | None = None,
+    devices: Sequence[str] = (),
+) -> Result:
     """Run ``argv`` in the sandbox ``kind`` (``bwrap`` or ``none``) with ``limits``, one of ``group``
     (raises :class:`Stopped` when it was stopped); never raises for what the command does.
     ``{grader}`` in ``argv`` and ``env`` is where ``grader`` is seen. Under ``none`` the command runs
@@ -346,9 +410,15 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
     group = group or Group()
     start = time.monotonic()
     try:
-        proc = group.start(command, cwd=scratch, env=env if kind == "none" else {"PATH": os.environ["PATH"]},
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           preexec_fn=child_setup)
+        proc = group.start(
+            command,
+            cwd=scratch,
+            env=env if kind == "none" else {"PATH": os.environ["PATH"]},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=child_setup,
+        )
     except BaseException:  # stopped, or it could not start: no cgroup left behind
         cgroups.remove()
         raise
@@ -372,7 +442,7 @@ def run(kind: str, argv: list[str], scratch: Path, read_only: list[Path], grader
         oom_kills, peak = cgroups.oom_kills(), cgroups.peak_mib()
         cgroups.remove()
         reader.join(timeout=10)  # the pipe ends with its last writer: all are dead (a pipe kept open elsewhere
-        proc.stdout.close()      # under `none`, by a process outside any cgroup, is not waited for)
+        proc.stdout.close()  # under `none`, by a process outside any cgroup, is not waited for)
     text = bytes(reader.kept).decode("utf-8", "replace")
     cut = reader.dropped + max(len(text) - max_output, 0)
     if cut:
@@ -413,8 +483,12 @@ def mount_tmpfs(path: Path, mib: int) -> bool:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
     options = f"size={mib}m,nr_inodes={max(mib * 256, 1024)},mode=0755,nosuid,nodev"
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "autograder-scratch", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "autograder-scratch", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def unmount_below(folder: Path) -> None:
@@ -446,13 +520,22 @@ def whole_limits(kind: str) -> dict[str, str]:
             subprocess.run(["umount", "--lazy", folder], capture_output=True)
     sized = "sized tmpfs" if kind == "bwrap" else "NOT bounded (no sandbox: the machine's own)"
     return {
-        "memory": (f"{controllers['memory']}: all processes and in-memory files together" if "memory" in controllers
-                   else "NOT as a whole (no memory cgroup here): address space per process; /tmp and /dev/shm: "
-                   + sized),
-        "processes": (controllers["pids"] if "pids" in controllers else
-                      "RLIMIT_NPROC (not applied to root)" if os.geteuid() == 0 else "RLIMIT_NPROC"),
+        "memory": (
+            f"{controllers['memory']}: all processes and in-memory files together"
+            if "memory" in controllers
+            else "NOT as a whole (no memory cgroup here): address space per process; /tmp and /dev/shm: " + sized
+        ),
+        "processes": (
+            controllers["pids"]
+            if "pids" in controllers
+            else "RLIMIT_NPROC (not applied to root)"
+            if os.geteuid() == 0
+            else "RLIMIT_NPROC"
+        ),
         "scratch": "sized tmpfs" if tmpfs else "NOT as a whole (the grader may not mount): each file up to file_mib",
-        "tmp": sized, "output": "read with a byte cap", "notebook": "size and cells checked before it runs",
+        "tmp": sized,
+        "output": "read with a byte cap",
+        "notebook": "size and cells checked before it runs",
     }
 
 

@@ -25,12 +25,42 @@ _BREAKS = re.compile(r"[\t\n]")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # No script (inline, external, javascript: URLs or handlers), nothing fetched, no form, no frame, no <base>:
 # the page is static text, inline styles and data: images.
-CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; base-uri 'none'; "
-       "form-action 'none'; frame-src 'none'; object-src 'none'")
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; base-uri 'none'; "
+    "form-action 'none'; frame-src 'none'; object-src 'none'"
+)
 CSP_META = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
 # What the learner's markdown may keep as HTML: inert formatting (the rest is shown as text).
-SAFE_TAGS = {"b", "i", "em", "strong", "code", "pre", "sub", "sup", "br", "p", "ul", "ol", "li", "blockquote",
-             "details", "summary", "table", "thead", "tbody", "tr", "th", "td", "hr", "h1", "h2", "h3", "h4", "a"}
+SAFE_TAGS = {
+    "b",
+    "i",
+    "em",
+    "strong",
+    "code",
+    "pre",
+    "sub",
+    "sup",
+    "br",
+    "p",
+    "ul",
+    "ol",
+    "li",
+    "blockquote",
+    "details",
+    "summary",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "hr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "a",
+}
 SAFE_ATTRIBUTES = {"a": ["href", "title"]}
 SAFE_PROTOCOLS = {"http", "https", "mailto"}
 
@@ -48,7 +78,7 @@ def printable(text: Any) -> str:
 def one_line(text: Any, limit: int = 500) -> str:
     """``text`` on one line (newlines and tabs as spaces), control characters escaped, at most ``limit`` characters."""
     line = printable(_BREAKS.sub(" ", str(text)))
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def csv_cell(value: str) -> str:
@@ -69,7 +99,7 @@ def with_csp(page: str) -> str:
         return f"<!DOCTYPE html>\n<html><head>{CSP_META}</head><body><pre>{bleach.clean(page)}</pre></body></html>\n"
     if page.startswith(CSP_META, match.end()):
         return page
-    return page[:match.end()] + CSP_META + page[match.end():]
+    return page[: match.end()] + CSP_META + page[match.end() :]
 
 
 def _from_learner(cell: NotebookNode) -> bool:

@@ -66,8 +66,9 @@ def parse_shard(text: str) -> Shard:
     index, slash, count = text.partition("/")
     if slash and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count) <= 10_000:
         return Shard(int(index), int(count))
-    raise GradingError(f"--shard must be I/N, shard I of N counted from 0 (0 <= I < N <= 10000; e.g. 0/4 ... "
-                       f"3/4), not {text!r}")
+    raise GradingError(
+        f"--shard must be I/N, shard I of N counted from 0 (0 <= I < N <= 10000; e.g. 0/4 ... 3/4), not {text!r}"
+    )
 
 
 @dataclass
@@ -96,10 +97,12 @@ def read_shard(folder: Path, assignment: str) -> ShardOutput:
     if not graded_on.is_file() or graded_on.read_bytes() != source_notebook(assignment).read_bytes():
         raise GradingError(f"{folder} was graded on another version of {assignment}: grade that shard again")
     if hand_scored(folder / "nbgrader" / "gradebook.db", assignment):
-        raise GradingError(f"{folder} holds hand-given scores, which a merge cannot carry: merge first, then "
-                           "give them in the merged folder (python -m autograder score)")
+        raise GradingError(
+            f"{folder} holds hand-given scores, which a merge cannot carry: merge first, then "
+            "give them in the merged folder (python -m autograder score)"
+        )
     rows = list(book.rows.values())
-    if any(tuple(row)[:len(BASE_FIELDS)] != BASE_FIELDS for row in rows):
+    if any(tuple(row)[: len(BASE_FIELDS)] != BASE_FIELDS for row in rows):
         raise GradingError(f"{folder / 'grades.csv'} is not a grades.csv of this grader")
     log = [line for line in book.log.splitlines() if not line.startswith("grading run")]
     return ShardOutput(folder, run, rows, log)
@@ -110,16 +113,22 @@ def hand_scored(db: Path, assignment: str) -> bool:
     if not db.is_file():
         return False
     with environment(), Gradebook(f"sqlite:///{db}") as gb:
-        return any(grade.manual_score is not None for submission in gb.assignment_submissions(assignment)
-                   for notebook in submission.notebooks for grade in notebook.grades)
+        return any(
+            grade.manual_score is not None
+            for submission in gb.assignment_submissions(assignment)
+            for notebook in submission.notebooks
+            for grade in notebook.grades
+        )
 
 
 def check_split(shards: list[ShardOutput]) -> None:
     """The shards are ``0/N .. N-1/N`` of one split, each once, graded alike, no learner in two."""
     counts = {s.shard.count for s in shards}
     if len(counts) != 1:
-        raise GradingError(f"the shards come from different splits ({', '.join(str(s.shard) for s in shards)}): "
-                           "merge the shards of one --shard I/N run")
+        raise GradingError(
+            f"the shards come from different splits ({', '.join(str(s.shard) for s in shards)}): "
+            "merge the shards of one --shard I/N run"
+        )
     count = counts.pop()
     indices = sorted(s.shard.index for s in shards)
     missing = sorted(set(range(count)) - set(indices))
@@ -134,8 +143,10 @@ def check_split(shards: list[ShardOutput]) -> None:
         for row in s.rows:
             name = row["student"].casefold()
             if name in seen:
-                raise GradingError(f"{row['student']} is in both {seen[name]} and {s.folder}: the shards must "
-                                   "come from one submissions folder")
+                raise GradingError(
+                    f"{row['student']} is in both {seen[name]} and {s.folder}: the shards must "
+                    "come from one submissions folder"
+                )
             seen[name] = s.folder
 
 
@@ -179,7 +190,9 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
         model = first["model"]
         merged = held.enter_context(OutputFolder(out))
         staging = merged.stage()
-        limits = sandbox.Limits(**{k: v for k, v in first["limits"].items() if k not in ("enforced", "whole_submission")})
+        limits = sandbox.Limits(
+            **{k: v for k, v in first["limits"].items() if k not in ("enforced", "whole_submission")}
+        )
         grader = Grader(assignment, staging, model, first["sandbox"], *TIMEOUTS[model], limits)
         grader.prepare()
         rows: list[dict[str, str]] = []
@@ -190,32 +203,51 @@ def merge(assignment: str, out: Path, shard_folders: list[Path], progress: bool 
                 if row["status"] == "skipped":
                     continue
                 if learner_id(f"{student}.ipynb") != student:  # a name of this grader's, never a path
-                    raise GradingError(f"{shard.folder / 'grades.csv'} names a learner {student!r} no grading run "
-                                       "writes: grade that shard again")
+                    raise GradingError(
+                        f"{shard.folder / 'grades.csv'} names a learner {student!r} no grading run "
+                        "writes: grade that shard again"
+                    )
                 page = plain_file(shard.folder, Path("feedback", f"{student}.html"))
                 if page is None:
                     raise GradingError(f"{shard.folder} has no feedback page of {student}: grade that shard again")
-                notebook = plain_file(shard.folder, Path("nbgrader", "autograded", student, assignment,
-                                                         f"{assignment}.ipynb"))
+                notebook = plain_file(
+                    shard.folder, Path("nbgrader", "autograded", student, assignment, f"{assignment}.ipynb")
+                )
                 if notebook is not None:  # none when the submission never ran (crashed before nbgrader)
                     target = grader.autograded(student)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(notebook, target)
-                    record.save(grader.db, grader.course, assignment, student, nbformat.read(target, as_version=4),
-                                grader.note)
+                    record.save(
+                        grader.db, grader.course, assignment, student, nbformat.read(target, as_version=4), grader.note
+                    )
                 grader.write_page(student, page.read_text(encoding="utf-8"))
                 if progress:
                     print(f"  merged {student} from shard {shard.shard}", flush=True)
         rows.sort(key=lambda r: r["student"])
-        run_record = {"assignment": assignment, "executed": True, "model": model, "models": GRADING_MODELS[model],
-                      "sandbox": first["sandbox"], "device": first.get("device", "cpu"),
-                      "jobs": first.get("jobs"), "limits": first["limits"],
-                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "seconds": round(time.monotonic() - start, 1), "late": first.get("late"),
-                      "submissions": sum(s.run["submissions"] for s in shards),
-                      "skipped": sum(s.run["skipped"] for s in shards),
-                      "merged": [{"shard": str(s.shard), "folder": str(s.folder), "seconds": s.run.get("seconds"),
-                                  "finished": s.run.get("finished")} for s in shards]}
+        run_record = {
+            "assignment": assignment,
+            "executed": True,
+            "model": model,
+            "models": GRADING_MODELS[model],
+            "sandbox": first["sandbox"],
+            "device": first.get("device", "cpu"),
+            "jobs": first.get("jobs"),
+            "limits": first["limits"],
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.monotonic() - start, 1),
+            "late": first.get("late"),
+            "submissions": sum(s.run["submissions"] for s in shards),
+            "skipped": sum(s.run["skipped"] for s in shards),
+            "merged": [
+                {
+                    "shard": str(s.shard),
+                    "folder": str(s.folder),
+                    "seconds": s.run.get("seconds"),
+                    "finished": s.run.get("finished"),
+                }
+                for s in shards
+            ],
+        }
         log = [f"shard {shard.shard}: {line}" for shard in shards for line in shard.log]
         log += [f"merge: {line}" for line in grader.log]
         book = ClassRecord.load(out)

@@ -92,9 +92,14 @@ def bins(scores: list[float], maximum: float) -> tuple[float, list[float], list[
 
 
 def _figure(fig: go.Figure, name: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=name,
-                       config={"responsive": True, "displaylogo": False},
-                       default_width="100%", default_height="340px")
+    return fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=name,
+        config={"responsive": True, "displaylogo": False},
+        default_width="100%",
+        default_height="340px",
+    )
 
 
 def histogram(res: Results) -> str:
@@ -103,11 +108,15 @@ def histogram(res: Results) -> str:
         return "<p>No learner has a score yet.</p>"
     maximum = res.max_score or max(scored)
     step, centres, counts = bins(scored, maximum)
-    fig = go.Figure(go.Bar(x=centres, y=counts, width=step * 0.9, hovertemplate="%{y} learner(s) at %{x:g} "
-                           "points<extra></extra>"))
-    fig.update_layout(title=f"Scores of {len(scored)} learners (out of {maximum:g})", bargap=0.05,
-                      xaxis={"title": {"text": "score"}, "range": [-step, maximum + step]},
-                      yaxis={"title": {"text": "learners"}, "dtick": max(1, math.ceil(max(counts) / 6))})
+    fig = go.Figure(
+        go.Bar(x=centres, y=counts, width=step * 0.9, hovertemplate="%{y} learner(s) at %{x:g} points<extra></extra>")
+    )
+    fig.update_layout(
+        title=f"Scores of {len(scored)} learners (out of {maximum:g})",
+        bargap=0.05,
+        xaxis={"title": {"text": "score"}, "range": [-step, maximum + step]},
+        yaxis={"title": {"text": "learners"}, "dtick": max(1, math.ceil(max(counts) / 6))},
+    )
     mean, median = statistics.mean(scored), statistics.median(scored)
     waiting = sum(x.status == "needs_manual_grade" for x in res.learners.values())
     note = f" ({waiting} still to grade by hand: their totals lack those points)" if waiting else ""
@@ -118,8 +127,9 @@ def question_means(res: Results) -> list[tuple[str, float, float | None, int]]:
     """(question, points, mean score or None, learners scored) over the learners whose run ended."""
     rows = []
     for q in res.questions:
-        scores = [score for x in res.learners.values()
-                  if x.status in SCORED and (score := x.scores.get(q.name)) is not None]
+        scores = [
+            score for x in res.learners.values() if x.status in SCORED and (score := x.scores.get(q.name)) is not None
+        ]
         rows.append((q.name, q.max_score, statistics.mean(scores) if scores else None, len(scores)))
     return rows
 
@@ -131,39 +141,58 @@ def per_question(res: Results) -> str:
     shown = [(name, points, mean, n) for name, points, mean, n in rows if mean is not None and points > 0]
     figure = ""
     if shown:
-        fig = go.Figure(go.Bar(
-            y=[html.escape(r[0]) for r in shown][::-1], x=[r[2] / r[1] for r in shown][::-1], orientation="h",
-            customdata=[[r[2], r[1]] for r in shown][::-1],
-            hovertemplate="%{y}: %{customdata[0]:.2f} of %{customdata[1]:g} points<extra></extra>"))
-        fig.update_layout(title="Mean score per question (share of its points)",
-                          xaxis={"range": [0, 1], "tickformat": ".0%"})
+        fig = go.Figure(
+            go.Bar(
+                y=[html.escape(r[0]) for r in shown][::-1],
+                x=[r[2] / r[1] for r in shown][::-1],
+                orientation="h",
+                customdata=[[r[2], r[1]] for r in shown][::-1],
+                hovertemplate="%{y}: %{customdata[0]:.2f} of %{customdata[1]:g} points<extra></extra>",
+            )
+        )
+        fig.update_layout(
+            title="Mean score per question (share of its points)", xaxis={"range": [0, 1], "tickformat": ".0%"}
+        )
         figure = _figure(fig, "questions")
-    body = "".join(f"<tr><td>{html.escape(name)}</td><td class='n'>{'-' if mean is None else f'{mean:.2f}'}</td>"
-                   f"<td class='n'>{points:g}</td><td class='n'>{n}</td></tr>" for name, points, mean, n in rows)
-    return (figure + "<div class='table'><table><thead><tr><th>question</th><th class='n'>mean</th>"
-            f"<th class='n'>points</th><th class='n'>scored</th></tr></thead><tbody>{body}</tbody></table></div>")
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td><td class='n'>{'-' if mean is None else f'{mean:.2f}'}</td>"
+        f"<td class='n'>{points:g}</td><td class='n'>{n}</td></tr>"
+        for name, points, mean, n in rows
+    )
+    return (
+        figure + "<div class='table'><table><thead><tr><th>question</th><th class='n'>mean</th>"
+        f"<th class='n'>points</th><th class='n'>scored</th></tr></thead><tbody>{body}</tbody></table></div>"
+    )
 
 
 def diagnosis_table(found: list[Diagnosis]) -> str:
     if not found:
         return "<p>No test failed.</p>"
     key = lambda d: "" if d.name == UNNAMED else f" <span class=muted>({html.escape(d.name)})</span>"  # noqa: E731
-    rows = "".join(f"<tr><td>{html.escape(d.title)}{key(d)}</td><td>{html.escape(d.question)}</td>"
-                   f"<td class='n'>{len(d.learners)}</td><td>{html.escape(', '.join(sorted(d.learners)))}</td></tr>"
-                   for d in found[:TOP_DIAGNOSES])
+    rows = "".join(
+        f"<tr><td>{html.escape(d.title)}{key(d)}</td><td>{html.escape(d.question)}</td>"
+        f"<td class='n'>{len(d.learners)}</td><td>{html.escape(', '.join(sorted(d.learners)))}</td></tr>"
+        for d in found[:TOP_DIAGNOSES]
+    )
     more = f"<p class='muted'>and {len(found) - TOP_DIAGNOSES} more.</p>" if len(found) > TOP_DIAGNOSES else ""
-    return ("<div class='table'><table><thead><tr><th>diagnosis</th><th>question</th><th class='n'>learners</th>"
-            f"<th>who</th></tr></thead><tbody>{rows}</tbody></table></div>{more}")
+    return (
+        "<div class='table'><table><thead><tr><th>diagnosis</th><th>question</th><th class='n'>learners</th>"
+        f"<th>who</th></tr></thead><tbody>{rows}</tbody></table></div>{more}"
+    )
 
 
 def stopped_table(res: Results) -> str:
     stopped = [x for x in res.learners.values() if x.status in STOPPED]
     if not stopped:
         return "<p>None: every notebook ran to its end.</p>"
-    rows = "".join(f"<tr><td>{html.escape(x.student)}</td><td>{html.escape(x.status)}</td>"
-                   f"<td>{html.escape(x.detail)}</td></tr>" for x in stopped)
-    return (f"<div class='table'><table><thead><tr><th>learner</th><th>status</th><th>why</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table></div>")
+    rows = "".join(
+        f"<tr><td>{html.escape(x.student)}</td><td>{html.escape(x.status)}</td><td>{html.escape(x.detail)}</td></tr>"
+        for x in stopped
+    )
+    return (
+        f"<div class='table'><table><thead><tr><th>learner</th><th>status</th><th>why</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
+    )
 
 
 def run_line(res: Results) -> str:
@@ -171,11 +200,19 @@ def run_line(res: Results) -> str:
     if not run:
         return "<p class='muted'>No run record (run.json) in this folder.</p>"
     seconds, count = run.get("seconds"), run.get("submissions")
-    each = (f", {seconds / count:.1f} s per submission" if isinstance(seconds, (int, float)) and
-            isinstance(count, int) and count else "")
-    how = ("executed" if run.get("executed", True) else "rescored without running (--no-run)")
-    parts = [f"{count} submissions {how} in {seconds} s{each}", f"--jobs {run.get('jobs')}",
-             f"sandbox {run.get('sandbox')}", f"model {run.get('model')}", f"finished {run.get('finished')}"]
+    each = (
+        f", {seconds / count:.1f} s per submission"
+        if isinstance(seconds, (int, float)) and isinstance(count, int) and count
+        else ""
+    )
+    how = "executed" if run.get("executed", True) else "rescored without running (--no-run)"
+    parts = [
+        f"{count} submissions {how} in {seconds} s{each}",
+        f"--jobs {run.get('jobs')}",
+        f"sandbox {run.get('sandbox')}",
+        f"model {run.get('model')}",
+        f"finished {run.get('finished')}",
+    ]
     return f"<p class='muted'>Grading time: {html.escape('; '.join(parts))}.</p>"
 
 

@@ -36,8 +36,12 @@ MAX_TEXT = 100_000  # one string of a record (an error message, a repr)
 MAX_NUMBERS = 50_000_000  # values of one record
 IMAGES = ("image/png", "image/jpeg")  # the only rich outputs shown to the instructor (as <img src="data:...">)
 _BASE64 = re.compile(r"[A-Za-z0-9+/\s]*={0,2}\s*")
-_REASONS: dict[int | None, str] = {errno.ELOOP: "a symbolic link", errno.ENOTDIR: "a folder on its path is not a folder (a link?)",
-            errno.ENOENT: "missing", errno.EACCES: "not readable"}
+_REASONS: dict[int | None, str] = {
+    errno.ELOOP: "a symbolic link",
+    errno.ENOTDIR: "a folder on its path is not a folder (a link?)",
+    errno.ENOENT: "missing",
+    errno.EACCES: "not readable",
+}
 
 
 class Refused(ValueError):
@@ -133,8 +137,9 @@ def _record(record: Any, extra_fields: Iterable[str]) -> dict[str, Any]:
     if set(record) - allowed:
         raise Refused(f"a record has unknown fields {sorted(set(record) - allowed)[:5]}")
     case = record.get("case", {})
-    if not isinstance(case, dict) or not all(isinstance(k, str) and (isinstance(v, str) or _is_number(v))
-                                             for k, v in case.items()):
+    if not isinstance(case, dict) or not all(
+        isinstance(k, str) and (isinstance(v, str) or _is_number(v)) for k, v in case.items()
+    ):
         raise Refused("a record's case is not a mapping of names to numbers and texts")
     for name in ("error", "type", "dtype", "repr"):
         if name in record:
@@ -147,8 +152,11 @@ def _record(record: Any, extra_fields: Iterable[str]) -> dict[str, Any]:
         raise Refused("a record has values without a shape, or a shape without values")
     if "values" in record:
         shape, values = record["shape"], record["values"]
-        if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(n, int) and not isinstance(n, bool)
-                                                                    and 0 <= n <= MAX_NUMBERS for n in shape):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_NUMBERS for n in shape)
+        ):
             raise Refused("a record's shape is not a list of sizes")
         if not isinstance(values, list) or len(values) != math.prod(shape) or not all(map(_is_number, values)):
             raise Refused("a record's values are not as many numbers as its shape holds")
@@ -190,9 +198,12 @@ def clean_output(output: Any) -> nbformat.NotebookNode:
         traceback = output.get("traceback", [])
         if not isinstance(traceback, list):
             raise Refused("a traceback is not a list")
-        return nbformat.v4.new_output("error", ename=_text(output.get("ename", ""), "an error's name", 1000),
-                                      evalue=_joined(output.get("evalue", ""), "an error's message"),
-                                      traceback=[_joined(line, "a traceback line") for line in traceback[-50:]])
+        return nbformat.v4.new_output(
+            "error",
+            ename=_text(output.get("ename", ""), "an error's name", 1000),
+            evalue=_joined(output.get("evalue", ""), "an error's message"),
+            traceback=[_joined(line, "a traceback line") for line in traceback[-50:]],
+        )
     if kind in ("display_data", "execute_result"):
         data = output.get("data", {})
         if not isinstance(data, dict):

@@ -16,8 +16,20 @@ from patchlab.patching import agreement, attribution_patching, fast_patching, pa
 from patchlab import plots  # registers the course's plotly template: figures that read on any screen
 
 __all__ = [
-    "IOIData", "IOIInputError", "ModelUnavailableError", "act_name", "agreement", "attribution_patching", "classic_ioi",
-    "fast_patching", "generate_ioi", "load_model", "logit_diff", "patch_ioi", "patching_metric", "plots",
+    "IOIData",
+    "IOIInputError",
+    "ModelUnavailableError",
+    "act_name",
+    "agreement",
+    "attribution_patching",
+    "classic_ioi",
+    "fast_patching",
+    "generate_ioi",
+    "load_model",
+    "logit_diff",
+    "patch_ioi",
+    "patching_metric",
+    "plots",
     "reference_patching",
 ]
 __version__ = "0.1.0"

@@ -78,8 +78,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         from patchlab_dev import bench
     except ModuleNotFoundError:
-        print("patchlab: error: bench is a developer tool: run it in a clone of the course repository "
-              "(patchlab_dev/ is not in the installed package)", file=sys.stderr)
+        print(
+            "patchlab: error: bench is a developer tool: run it in a clone of the course repository "
+            "(patchlab_dev/ is not in the installed package)",
+            file=sys.stderr,
+        )
         return 2
 
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -91,8 +94,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         print("patchlab: error: --rounds must be 1 or more (5 or more to trust the spread)", file=sys.stderr)
         return 2
-    return bench.main(args.out, quick=args.quick, device=args.device, parts=tuple(args.part or bench.PARTS),
-                      head_cells=args.head_cells, rounds=args.rounds)
+    return bench.main(
+        args.out,
+        quick=args.quick,
+        device=args.device,
+        parts=tuple(args.part or bench.PARTS),
+        head_cells=args.head_cells,
+        rounds=args.rounds,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,25 +110,42 @@ def build_parser() -> argparse.ArgumentParser:
     patch = sub.add_parser("patch", help="patch one component over layers x positions on the 8 classic prompts")
     patch.add_argument("--model", default="auto", choices=MODEL_NAMES)
     patch.add_argument("--component", default="resid_pre", choices=HEATMAP_COMPONENTS)
-    patch.add_argument("--method", default="fast", choices=sorted(METHODS),
-                       help="reference (one pass per cell), fast (exact, default) or attribution (gradients)")
+    patch.add_argument(
+        "--method",
+        default="fast",
+        choices=sorted(METHODS),
+        help="reference (one pass per cell), fast (exact, default) or attribution (gradients)",
+    )
     patch.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     patch.add_argument("--out", required=True, help="folder for COMPONENT.json, .html and .png")
     patch.set_defaults(func=cmd_patch)
-    bench = sub.add_parser("bench", help="time TransformerLens's patching sweeps against reference, fast, "
-                                         "attribution and path patching")
+    bench = sub.add_parser(
+        "bench", help="time TransformerLens's patching sweeps against reference, fast, attribution and path patching"
+    )
     bench.add_argument("--out", default=None, help="folder for bench.json (default: only print the tables)")
     bench.add_argument("--quick", action="store_true", help="a small setting on ioi-mini (for CI)")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    bench.add_argument("--part", action="append", choices=("resid", "heads"),
-                       help="measure only this part (repeatable): resid (the resid_pre sweeps) or heads (head "
-                            "sweeps, attribution of heads, path patching); default both")
-    bench.add_argument("--head-cells", type=int, default=None,
-                       help="time TransformerLens's head sweeps and the path patching reference on this many "
-                            "evenly spread cells each, scaled to all (default: 48, --quick 16)")
-    bench.add_argument("--rounds", type=int, default=5,
-                       help="rounds, every method once per round, interleaved (default: %(default)s); each "
-                            "figure is the median of the rounds, with its min-max")
+    bench.add_argument(
+        "--part",
+        action="append",
+        choices=("resid", "heads"),
+        help="measure only this part (repeatable): resid (the resid_pre sweeps) or heads (head "
+        "sweeps, attribution of heads, path patching); default both",
+    )
+    bench.add_argument(
+        "--head-cells",
+        type=int,
+        default=None,
+        help="time TransformerLens's head sweeps and the path patching reference on this many "
+        "evenly spread cells each, scaled to all (default: 48, --quick 16)",
+    )
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds, every method once per round, interleaved (default: %(default)s); each "
+        "figure is the median of the rounds, with its min-max",
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -45,8 +45,10 @@ def ablation_hooks(heads: Iterable[Head], means: Float[Tensor, "layer pos head d
     def hook_for(layer: int, chosen: list[int]):
         def hook(z: Tensor, hook: HookPoint) -> Tensor:
             if z.shape[1] != means.shape[1]:
-                raise ValueError(f"the prompts have {z.shape[1]} positions but the means {means.shape[1]}: "
-                                 "take the means over prompts of the same template and length")
+                raise ValueError(
+                    f"the prompts have {z.shape[1]} positions but the means {means.shape[1]}: "
+                    "take the means over prompts of the same template and length"
+                )
             z[:, :, chosen] = means[layer, :, chosen].to(z.dtype)
             return z
 

@@ -259,9 +259,7 @@ def close(learner: Tensor, expected: Tensor, atol: float, rtol: float) -> bool:
     return learner.shape == expected.shape and bool(torch.allclose(learner, expected, atol=atol, rtol=rtol))
 
 
-def matches(
-    learner: Tensor, candidates: Iterable[tuple[str, Candidate]], atol: float, rtol: float
-) -> list[str]:
+def matches(learner: Tensor, candidates: Iterable[tuple[str, Candidate]], atol: float, rtol: float) -> list[str]:
     """The names of all candidate mistakes whose result the learner's matches, in order."""
     found = []
     for name, candidate in candidates:
@@ -284,9 +282,7 @@ def off_by_one(learner: Tensor, reference: Tensor, axis: int, atol: float, rtol:
     return any(close(a, b, atol, rtol) for a, b in pairs)
 
 
-def grid_mistakes(
-    reference: Tensor, clean_logit_diff: float, corrupted_logit_diff: float
-) -> list[tuple[str, Tensor]]:
+def grid_mistakes(reference: Tensor, clean_logit_diff: float, corrupted_logit_diff: float) -> list[tuple[str, Tensor]]:
     """What a [layer, position] grid of the normalised metric looks like after the mistakes that
     are pure functions of the right one: transposed, sign flipped, not or wrongly normalised."""
     reference = _as_float(reference)
@@ -311,8 +307,7 @@ def _spans(indices: list[int]) -> str:
     return ", ".join(spans[:-1]) + (" and " if len(spans) > 1 else "") + spans[-1]
 
 
-def mismatch_message(learner: Tensor, reference: Tensor, axis_names: tuple[str, ...] = (),
-                     atol: float = 1e-3) -> str:
+def mismatch_message(learner: Tensor, reference: Tensor, axis_names: tuple[str, ...] = (), atol: float = 1e-3) -> str:
     """The fallback, in words: the shape, or along each axis where the values are off and by how
     much at most; no reference value is given away."""
     learner, reference = _as_float(learner), _as_float(reference)
@@ -335,8 +330,10 @@ def mismatch_message(learner: Tensor, reference: Tensor, axis_names: tuple[str, 
         name = axis_names[axis] if axis < len(axis_names) else f"axis {axis}"
         plural = name + ("s" if len(indices) > 1 else "")
         where.append(f"{plural} {_spans(indices)}" if len(indices) < bad.numel() else f"every {name}")
-    return (f"Wrong values at {'; '.join(where)} ({int(wrong.sum())} of {diff.numel()} entries, off by up to "
-            f"{diff.max().item():.3g}); the rest are right. Re-read the task and the hint.")
+    return (
+        f"Wrong values at {'; '.join(where)} ({int(wrong.sum())} of {diff.numel()} entries, off by up to "
+        f"{diff.max().item():.3g}); the rest are right. Re-read the task and the hint."
+    )
 
 
 def diagnose(
@@ -358,8 +355,11 @@ def diagnose(
         return None
     names = list(dict.fromkeys(matches(learner, candidates, atol, rtol)))  # a mistake may have several forms
     if not names:
-        names = [mistake for axis, mistake in (off_by_one_axes or {}).items()
-                 if off_by_one(learner, reference, axis, atol, rtol)][:1]
+        names = [
+            mistake
+            for axis, mistake in (off_by_one_axes or {}).items()
+            if off_by_one(learner, reference, axis, atol, rtol)
+        ][:1]
     if not names:
         return Diagnosis("mismatch", mismatch_message(learner, reference, axis_names, atol))
     return Diagnosis("+".join(names), " Or: ".join(messages[name] for name in names))
@@ -370,8 +370,15 @@ def diagnose(
 RESIDUAL_VARIANTS = ("wrong_direction", "resid_mid", "resid_post")
 
 
-def residual_variant(model: Model, clean_tokens: Tensor, corrupted_tokens: Tensor, clean_cache: ActivationCache,
-                     corrupted_cache: Cache, metric: Callable[[Tensor], Tensor], variant: str = "reference") -> Tensor:
+def residual_variant(
+    model: Model,
+    clean_tokens: Tensor,
+    corrupted_tokens: Tensor,
+    clean_cache: ActivationCache,
+    corrupted_cache: Cache,
+    metric: Callable[[Tensor], Tensor],
+    variant: str = "reference",
+) -> Tensor:
     """The ``[n_layers, n_positions]`` grid of patching ``resid_pre`` from clean into corrupted
     (``"reference"``), or what a mistake of ``RESIDUAL_VARIANTS`` gives instead."""
     if variant == "reference":  # exact patching: the reference loop's numbers (tests/test_fast_patching.py)
@@ -380,23 +387,34 @@ def residual_variant(model: Model, clean_tokens: Tensor, corrupted_tokens: Tenso
         return fast_patching(model, clean_tokens, corrupted_cache, metric, progress=False)
     from transformer_lens.patching import generic_activation_patch, layer_pos_patch_setter
 
-    return generic_activation_patch(model, corrupted_tokens, clean_cache, metric, patch_setter=layer_pos_patch_setter,
-                                    activation_name=variant, index_axis_names=("layer", "pos"))
+    return generic_activation_patch(
+        model,
+        corrupted_tokens,
+        clean_cache,
+        metric,
+        patch_setter=layer_pos_patch_setter,
+        activation_name=variant,
+        index_axis_names=("layer", "pos"),
+    )
 
 
-def residual_mistakes(reference: Tensor, variant: Callable[[str], Tensor], clean_logit_diff: float,
-                      corrupted_logit_diff: float) -> tuple[list[tuple[str, Candidate]], dict[str, Any]]:
+def residual_mistakes(
+    reference: Tensor, variant: Callable[[str], Tensor], clean_logit_diff: float, corrupted_logit_diff: float
+) -> tuple[list[tuple[str, Candidate]], dict[str, Any]]:
     """The candidate mistakes of a residual-patching grid (``variant(name)`` computes those of
     ``RESIDUAL_VARIANTS``, when needed) and the options of :func:`diagnose` for it."""
     transposed, *metric_mistakes = grid_mistakes(reference, clean_logit_diff, corrupted_logit_diff)
     computed = [(name, lambda name=name: variant(name)) for name in RESIDUAL_VARIANTS]
     return [transposed, *computed, *metric_mistakes], {
-        "off_by_one_axes": {0: "off_by_one_layer", 1: "off_by_one_position"}, "axis_names": ("layer", "position"),
-        "atol": ATOL_METRIC}
+        "off_by_one_axes": {0: "off_by_one_layer", 1: "off_by_one_position"},
+        "axis_names": ("layer", "position"),
+        "atol": ATOL_METRIC,
+    }
 
 
-def residual_patching_problem(results: Tensor, model: Model, clean_tokens: Tensor, corrupted_tokens: Tensor,
-                              metric: Any) -> str | None:
+def residual_patching_problem(
+    results: Tensor, model: Model, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Any
+) -> str | None:
     """Exercise 6.2's local check: None when ``results`` is the course library's residual-patching
     grid of these prompts (``metric`` a :func:`patchlab.metrics.patching_metric`); else what the
     grader would say, naming the known mistake that explains it."""
@@ -406,12 +424,14 @@ def residual_patching_problem(results: Tensor, model: Model, clean_tokens: Tenso
         _, corrupted_cache = model.run_with_cache(corrupted_tokens)
 
         def variant(name: str) -> Tensor:
-            return _as_float(residual_variant(model, clean_tokens, corrupted_tokens, clean_cache, corrupted_cache,
-                                              metric, name))
+            return _as_float(
+                residual_variant(model, clean_tokens, corrupted_tokens, clean_cache, corrupted_cache, metric, name)
+            )
 
         reference = variant("reference")
-        candidates, options = residual_mistakes(reference, variant, metric.clean_logit_diff,
-                                                metric.corrupted_logit_diff)
+        candidates, options = residual_mistakes(
+            reference, variant, metric.clean_logit_diff, metric.corrupted_logit_diff
+        )
         learner = _as_float(results)
         if learner.shape != reference.shape:  # only a transposition changes the grid's shape
             candidates = [c for c in candidates if c[0] == "transposed"]

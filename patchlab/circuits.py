@@ -96,10 +96,12 @@ def completeness(
         k = {(int(layer), int(head)) for layer, head in given}
         if not k <= set(circuit):
             raise ValueError(f"K = {sorted(k)} is not a subset of the circuit")
-        rows.append((
-            score(model, tokens, answer_tokens, means, [lh for lh in circuit if lh not in k]),
-            score(model, tokens, answer_tokens, means, [lh for lh in all_heads(model) if lh not in k]),
-        ))
+        rows.append(
+            (
+                score(model, tokens, answer_tokens, means, [lh for lh in circuit if lh not in k]),
+                score(model, tokens, answer_tokens, means, [lh for lh in all_heads(model) if lh not in k]),
+            )
+        )
     return rows
 
 

@@ -31,7 +31,11 @@ Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
 
 
 def embedding_noise(
-    model: Model, tokens: Int[Tensor, "batch pos"], positions: Sequence[int], factor: float = 3.0, seed: int = 0,
+    model: Model,
+    tokens: Int[Tensor, "batch pos"],
+    positions: Sequence[int],
+    factor: float = 3.0,
+    seed: int = 0,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Gaussian noise for the token embeddings of ``tokens``: standard deviation ``factor`` times that of
     the entries of ``W_E`` at ``positions``, zero elsewhere."""
@@ -47,8 +51,10 @@ def embedding_noise(
 
 def add_to_embeddings(noise: Float[Tensor, "batch pos d_model"]) -> Hook:
     """The hook that adds ``noise`` to the token embeddings (``hook_embed``)."""
+
     def hook(embedding: Tensor, hook: HookPoint) -> Tensor:
         return embedding + noise
+
     return (act_name("embed"), hook)
 
 
@@ -63,8 +69,12 @@ def swap_names(prompts: Sequence[IOIPrompt]) -> list[str]:
 
 
 def patch_sets(
-    model: Model, tokens: Int[Tensor, "batch pos"], clean_cache: Cache, metric: Metric,
-    patches: Sequence[Sequence[tuple[str, int]]], extra_hooks: Sequence[Hook] = (),
+    model: Model,
+    tokens: Int[Tensor, "batch pos"],
+    clean_cache: Cache,
+    metric: Metric,
+    patches: Sequence[Sequence[tuple[str, int]]],
+    extra_hooks: Sequence[Hook] = (),
 ) -> Float[Tensor, " n"]:
     """``metric`` of the run of ``tokens`` (with ``extra_hooks``) in which every ``(hook name, position)``
     of a set is overwritten by the clean cache's activation, one run per set."""
@@ -78,6 +88,7 @@ def patch_sets(
             def hook(activation: Tensor, hook: HookPoint) -> Tensor:  # ``name``: hook.name may be an alias
                 activation[:, where] = clean_cache[name][:, where]
                 return activation
+
             return hook
 
         hooks = [(name, patch(name, where)) for name, where in positions.items()]

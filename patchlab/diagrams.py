@@ -48,24 +48,47 @@ class _Canvas:
         self.width, self.height, self.description = width, height, description
         self.parts: list[str] = []
 
-    def rect(self, x: float, y: float, w: float, h: float, fill: str, stroke: str = "#555",
-             dash: bool = False, rx: float = 6) -> None:
+    def rect(
+        self, x: float, y: float, w: float, h: float, fill: str, stroke: str = "#555", dash: bool = False, rx: float = 6
+    ) -> None:
         extra = ' stroke-dasharray="5 4"' if dash else ""
-        self.parts.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="{rx}" fill="{fill}" '
-                          f'stroke="{stroke}"{extra}/>')
+        self.parts.append(
+            f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="{rx}" fill="{fill}" stroke="{stroke}"{extra}/>'
+        )
 
-    def text(self, x: float, y: float, text: str, size: float = 13, anchor: str = "middle",
-             bold: bool = False, mono: bool = False, fill: str = "#222") -> None:
+    def text(
+        self,
+        x: float,
+        y: float,
+        text: str,
+        size: float = 13,
+        anchor: str = "middle",
+        bold: bool = False,
+        mono: bool = False,
+        fill: str = "#222",
+    ) -> None:
         weight = ' font-weight="bold"' if bold else ""
-        self.parts.append(f'<text x="{x}" y="{y}" font-size="{size}" text-anchor="{anchor}" '
-                          f'font-family="{MONO if mono else FONT}" fill="{fill}"{weight}>{escape(text)}</text>')
+        self.parts.append(
+            f'<text x="{x}" y="{y}" font-size="{size}" text-anchor="{anchor}" '
+            f'font-family="{MONO if mono else FONT}" fill="{fill}"{weight}>{escape(text)}</text>'
+        )
 
-    def line(self, x1: float, y1: float, x2: float, y2: float, color: str = READ, width: float = 1.6,
-             arrow: bool = True, dash: bool = False) -> None:
+    def line(
+        self,
+        x1: float,
+        y1: float,
+        x2: float,
+        y2: float,
+        color: str = READ,
+        width: float = 1.6,
+        arrow: bool = True,
+        dash: bool = False,
+    ) -> None:
         head = f' marker-end="url(#arrow-{color.lstrip("#")})"' if arrow else ""
         extra = ' stroke-dasharray="4 4"' if dash else ""
-        self.parts.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" '
-                          f'stroke-width="{width}"{head}{extra}/>')
+        self.parts.append(
+            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="{width}"{head}{extra}/>'
+        )
 
     def plus(self, x: float, y: float) -> None:
         self.parts.append(f'<circle cx="{x}" cy="{y}" r="8" fill="white" stroke="{WRITE}" stroke-width="1.6"/>')
@@ -83,7 +106,8 @@ class _Canvas:
             f'width="100%" role="img" style="max-width: {self.width}px; height: auto;">'
             f"<title>{escape(self.description)}</title><defs>{markers}</defs>"
             f'<rect x="0" y="0" width="{self.width}" height="{self.height}" fill="white"/>'
-            + "".join(self.parts) + "</svg>"
+            + "".join(self.parts)
+            + "</svg>"
         )
         return Diagram(svg, self.description)
 
@@ -97,9 +121,13 @@ def residual_stream(n_layers: int = 12, n_heads: int = 12, d_model: int = 768) -
     """
     if min(n_layers, n_heads, d_model) < 1:
         raise ValueError("n_layers, n_heads and d_model must be positive: pass the model's cfg values")
-    c = _Canvas(420, 640, f"The residual stream of a {n_layers}-layer transformer with {n_heads} heads per "
-                          "layer: embeddings, one block (attention heads and MLP reading from and writing to "
-                          "the stream), unembedding, with TransformerLens hook names.")
+    c = _Canvas(
+        420,
+        640,
+        f"The residual stream of a {n_layers}-layer transformer with {n_heads} heads per "
+        "layer: embeddings, one block (attention heads and MLP reading from and writing to "
+        "the stream), unembedding, with TransformerLens hook names.",
+    )
     x = 34  # the stream
     c.rect(8, 8, 404, 50, BOX["io"])
     c.text(210, 28, "tokens → embed (W_E) + pos_embed (W_pos)", size=13)
@@ -172,9 +200,13 @@ def ioi_circuit() -> Diagram:
     grow downwards. An arrow ends at the position where a head class writes (its query) and starts at
     the position it attends to (its key).
     """
-    c = _Canvas(420, 600, "The IOI circuit of GPT-2 small after Wang et al. (2022): previous-token, "
-                          "duplicate-token and induction heads mark S2 as a repeated name; S-inhibition heads "
-                          "move that to END; name movers at END copy the other name, IO, to the logits.")
+    c = _Canvas(
+        420,
+        600,
+        "The IOI circuit of GPT-2 small after Wang et al. (2022): previous-token, "
+        "duplicate-token and induction heads mark S2 as a repeated name; S-inhibition heads "
+        "move that to END; name movers at END copy the other name, IO, to the logits.",
+    )
     columns = {"S1": 30, "S1+1": 108, "IO": 170, "S2": 252, "END": 366}
     words = {"S1": "John", "S1+1": "and", "IO": "Mary", "S2": "John", "END": "to"}
     for role, cx in columns.items():
@@ -185,7 +217,7 @@ def ioi_circuit() -> Diagram:
 
     def group(role: str, y: float, name: str, width: float = 100) -> tuple[float, float]:
         heads = IOI_HEAD_CLASSES[name]
-        lines = [" ".join(heads[i:i + 4]) for i in range(0, len(heads), 4)]
+        lines = [" ".join(heads[i : i + 4]) for i in range(0, len(heads), 4)]
         height = 22 + 15 * len(lines)
         cx = columns[role]
         left = min(max(cx - width / 2, 4), 416 - width)

@@ -82,10 +82,12 @@ def project(
 def head_outputs(model: Model, cache: Cache, pos: int = -1) -> Float[Tensor, "layer head batch d_model"]:
     """What each head wrote into the residual stream at ``pos``: ``z[:, pos, head] @ W_O[head]``."""
     params = _params(model)
-    return torch.stack([
-        torch.einsum("bhd,hdm->hbm", cache[act_name("z", layer)][:, pos], params[f"blocks.{layer}.attn.W_O"])
-        for layer in range(model.cfg.n_layers)
-    ])
+    return torch.stack(
+        [
+            torch.einsum("bhd,hdm->hbm", cache[act_name("z", layer)][:, pos], params[f"blocks.{layer}.attn.W_O"])
+            for layer in range(model.cfg.n_layers)
+        ]
+    )
 
 
 @dataclass
@@ -111,8 +113,14 @@ class DirectEffects:
 
     def total(self) -> Float[Tensor, " batch"]:
         """The sum of every part: equals ``logit_diff`` up to float rounding."""
-        return (self.heads.sum(dim=(0, 1)) + self.attn_bias.sum(0) + self.mlps.sum(0) + self.embed
-                + self.pos_embed + self.constant)
+        return (
+            self.heads.sum(dim=(0, 1))
+            + self.attn_bias.sum(0)
+            + self.mlps.sum(0)
+            + self.embed
+            + self.pos_embed
+            + self.constant
+        )
 
 
 @torch.no_grad()
@@ -134,8 +142,9 @@ def direct_effects(
     return DirectEffects(
         heads=project(head_outputs(model, cache), directions, scale),
         attn_bias=project(bias[:, None].expand(-1, batch, -1), directions, scale),
-        mlps=project(torch.stack([cache[act_name("mlp_out", layer)][:, -1] for layer in range(n_layers)]),
-                     directions, scale),
+        mlps=project(
+            torch.stack([cache[act_name("mlp_out", layer)][:, -1] for layer in range(n_layers)]), directions, scale
+        ),
         embed=project(cache[act_name("embed")][:, -1], directions, scale),
         pos_embed=project(cache[act_name("pos_embed")][:, -1], directions, scale),
         constant=logit_diff_constant(model, answer_tokens),
@@ -163,9 +172,11 @@ def lens(
         centred = resid - resid.mean(dim=-1, keepdim=True)
         scale = (centred.pow(2).mean(dim=-1, keepdim=True) + float(model.cfg.eps)).sqrt()
         return (centred / scale * logit_diff_directions(model, answer_tokens)).sum(-1) + logit_diff_constant(
-            model, answer_tokens)
+            model, answer_tokens
+        )
     return project(resid, logit_diff_directions(model, answer_tokens), scale) + logit_diff_constant(
-        model, answer_tokens)
+        model, answer_tokens
+    )
 
 
 @torch.no_grad()
@@ -178,10 +189,12 @@ def logit_lens(
     running sum of the direct effects)."""
     scale = final_scale(cache) if frozen else None
     return {
-        kind: torch.stack([
-            lens(model, cache[act_name(kind, layer)][:, -1], answer_tokens, scale)
-            for layer in range(model.cfg.n_layers)
-        ])
+        kind: torch.stack(
+            [
+                lens(model, cache[act_name(kind, layer)][:, -1], answer_tokens, scale)
+                for layer in range(model.cfg.n_layers)
+            ]
+        )
         for kind in ("resid_pre", "resid_post")
     }
 

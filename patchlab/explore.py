@@ -98,7 +98,9 @@ def _run_summary(final: Float[Tensor, "batch d_vocab"], answers: Tensor, tokens:
     probs, ids = final.softmax(-1).topk(top_k, dim=-1)
     return {
         "ld": [round(float(x), 3) for x in lds],
-        "top": [[[tokens(i), round(float(p), 3)] for i, p in zip(row_ids, row_p)] for row_ids, row_p in zip(ids, probs)],
+        "top": [
+            [[tokens(i), round(float(p), 3)] for i, p in zip(row_ids, row_p)] for row_ids, row_p in zip(ids, probs)
+        ],
     }
 
 
@@ -123,12 +125,16 @@ def cell_runs(
     """
     arr = values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values, dtype=float)
     if component not in POSITION_COMPONENTS + HEAD_COMPONENTS:
-        raise ValueError(f"cannot explore {component!r}: choose one of {', '.join(POSITION_COMPONENTS + HEAD_COMPONENTS)}")
+        raise ValueError(
+            f"cannot explore {component!r}: choose one of {', '.join(POSITION_COMPONENTS + HEAD_COMPONENTS)}"
+        )
     n_layers, n_heads, n_pos = model.cfg.n_layers, model.cfg.n_heads, data.corrupted_tokens.shape[1]
     shape = (n_layers, n_pos if component in POSITION_COMPONENTS else n_heads)
     if arr.shape != shape:
-        raise ValueError(f"a {component} map of this model and data is {shape} [layer, "
-                         f"{'position' if shape[1] == n_pos else 'head'}], got {arr.shape}")
+        raise ValueError(
+            f"a {component} map of this model and data is {shape} [layer, "
+            f"{'position' if shape[1] == n_pos else 'head'}], got {arr.shape}"
+        )
     chosen = choose_cells(arr, component, max_cells) if cells is None else [(int(r), int(c)) for r, c in cells]
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(data.clean_tokens)
@@ -136,15 +142,25 @@ def cell_runs(
     metric = metric_from_runs(clean_logits, corrupted_logits, data.answer_tokens)
     recorder = _Recorder(metric)
     if component == PATH:
-        by_cell = reference_path_patching(model, data.corrupted_tokens, clean_cache, recorder, receivers,
-                                          receiver_input, progress=False, senders=chosen)
+        by_cell = reference_path_patching(
+            model,
+            data.corrupted_tokens,
+            clean_cache,
+            recorder,
+            receivers,
+            receiver_input,
+            progress=False,
+            senders=chosen,
+        )
         measured = [float(by_cell[cell]) for cell in chosen]
     else:
         measured = reference_cells(model, data.corrupted_tokens, clean_cache, recorder, component, chosen).tolist()
     tokens = _Tokens(model)
     answers = data.answer_tokens.cpu()
-    runs = {name: _run_summary(logits[:, -1].float().cpu(), answers, tokens, top_k)
-            for name, logits in (("clean", clean_logits), ("corrupted", corrupted_logits))}
+    runs = {
+        name: _run_summary(logits[:, -1].float().cpu(), answers, tokens, top_k)
+        for name, logits in (("clean", clean_logits), ("corrupted", corrupted_logits))
+    }
     cell_data = {}
     for (row, col), final, value in zip(chosen, recorder.final, measured):
         cell_data[f"{row},{col}"] = {"m": round(value, 4), **_run_summary(final, answers, tokens, top_k)}
@@ -158,8 +174,10 @@ def cell_runs(
             }
     return {
         "answers": [[tokens(a), tokens(b)] for a, b in answers.tolist()],
-        "prompts": {run: [[tokens(t) for t in row] for row in toks.tolist()]
-                    for run, toks in (("clean", data.clean_tokens), ("corrupted", data.corrupted_tokens))},
+        "prompts": {
+            run: [[tokens(t) for t in row] for row in toks.tolist()]
+            for run, toks in (("clean", data.clean_tokens), ("corrupted", data.corrupted_tokens))
+        },
         "runs": runs,
         "cells": cell_data,
         "heads": heads,

@@ -29,15 +29,18 @@ def _checks() -> ModuleType:
     for root in filter(None, [os.environ.get(REPO_VARIABLE), str(Path(__file__).resolve().parent.parent)]):
         init = Path(root) / "autograder" / "__init__.py"
         if init.is_file():
-            spec = importlib.util.spec_from_file_location("autograder", init,
-                                                          submodule_search_locations=[str(init.parent)])
+            spec = importlib.util.spec_from_file_location(
+                "autograder", init, submodule_search_locations=[str(init.parent)]
+            )
             if spec is None or spec.loader is None:
                 raise ImportError(f"cannot load the grader from {init}")
             package = sys.modules["autograder"] = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(package)
             return importlib.import_module("autograder.checks")
-    raise ImportError(f"the hidden tests need the course repository's autograder/: set {REPO_VARIABLE}=/path/to/"
-                      "your clone of the course repository, or install patchlab from that clone (pip install -e .)")
+    raise ImportError(
+        f"the hidden tests need the course repository's autograder/: set {REPO_VARIABLE}=/path/to/"
+        "your clone of the course repository, or install patchlab from that clone (pip install -e .)"
+    )
 
 
 def __getattr__(name: str) -> Any:

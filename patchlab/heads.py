@@ -41,7 +41,11 @@ def _layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: floa
 
 @torch.no_grad()
 def ov_logits(
-    model: Model, cache: Cache, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch names"], layer: int,
+    model: Model,
+    cache: Cache,
+    tokens: Int[Tensor, "batch pos"],
+    positions: Int[Tensor, "batch names"],
+    layer: int,
     heads: Sequence[int],
 ) -> Float[Tensor, "head n d_vocab"]:
     """The logits that the OV circuits of ``heads`` of ``layer`` make of each name at ``positions``: the
@@ -62,7 +66,11 @@ def ov_logits(
 
 
 def copy_scores(
-    model: Model, cache: Cache, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch names"], k: int = 5,
+    model: Model,
+    cache: Cache,
+    tokens: Int[Tensor, "batch pos"],
+    positions: Int[Tensor, "batch names"],
+    k: int = 5,
     heads: Sequence[tuple[int, int]] | None = None,
 ) -> Float[Tensor, "2 layer head"]:
     """Wang et al.'s copy score (``[0]``) and negative copy score (``[1]``) of every head (or of
@@ -71,7 +79,9 @@ def copy_scores(
     ``blocks.0/1.hook_resid_pre``)."""
     cfg = model.cfg
     if positions.ndim != 2 or positions.shape[0] != tokens.shape[0]:
-        raise ValueError(f"positions must be [batch, names] for {tokens.shape[0]} prompts, got {tuple(positions.shape)}")
+        raise ValueError(
+            f"positions must be [batch, names] for {tokens.shape[0]} prompts, got {tuple(positions.shape)}"
+        )
     if not 1 <= k < cfg.d_vocab:
         raise ValueError(f"k must be between 1 and the vocabulary size - 1, got {k}")
     wanted = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else list(heads)
@@ -89,18 +99,22 @@ def copy_scores(
 
 
 def attention_to(
-    cache: Cache, n_layers: int, query: Int[Tensor, " batch"], key: Int[Tensor, " batch"],
+    cache: Cache,
+    n_layers: int,
+    query: Int[Tensor, " batch"],
+    key: Int[Tensor, " batch"],
 ) -> Float[Tensor, "layer head"]:
     """Every head's attention weight from position ``query[b]`` to position ``key[b]``, mean over prompts."""
     rows = torch.arange(query.shape[0])
-    return torch.stack([
-        cache[act_name("pattern", layer)][rows, :, query.cpu(), key.cpu()].mean(0)
-        for layer in range(n_layers)
-    ]).cpu()
+    return torch.stack(
+        [cache[act_name("pattern", layer)][rows, :, query.cpu(), key.cpu()].mean(0) for layer in range(n_layers)]
+    ).cpu()
 
 
 def answer_logit_effects(
-    model: Model, cache: Cache, answer_tokens: Int[Tensor, "batch 2"],
+    model: Model,
+    cache: Cache,
+    answer_tokens: Int[Tensor, "batch 2"],
 ) -> Float[Tensor, "answer layer head"]:
     """Each head's direct effect at the final position on the correct answer's logit (``[0]``) and on
     the incorrect one's (``[1]``), mean over prompts, the final LayerNorm's scale frozen at this run's."""
@@ -112,6 +126,4 @@ def answer_logit_effects(
         normed = normed * params["ln_final.w"]
     w_u = params["unembed.W_U"]
     answers = answer_tokens.to(w_u.device)
-    return torch.stack([
-        torch.einsum("lhbm,bm->lhb", normed, w_u[:, answers[:, i]].T).mean(-1) for i in (0, 1)
-    ]).cpu()
+    return torch.stack([torch.einsum("lhbm,bm->lhb", normed, w_u[:, answers[:, i]].T).mean(-1) for i in (0, 1)]).cpu()

@@ -67,12 +67,12 @@ def abba(template: str) -> str:
     return template.replace("[B] and [A]", "[A] and [B]", 1)
 
 
-TEMPLATES: list[str] = [
-    t for base in BABA_TEMPLATES + DEMO_BABA_TEMPLATES for t in (base, abba(base))
-]
+TEMPLATES: list[str] = [t for base in BABA_TEMPLATES + DEMO_BABA_TEMPLATES for t in (base, abba(base))]
 
 # Names from Wang et al.'s IOI dataset plus those of the classic prompts: one GPT-2 token each.
-NAMES: list[str] = sorted(set("""
+NAMES: list[str] = sorted(
+    set(
+        """
 Aaron Adam Alan Alex Alice Amy Anderson Andre Andrew Andy Anna Anthony Arthur Austin Blake Brandon
 Brian Carter Charles Charlie Christian Christopher Clark Cole Collins Connor Crew Crystal Daniel
 David Dean Edward Elizabeth Emily Eric Eva Ford Frank George Georgia Graham Grant Henry Ian Jack
@@ -81,7 +81,9 @@ Justin Kate Kelly Kevin Kyle Laura Leon Lewis Lisa Louis Luke Madison Marco Marc
 Mary Matthew Max Michael Michelle Morgan Patrick Paul Peter Prince Rachel Richard River Robert Roman
 Rose Ruby Russell Ryan Sarah Scott Sean Simon Stephen Steven Sullivan Taylor Thomas Tyler Victoria
 Warren William Tom Dan Sid
-""".split()))
+""".split()
+    )
+)
 PLACES: list[str] = """
 shops park store school hospital station office restaurant garden house beach market library cafe
 museum church airport zoo bank gym lake river farm mall hotel theater bakery cinema
@@ -134,8 +136,11 @@ def fill_template(template: str, a: str, b: str, place: str, obj: str) -> IOIPro
         raise IOIInputError(f"template must end with ' [A]' (the answer): {template!r}")
     body = template[: -len(" [A]")]
     text = (
-        body.replace("[A]", a).replace("[B]", b).replace("[PLACE]", place)
-        .replace("[OBJECT]", obj).replace("[VOBJECT]", obj)
+        body.replace("[A]", a)
+        .replace("[B]", b)
+        .replace("[PLACE]", place)
+        .replace("[OBJECT]", obj)
+        .replace("[VOBJECT]", obj)
     )
     return IOIPrompt(text, " " + a, " " + b, template)
 
@@ -274,9 +279,7 @@ def classic_ioi(model: Model) -> IOIData:
     return make_ioi_data(model, classic_prompts())
 
 
-def abc_corruption(
-    prompts: Sequence[IOIPrompt], names: Sequence[str] = NAMES, seed: int = 0
-) -> list[str]:
+def abc_corruption(prompts: Sequence[IOIPrompt], names: Sequence[str] = NAMES, seed: int = 0) -> list[str]:
     """ABC corrupted twins: each prompt with S2 replaced by a third name, neither its IO nor its S.
 
     ``names`` are bare words (no leading space), as in :data:`NAMES`; the third name of each prompt
@@ -330,9 +333,5 @@ def generate_ioi(
     n_abba = round(n * abba_share)
     order = [abba(template)] * n_abba + [template] * (n - n_abba)
     rng.shuffle(order)
-    prompts = [
-        sample_prompts(1, rng.randrange(2**31), [t], names, places, objects, vowel_objects)[0]
-        for t in order
-    ]
+    prompts = [sample_prompts(1, rng.randrange(2**31), [t], names, places, objects, vowel_objects)[0] for t in order]
     return make_ioi_data(model, prompts)
-

@@ -37,9 +37,7 @@ def logit_diff(
     return diffs if per_prompt else diffs.mean()
 
 
-def normalise(
-    value: Float[Tensor, ...], clean_value: float, corrupted_value: float
-) -> Float[Tensor, ...]:
+def normalise(value: Float[Tensor, ...], clean_value: float, corrupted_value: float) -> Float[Tensor, ...]:
     """Rescale so that the corrupted run scores 0 and the clean run 1."""
     gap = float(clean_value) - float(corrupted_value)
     if abs(gap) < 1e-6:
@@ -79,7 +77,9 @@ def metric_from_runs(
 ) -> PatchingMetric:
     """The normalised patching metric whose baselines are these clean and corrupted runs."""
     return patching_metric(
-        answer_tokens, logit_diff(clean_logits, answer_tokens).item(), logit_diff(corrupted_logits, answer_tokens).item()
+        answer_tokens,
+        logit_diff(clean_logits, answer_tokens).item(),
+        logit_diff(corrupted_logits, answer_tokens).item(),
     )
 
 

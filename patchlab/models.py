@@ -91,12 +91,15 @@ def _load_hub(name: str, device: torch.device):
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_id = HUB_MODELS[name]
-    ways_out = ("Either connect to the internet once so that Hugging Face caches it, or use the course "
-                "model: load_model('ioi-mini') (or set PATCHLAB_MODEL=ioi-mini).")
+    ways_out = (
+        "Either connect to the internet once so that Hugging Face caches it, or use the course "
+        "model: load_model('ioi-mini') (or set PATCHLAB_MODEL=ioi-mini)."
+    )
     if not _hub_reachable():
         if not _hub_cached(hf_id):
-            raise ModelUnavailableError(f"{name} is not in the Hugging Face cache and the hub cannot be reached",
-                                        ways_out)
+            raise ModelUnavailableError(
+                f"{name} is not in the Hugging Face cache and the hub cannot be reached", ways_out
+            )
         import huggingface_hub.constants
 
         huggingface_hub.constants.HF_HUB_OFFLINE = True  # load from the cache without retrying the network
@@ -119,8 +122,9 @@ def _load_ioi_mini(device: torch.device):
     return TransformerBridge.boot_transformers(str(COURSE_MODEL_DIR), device=device)
 
 
-def _reshaped_state(state: dict[str, torch.Tensor], n_layer: int, generator: torch.Generator
-                    ) -> dict[str, torch.Tensor]:
+def _reshaped_state(
+    state: dict[str, torch.Tensor], n_layer: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """``ioi-mini``'s GPT-2 weights rewritten at twice the width, twice the heads and one more block.
 
     Every residual vector x becomes [x, x] (LayerNorm keeps mean and variance, so LN([x, x]) =
@@ -128,6 +132,7 @@ def _reshaped_state(state: dict[str, torch.Tensor], n_layer: int, generator: tor
     write to it write both copies; the new heads read randomly and write nothing; the new block (the
     third) writes nothing; the final LayerNorm is halved because the unembedding is tied to the
     doubled embedding. The function computed is ioi-mini's, up to float rounding."""
+
     def read(w: torch.Tensor) -> torch.Tensor:  # [d, out] -> [2d, out]
         return torch.cat([w, w]) / 2
 
@@ -138,33 +143,40 @@ def _reshaped_state(state: dict[str, torch.Tensor], n_layer: int, generator: tor
         return torch.randn(*shape, generator=generator) * 0.02
 
     d = state["transformer.wte.weight"].shape[1]
-    new = {"transformer.wte.weight": both(state["transformer.wte.weight"]),
-           "transformer.wpe.weight": both(state["transformer.wpe.weight"]),
-           "transformer.ln_f.weight": both(state["transformer.ln_f.weight"]) / 2,
-           "transformer.ln_f.bias": both(state["transformer.ln_f.bias"]) / 2}
+    new = {
+        "transformer.wte.weight": both(state["transformer.wte.weight"]),
+        "transformer.wpe.weight": both(state["transformer.wpe.weight"]),
+        "transformer.ln_f.weight": both(state["transformer.ln_f.weight"]) / 2,
+        "transformer.ln_f.bias": both(state["transformer.ln_f.bias"]) / 2,
+    }
     old_layers = [i for i in range(n_layer - 1)]
     layout = old_layers[:2] + [None] + old_layers[2:]  # None: the block that writes nothing
     for index, old in enumerate(layout):
         p, q = f"transformer.h.{index}.", f"transformer.h.{old}."
         if old is None:
-            src = {k[len("transformer.h.0."):]: torch.zeros_like(v) for k, v in state.items()
-                   if k.startswith("transformer.h.0.")}
+            src = {
+                k[len("transformer.h.0.") :]: torch.zeros_like(v)
+                for k, v in state.items()
+                if k.startswith("transformer.h.0.")
+            }
             src["ln_1.weight"] = src["ln_2.weight"] = torch.ones(d)
         else:
-            src = {k[len(q):]: v for k, v in state.items() if k.startswith(q)}
+            src = {k[len(q) :]: v for k, v in state.items() if k.startswith(q)}
         for ln in ("ln_1", "ln_2"):
             new[p + f"{ln}.weight"], new[p + f"{ln}.bias"] = both(src[f"{ln}.weight"]), both(src[f"{ln}.bias"])
         qkv_w, qkv_b = src["attn.c_attn.weight"], src["attn.c_attn.bias"]  # [d, 3d], [3d]
         blocks_w, blocks_b = [], []
         for part in range(3):  # q, k, v: the old heads, then as many new heads reading at random
-            blocks_w += [read(qkv_w[:, part * d:(part + 1) * d]), noise(2 * d, d)]
-            blocks_b += [qkv_b[part * d:(part + 1) * d], noise(d)]
+            blocks_w += [read(qkv_w[:, part * d : (part + 1) * d]), noise(2 * d, d)]
+            blocks_b += [qkv_b[part * d : (part + 1) * d], noise(d)]
         new[p + "attn.c_attn.weight"], new[p + "attn.c_attn.bias"] = torch.cat(blocks_w, 1), torch.cat(blocks_b)
         new[p + "attn.c_proj.weight"] = torch.cat([both(src["attn.c_proj.weight"]), torch.zeros(d, 2 * d)])
         new[p + "attn.c_proj.bias"] = both(src["attn.c_proj.bias"])
         new[p + "mlp.c_fc.weight"], new[p + "mlp.c_fc.bias"] = read(src["mlp.c_fc.weight"]), src["mlp.c_fc.bias"]
-        new[p + "mlp.c_proj.weight"], new[p + "mlp.c_proj.bias"] = both(src["mlp.c_proj.weight"]), both(
-            src["mlp.c_proj.bias"])
+        new[p + "mlp.c_proj.weight"], new[p + "mlp.c_proj.bias"] = (
+            both(src["mlp.c_proj.weight"]),
+            both(src["mlp.c_proj.bias"]),
+        )
     return new
 
 
@@ -176,18 +188,27 @@ def _load_ioi_mini_reshaped(device: torch.device):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     small = GPT2Config.from_pretrained(COURSE_MODEL_DIR)
-    config = GPT2Config.from_pretrained(COURSE_MODEL_DIR, n_layer=small.n_layer + 1, n_head=2 * small.n_head,
-                                        n_embd=2 * small.n_embd, n_inner=4 * small.n_embd,
-                                        attn_implementation="eager")
+    config = GPT2Config.from_pretrained(
+        COURSE_MODEL_DIR,
+        n_layer=small.n_layer + 1,
+        n_head=2 * small.n_head,
+        n_embd=2 * small.n_embd,
+        n_inner=4 * small.n_embd,
+        attn_implementation="eager",
+    )
     state = load_file(COURSE_MODEL_DIR / "model.safetensors")
     state = {k if k.startswith("transformer.") else f"transformer.{k}": v for k, v in state.items()}
     hf_model = GPT2LMHeadModel(config)
     new = _reshaped_state(state, config.n_layer, torch.Generator().manual_seed(0))
     missing, unexpected = hf_model.load_state_dict(new, strict=False)
     assert not unexpected and all(k.endswith("lm_head.weight") or ".attn.bias" in k for k in missing), missing
-    return build_bridge_from_module(hf_model.to(device).eval(),  # type: ignore[arg-type]  # transformers types to() oddly
-                                    "GPT2LMHeadModel", hf_config=config,
-                                    tokenizer=load_course_tokenizer(), model_name="ioi-mini-reshaped")
+    return build_bridge_from_module(
+        hf_model.to(device).eval(),  # type: ignore[arg-type]  # transformers types to() oddly
+        "GPT2LMHeadModel",
+        hf_config=config,
+        tokenizer=load_course_tokenizer(),
+        model_name="ioi-mini-reshaped",
+    )
 
 
 def _load_gpt2_small_random(device: torch.device, seed: int = 0):
@@ -201,7 +222,10 @@ def _load_gpt2_small_random(device: torch.device, seed: int = 0):
     torch.manual_seed(seed)
     hf_model = GPT2LMHeadModel(config).to(device).eval()  # type: ignore[arg-type]
     return build_bridge_from_module(
-        hf_model, "GPT2LMHeadModel", hf_config=config, tokenizer=load_course_tokenizer(),
+        hf_model,
+        "GPT2LMHeadModel",
+        hf_config=config,
+        tokenizer=load_course_tokenizer(),
         model_name="gpt2-small-random",
     )
 
@@ -219,8 +243,11 @@ def load_model(name: str = "auto", device: str | torch.device | None = None, ver
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
     device = torch.device(device) if device is not None else pick_device()
     _quiet_transformers()
-    loaders = {"ioi-mini": _load_ioi_mini, "ioi-mini-reshaped": _load_ioi_mini_reshaped,
-               "gpt2-small-random": _load_gpt2_small_random}
+    loaders = {
+        "ioi-mini": _load_ioi_mini,
+        "ioi-mini-reshaped": _load_ioi_mini_reshaped,
+        "gpt2-small-random": _load_gpt2_small_random,
+    }
     loaders |= {hub_name: partial(_load_hub, hub_name) for hub_name in HUB_MODELS}
     if name == "auto":
         chosen = os.environ.get(ENV_VAR)
@@ -237,8 +264,9 @@ def load_model(name: str = "auto", device: str | torch.device | None = None, ver
             return model
         except ModelUnavailableError:
             if verbose:
-                print("patchlab: using ioi-mini, the course model (GPT-2 small is not available offline)",
-                      file=sys.stdout)
+                print(
+                    "patchlab: using ioi-mini, the course model (GPT-2 small is not available offline)", file=sys.stdout
+                )
             return _finish(_load_ioi_mini(device), "ioi-mini")
     return _finish(loaders[name](device), name)
 

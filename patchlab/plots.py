@@ -37,13 +37,25 @@ TEMPLATE = go.layout.Template(
         "colorway": COLORS,
         # the title sits on the plot area and, as it wraps onto more lines, pushes the top margin up
         "title": {
-            "font": {"size": 14}, "x": 0, "xanchor": "left", "xref": "container", "y": 1, "yanchor": "bottom",
-            "yref": "paper", "automargin": True, "pad": {"t": 10, "b": 12, "l": 8},
+            "font": {"size": 14},
+            "x": 0,
+            "xanchor": "left",
+            "xref": "container",
+            "y": 1,
+            "yanchor": "bottom",
+            "yref": "paper",
+            "automargin": True,
+            "pad": {"t": 10, "b": 12, "l": 8},
         },
         "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
         "legend": {
-            "orientation": "h", "x": 0, "xanchor": "left", "xref": "container",
-            "y": 0, "yanchor": "bottom", "yref": "container",
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "xref": "container",
+            "y": 0,
+            "yanchor": "bottom",
+            "yref": "container",
         },
         "xaxis": {"automargin": True},
         "yaxis": {"automargin": True},
@@ -75,7 +87,7 @@ def position_labels(str_tokens: Sequence[str], s2_pos: int | None = None, end_po
     labels = []
     for i, tok in enumerate(str_tokens):
         mark = " (S2)" if i == s2_pos else " (END)" if i == end_pos else ""
-        labels.append(f"{i}: {tok!r}{mark}"[: 40])
+        labels.append(f"{i}: {tok!r}{mark}"[:40])
     return labels
 
 
@@ -118,19 +130,30 @@ def heatmap(
     columns, rows = list(x_labels), [str(i) for i in range(arr.shape[0])]
     fig = go.Figure(
         go.Heatmap(
-            z=arr, x=columns, y=rows,
-            colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+            z=arr,
+            x=columns,
+            y=rows,
+            colorscale="RdBu",
+            zmid=0,
+            zmin=-lim,
+            zmax=lim,
             colorbar={"title": {"text": colorbar_title}, "thickness": 12},
             hovertemplate=f"{y_title} %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<extra></extra>",
         )
     )
     fig.update_layout(
-        title=wrap(title), xaxis_title=x_title, yaxis_title=y_title,
+        title=wrap(title),
+        xaxis_title=x_title,
+        yaxis_title=y_title,
         # every position and layer gets its label: explicit ticks, never plotly's automatic thinning
-        xaxis={"type": "category", "tickmode": "array", "tickvals": columns, "ticktext": columns,
-               "tickfont": {"size": 11}},
-        yaxis={"type": "category", "tickmode": "array", "tickvals": rows, "ticktext": rows,
-               "autorange": "reversed"},
+        xaxis={
+            "type": "category",
+            "tickmode": "array",
+            "tickvals": columns,
+            "ticktext": columns,
+            "tickfont": {"size": 11},
+        },
+        yaxis={"type": "category", "tickmode": "array", "tickvals": rows, "ticktext": rows, "autorange": "reversed"},
         height=max(380, 28 * arr.shape[0] + 260),  # no fixed width: the figure fills its column
     )
     return fig
@@ -195,28 +218,56 @@ def stacked_heatmaps(
     title_layout, top = _title_over_panels(title)
     bottom = tick_label_depth(panels[-1][2], 90) + 1.4 * 12 + 16  # the labels, then the axis title
     fig = make_subplots(
-        rows=len(panels), cols=1, subplot_titles=[name for name, _, _ in panels],
-        row_heights=heights, vertical_spacing=gap / plot,
+        rows=len(panels),
+        cols=1,
+        subplot_titles=[name for name, _, _ in panels],
+        row_heights=heights,
+        vertical_spacing=gap / plot,
     )
     fig.update_annotations(font={"size": SUBPLOT_TITLE_SIZE})
     for row, ((name, _, labels), arr) in enumerate(zip(panels, arrays), start=1):
         x, y = list(labels), [str(i) for i in range(arr.shape[0])]
         fig.add_trace(
             go.Heatmap(
-                z=arr, x=x, y=y, colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim, showscale=row == 1,
+                z=arr,
+                x=x,
+                y=y,
+                colorscale="RdBu",
+                zmid=0,
+                zmin=-lim,
+                zmax=lim,
+                showscale=row == 1,
                 colorbar={"title": {"text": colorbar_title}, "thickness": 12, "len": 1, "y": 0.5, "yanchor": "middle"},
                 hovertemplate=f"{name}<br>{y_title} %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<extra></extra>",
             ),
-            row=row, col=1,
+            row=row,
+            col=1,
         )
-        fig.update_yaxes(title_text=y_title, type="category", tickmode="array", tickvals=y, ticktext=y,
-                         autorange="reversed", row=row, col=1)
+        fig.update_yaxes(
+            title_text=y_title,
+            type="category",
+            tickmode="array",
+            tickvals=y,
+            ticktext=y,
+            autorange="reversed",
+            row=row,
+            col=1,
+        )
         # every column labelled in every panel (a shared axis would leave the upper ones bare)
-        fig.update_xaxes(type="category", tickangle=-90, tickmode="array", tickvals=x, ticktext=x,
-                         tickfont={"size": TICK_SIZE}, row=row, col=1)
+        fig.update_xaxes(
+            type="category",
+            tickangle=-90,
+            tickmode="array",
+            tickvals=x,
+            ticktext=x,
+            tickfont={"size": TICK_SIZE},
+            row=row,
+            col=1,
+        )
     fig.update_xaxes(title_text=x_title, row=len(panels), col=1)
     fig.update_layout(
-        title=title_layout, margin={"t": round(top), "b": round(bottom)},
+        title=title_layout,
+        margin={"t": round(top), "b": round(bottom)},
         height=round(top + plot + bottom),
     )
     return fig
@@ -279,7 +330,10 @@ def stacked_lines(
     from plotly.subplots import make_subplots
 
     fig = make_subplots(
-        rows=len(panel_titles), cols=1, shared_xaxes=True, subplot_titles=list(panel_titles),
+        rows=len(panel_titles),
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=list(panel_titles),
         vertical_spacing=0.12,
     )
     colors = series_colors(list(series))
@@ -288,8 +342,14 @@ def stacked_lines(
             raise ValueError(f"series {name!r} gives {len(ys)} lists of values for {len(panel_titles)} panels")
         for row, y in enumerate(ys, start=1):
             fig.add_scatter(
-                x=_values(x), y=_values(y), name=name, legendgroup=name, showlegend=row == 1,
-                line={"color": colors[name]}, row=row, col=1,
+                x=_values(x),
+                y=_values(y),
+                name=name,
+                legendgroup=name,
+                showlegend=row == 1,
+                line={"color": colors[name]},
+                row=row,
+                col=1,
                 hovertemplate=f"{name}, {panel_titles[row - 1]}<br>{x_title} %{{x}}<br>{y_title} %{{y:.3f}}<extra></extra>",
             )
     fig.update_xaxes(title_text=x_title, row=len(panel_titles), col=1)
@@ -298,8 +358,11 @@ def stacked_lines(
     fig.update_yaxes(title_text=y_title)
     fig.update_annotations(font={"size": SUBPLOT_TITLE_SIZE})
     title_layout, top = _title_over_panels(title)
-    fig.update_layout(title=title_layout, margin={"t": round(top)},
-                      height=260 * len(panel_titles) + 40 * len(series) + 80 + round(top))
+    fig.update_layout(
+        title=title_layout,
+        margin={"t": round(top)},
+        height=260 * len(panel_titles) + 40 * len(series) + 80 + round(top),
+    )
     return fig
 
 
@@ -333,25 +396,50 @@ def explorable_heatmap(
     grid = values.values if isinstance(values, PatchingResult) else values
     by_head = component in HEAD_COMPONENTS
     if x_labels is None:
-        x_labels = ([f"H{h}" for h in range(model.cfg.n_heads)] if by_head
-                    else position_labels(data.str_tokens, data.s2_pos, data.end_pos))
+        x_labels = (
+            [f"H{h}" for h in range(model.cfg.n_heads)]
+            if by_head
+            else position_labels(data.str_tokens, data.s2_pos, data.end_pos)
+        )
     x_title = "head" if by_head else "position"
     fig = heatmap(grid, x_labels, title, x_title=x_title, zmax=zmax)
-    fig.update_traces(hovertemplate=f"layer %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<br>"
-                                    "click for its run<extra></extra>")
-    runs = cell_runs(model, data, grid, component, cells, MAX_CELLS if max_cells is None else max_cells, top_k,
-                     receivers, receiver_input)
+    fig.update_traces(
+        hovertemplate=f"layer %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<br>click for its run<extra></extra>"
+    )
+    runs = cell_runs(
+        model,
+        data,
+        grid,
+        component,
+        cells,
+        MAX_CELLS if max_cells is None else max_cells,
+        top_k,
+        receivers,
+        receiver_input,
+    )
     shown = len(runs["cells"])
     runs.update(
-        title=title, rows=[str(i) for i in range(len(grid))], cols=list(x_labels), rowTitle="layer", colTitle=x_title,
+        title=title,
+        rows=[str(i) for i in range(len(grid))],
+        cols=list(x_labels),
+        rowTitle="layer",
+        colTitle=x_title,
         note=f"This figure carries the runs of {shown} of its {runs['total']} cells"
-             + ("" if cells is not None or shown == runs["total"]
-                else " (the largest values)" if by_head else " (the last column and the largest values)")
-             + "; explorable_heatmap(..., cells=[(layer, column), ...]) in the notebook shows others.",
+        + (
+            ""
+            if cells is not None or shown == runs["total"]
+            else " (the largest values)"
+            if by_head
+            else " (the last column and the largest values)"
+        )
+        + "; explorable_heatmap(..., cells=[(layer, column), ...]) in the notebook shows others.",
     )
     explorable = ExplorableFigure(fig, runs)
     size = explorable.embedded_bytes()
     if size > BUDGET_BYTES:
-        warnings.warn(f"this figure embeds {size / 1000:.0f} KB, over its {BUDGET_BYTES / 1000:.0f} KB budget: "
-                      "pass fewer cells (max_cells=, cells=) or a smaller top_k", stacklevel=2)
+        warnings.warn(
+            f"this figure embeds {size / 1000:.0f} KB, over its {BUDGET_BYTES / 1000:.0f} KB budget: "
+            "pass fewer cells (max_cells=, cells=) or a smaller top_k",
+            stacklevel=2,
+        )
     return explorable

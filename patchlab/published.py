@@ -55,8 +55,7 @@ def gpt2_small_ioi() -> PublishedMaps:
         end_pos=raw["end_pos"],
         clean_logit_diff=raw["clean_logit_diff"],
         corrupted_logit_diff=raw["corrupted_logit_diff"],
-        source=f"{raw['source_repo']} {raw['source_path']} at commit {raw['commit'][:8]}; "
-               f"{raw['model_loading']}",
+        source=f"{raw['source_repo']} {raw['source_path']} at commit {raw['commit'][:8]}; {raw['model_loading']}",
         head_scores={name: np.asarray(entry["values"], dtype=float) for name, entry in raw["head_scores"].items()},
     )
 
@@ -89,8 +88,10 @@ def side_by_side(
         raise ValueError(f"{len(x_labels)} x labels for {ours.shape[1]} positions")
     heads = [[f"H{h}" for h in range(values.shape[1])] for values in (theirs, ours)]
     return stacked_heatmaps(
-        [(f"{published.model} (published)", theirs, heads[0] if by_head else x_labels),
-         (f"{computed_name} (computed on this page)", ours, heads[1] if by_head else x_labels)],
+        [
+            (f"{published.model} (published)", theirs, heads[0] if by_head else x_labels),
+            (f"{computed_name} (computed on this page)", ours, heads[1] if by_head else x_labels),
+        ],
         f"patching {component}: one colour scale",
         zmax=zmax or shared_limit(ours, theirs),
         x_title="head" if by_head else "position",

@@ -21,15 +21,17 @@ T = TypeVar("T")
 
 # Models at least this large (parameters) are slow on a CPU: GPT-2 small has 124 M, ioi-mini 0.83 M.
 SLOW_ON_CPU_PARAMS = 50_000_000
-COLAB_GPU_ADVICE = ("In Colab: Runtime > Change runtime type > T4 GPU, then Runtime > Run all "
-                    "(the free GPU runs these cells in seconds).")
+COLAB_GPU_ADVICE = (
+    "In Colab: Runtime > Change runtime type > T4 GPU, then Runtime > Run all "
+    "(the free GPU runs these cells in seconds)."
+)
 
 
-def progress(iterable: Iterable[T], desc: str | None = None, total: int | None = None,
-             disable: bool = False) -> Iterable[T]:
+def progress(
+    iterable: Iterable[T], desc: str | None = None, total: int | None = None, disable: bool = False
+) -> Iterable[T]:
     """``iterable`` with a tqdm progress bar on stdout (never stderr), updated at most once a second."""
-    return tqdm(iterable, desc=desc, total=total, disable=disable, file=sys.stdout, mininterval=1.0,
-                dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, total=total, disable=disable, file=sys.stdout, mininterval=1.0, dynamic_ncols=True)
 
 
 def device_name(device: torch.device | str) -> str:
@@ -61,12 +63,14 @@ def cost_sentence(page: str) -> str:
     cost = page_cost(page)
     how = cost["measured"]
     runs = f"median of {cost['runs']} runs" if cost["runs"] > 1 else "one run"
-    return (f"On a CPU this page needs about {_minutes(cost['cpu_s'])} of processor time with GPT-2 small, "
-            f"{cost['slowest_cell']['cpu_s']:.0f} s of it in its slowest cell ({runs} with {how['threads']} threads on "
-            f"{how['machine']}, {how['date']}). "
-            "On a quiet 2-core CPU you wait about that long or less; a busy machine stretches the wait by about "
-            f"its load over its cores (here, at load {how['load']}, it took {_minutes(cost['wall_s'])}); Colab's "
-            "free CPU runtime (2 virtual cores) should take about as long to twice as long (not measured there).")
+    return (
+        f"On a CPU this page needs about {_minutes(cost['cpu_s'])} of processor time with GPT-2 small, "
+        f"{cost['slowest_cell']['cpu_s']:.0f} s of it in its slowest cell ({runs} with {how['threads']} threads on "
+        f"{how['machine']}, {how['date']}). "
+        "On a quiet 2-core CPU you wait about that long or less; a busy machine stretches the wait by about "
+        f"its load over its cores (here, at load {how['load']}, it took {_minutes(cost['wall_s'])}); Colab's "
+        "free CPU runtime (2 virtual cores) should take about as long to twice as long (not measured there)."
+    )
 
 
 def slow_on_cpu(model: Model) -> bool:

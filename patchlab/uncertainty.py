@@ -33,12 +33,16 @@ class _OnePrompt:
         return name in self.cache
 
     def __getitem__(self, name: str) -> Tensor:
-        return self.cache[name][self.index:self.index + 1]
+        return self.cache[name][self.index : self.index + 1]
 
 
 def per_prompt_patching(
-    model: Model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Cache, answer_tokens: Int[Tensor, "batch 2"],
-    component: str = "resid_pre", method: Callable[..., Tensor] = fast_patching,
+    model: Model,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: Cache,
+    answer_tokens: Int[Tensor, "batch 2"],
+    component: str = "resid_pre",
+    method: Callable[..., Tensor] = fast_patching,
 ) -> Float[Tensor, "batch layer ..."]:
     """The patched logit difference of every prompt on its own (not normalised): ``method`` run on each
     prompt with its raw logit difference as the metric."""
@@ -46,14 +50,17 @@ def per_prompt_patching(
         raise ValueError(f"{corrupted_tokens.shape[0]} prompts but {answer_tokens.shape[0]} answer pairs")
     rows = []
     for i in range(corrupted_tokens.shape[0]):
-        raw = patching_metric(answer_tokens[i:i + 1], 1.0, 0.0)  # (LD - 0) / (1 - 0): the logit difference
-        rows.append(method(model, corrupted_tokens[i:i + 1], _OnePrompt(clean_cache, i), raw, component,
-                           progress=False))
+        raw = patching_metric(answer_tokens[i : i + 1], 1.0, 0.0)  # (LD - 0) / (1 - 0): the logit difference
+        rows.append(
+            method(model, corrupted_tokens[i : i + 1], _OnePrompt(clean_cache, i), raw, component, progress=False)
+        )
     return torch.stack(rows)
 
 
 def normalised(
-    patched: Float[Tensor, "batch ..."], clean: Float[Tensor, " batch"], corrupted: Float[Tensor, " batch"],
+    patched: Float[Tensor, "batch ..."],
+    clean: Float[Tensor, " batch"],
+    corrupted: Float[Tensor, " batch"],
     prompts: Int[Tensor, " n"] | None = None,
 ) -> Float[Tensor, ...]:
     """The batch's normalised metric from per-prompt logit differences (of ``prompts``, repeats allowed)."""
@@ -64,14 +71,18 @@ def normalised(
 
 
 def bootstrap_interval(
-    statistic: Callable[[Int[Tensor, " n"]], Tensor], n_prompts: int, n_resamples: int = 1000, level: float = 0.95,
+    statistic: Callable[[Int[Tensor, " n"]], Tensor],
+    n_prompts: int,
+    n_resamples: int = 1000,
+    level: float = 0.95,
     seed: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """The percentile bootstrap interval of ``statistic(prompts)`` (a tensor of any shape) over
     ``n_resamples`` draws of ``n_prompts`` prompt indices with replacement."""
     if n_prompts < 2 or n_resamples < 1 or not 0 < level < 1:
-        raise ValueError(f"need at least 2 prompts, 1 resample and a level in (0, 1); got {n_prompts}, "
-                         f"{n_resamples}, {level}")
+        raise ValueError(
+            f"need at least 2 prompts, 1 resample and a level in (0, 1); got {n_prompts}, {n_resamples}, {level}"
+        )
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, n_prompts, (n_resamples, n_prompts), generator=generator)
     values = torch.stack([statistic(prompts).detach().double().cpu() for prompts in draws])

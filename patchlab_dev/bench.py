@@ -47,7 +47,12 @@ from torch import Tensor
 from patchlab_dev import rounds as timing
 from patchlab.metrics import PatchingMetric, metric_from_runs
 from patchlab.patching import (
-    attribution_patching, component, fast_path_patching, fast_patching, reference_path_patching, reference_patching,
+    attribution_patching,
+    component,
+    fast_path_patching,
+    fast_patching,
+    reference_path_patching,
+    reference_patching,
 )
 
 if TYPE_CHECKING:
@@ -82,15 +87,32 @@ class Settings:
     ioi_prompts: int = 8  # the first prompts of the 8 classic ones
     seed: int = 0
     receivers: tuple[tuple[int, int], ...] = ()  # path patching's receiver heads (their queries)
-    head_cells: int | None = None  # TransformerLens head sweeps and path references timed on this many cells (None: all)
+    head_cells: int | None = (
+        None  # TransformerLens head sweeps and path references timed on this many cells (None: all)
+    )
     rounds: int = timing.DEFAULT_ROUNDS  # every method once per round, interleaved
 
 
 # Receivers: the S-inhibition heads Wang et al. (2022) found in GPT-2 small (7.3, 7.9, 8.6, 8.10).
-FULL = Settings("gpt2-small-random", batch=8, general_seq_len=15, scaling_seq_lens=(15, 30, 60), scaling_batch=1,
-                receivers=((7, 3), (7, 9), (8, 6), (8, 10)), head_cells=48)
-QUICK = Settings("ioi-mini", batch=2, general_seq_len=8, scaling_seq_lens=(6, 12), scaling_batch=1, ioi_prompts=2,
-                 receivers=((1, 0), (2, 3)), head_cells=16)
+FULL = Settings(
+    "gpt2-small-random",
+    batch=8,
+    general_seq_len=15,
+    scaling_seq_lens=(15, 30, 60),
+    scaling_batch=1,
+    receivers=((7, 3), (7, 9), (8, 6), (8, 10)),
+    head_cells=48,
+)
+QUICK = Settings(
+    "ioi-mini",
+    batch=2,
+    general_seq_len=8,
+    scaling_seq_lens=(6, 12),
+    scaling_batch=1,
+    ioi_prompts=2,
+    receivers=((1, 0), (2, 3)),
+    head_cells=16,
+)
 
 
 @dataclass
@@ -127,8 +149,9 @@ def ioi_workload(model: Model, n_prompts: int = 8) -> Workload:
     from patchlab.ioi import classic_ioi
 
     data = classic_ioi(model)
-    return _workload(model, "ioi", data.clean_tokens[:n_prompts], data.corrupted_tokens[:n_prompts],
-                     data.answer_tokens[:n_prompts])
+    return _workload(
+        model, "ioi", data.clean_tokens[:n_prompts], data.corrupted_tokens[:n_prompts], data.answer_tokens[:n_prompts]
+    )
 
 
 def general_workload(model: Model, batch: int, seq_len: int, seed: int = 0) -> Workload:
@@ -164,8 +187,14 @@ def token_layers(n_layers: int, clean: Tensor, corrupted: Tensor) -> dict[str, i
             changed = differs[:, pos] if layer == 0 else first <= pos
             minimum += int(changed.sum()) * (n_layers - layer) * (n_pos - pos)
     sweep = n_layers * n_pos * full
-    return {"full_pass": full, "transformer_lens": sweep, "reference": sweep, "fast": minimum + 2 * full,
-            "attribution": 3 * full, "minimum": minimum}
+    return {
+        "full_pass": full,
+        "transformer_lens": sweep,
+        "reference": sweep,
+        "fast": minimum + 2 * full,
+        "attribution": 3 * full,
+        "minimum": minimum,
+    }
 
 
 class PeakMemory:
@@ -225,8 +254,12 @@ def _runners(progress: bool) -> dict[str, Callable[[Any, Workload], Tensor]]:
     def ours(method: Callable[..., Tensor]) -> Callable[[Any, Workload], Tensor]:
         return lambda model, w: method(model, w.corrupted_tokens, w.clean_cache, w.metric, "resid_pre", progress)
 
-    return {"transformer_lens": transformer_lens, "reference": ours(reference_patching),
-            "fast": ours(fast_patching), "attribution": ours(attribution_patching)}
+    return {
+        "transformer_lens": transformer_lens,
+        "reference": ours(reference_patching),
+        "fast": ours(fast_patching),
+        "attribution": ours(attribution_patching),
+    }
 
 
 def _timed(model: Model, run: Callable[[], Any]) -> tuple[float, Any, float | None]:
@@ -255,6 +288,7 @@ class Rounds:
 
     def run(self, label: str, methods: dict[str, Callable[[], Tensor]]) -> dict[str, list[float]]:
         """{method: seconds per round} of ``methods`` (each a call returning its values)."""
+
         def task(method: str, call: Callable[[], Any]) -> Callable[[], float]:
             def timed() -> float:
                 seconds, values, peak = _timed(self.model, call)
@@ -262,11 +296,13 @@ class Rounds:
                 before = self.peaks.get(method)
                 self.peaks[method] = peak if before is None or peak is None else max(before, peak)
                 return seconds
+
             return timed
 
         self.values, self.peaks = {}, {}
-        samples = timing.interleave({m: task(m, c) for m, c in methods.items()}, self.rounds,
-                                    lambda line: self.log(f"[{label}] {line}"))
+        samples = timing.interleave(
+            {m: task(m, c) for m, c in methods.items()}, self.rounds, lambda line: self.log(f"[{label}] {line}")
+        )
         for method, seconds in samples.items():
             warning = timing.too_wide(f"{label} {method}", timing.summary(seconds))
             if warning:
@@ -282,8 +318,12 @@ def _timing_fields(samples: list[float], peer: list[float], key: str) -> dict[st
     """``seconds`` (the median), ``timing`` (median, min, max, quartiles, rounds), the ratio against
     ``peer`` measured in the same rounds (``key``: its median; ``key_range``: min and max)."""
     speedup = timing.ratio(peer, samples)
-    return {"seconds": round(timing.summary(samples)["median"], 3), "timing": _stats(samples),
-            key: round(speedup["median"], 2), f"{key}_range": [round(speedup["min"], 2), round(speedup["max"], 2)]}
+    return {
+        "seconds": round(timing.summary(samples)["median"], 3),
+        "timing": _stats(samples),
+        key: round(speedup["median"], 2),
+        f"{key}_range": [round(speedup["min"], 2), round(speedup["max"], 2)],
+    }
 
 
 def _bench_workload(model: Model, workload: Workload, progress: bool, rounds: Rounds) -> dict[str, Any]:
@@ -292,16 +332,24 @@ def _bench_workload(model: Model, workload: Workload, progress: bool, rounds: Ro
     runners = _runners(progress)
     samples = rounds.run(workload.name, {m: partial(runners[m], model, workload) for m in BENCH_METHODS})
     baseline = rounds.values["transformer_lens"]
-    results = {method: {
-        **_timing_fields(samples[method], samples["transformer_lens"], "speedup_vs_tl"),
-        "max_abs_diff_vs_tl": float((rounds.values[method] - baseline).abs().max()),
-        "peak_mem_mb": rounds.peaks[method],
-        "token_layers": work[method],
-    } for method in BENCH_METHODS}
-    return {"batch": batch, "seq_len": seq_len, "clean_logit_diff": workload.metric.clean_logit_diff,
-            "corrupted_logit_diff": workload.metric.corrupted_logit_diff,
-            "minimum_token_layers": work["minimum"], "full_pass_token_layers": work["full_pass"],
-            "methods": results}
+    results = {
+        method: {
+            **_timing_fields(samples[method], samples["transformer_lens"], "speedup_vs_tl"),
+            "max_abs_diff_vs_tl": float((rounds.values[method] - baseline).abs().max()),
+            "peak_mem_mb": rounds.peaks[method],
+            "token_layers": work[method],
+        }
+        for method in BENCH_METHODS
+    }
+    return {
+        "batch": batch,
+        "seq_len": seq_len,
+        "clean_logit_diff": workload.metric.clean_logit_diff,
+        "corrupted_logit_diff": workload.metric.corrupted_logit_diff,
+        "minimum_token_layers": work["minimum"],
+        "full_pass_token_layers": work["full_pass"],
+        "methods": results,
+    }
 
 
 def _tl_head_sweep(model: Model, w: Workload, name: str, cells: int | None) -> tuple[Tensor, Tensor | None, float]:
@@ -317,11 +365,18 @@ def _tl_head_sweep(model: Model, w: Workload, name: str, cells: int | None) -> t
     if cells is None or cells >= total:
         return sweep(model, w.corrupted_tokens, w.clean_cache, w.metric), None, 1.0
     flat = torch.linspace(0, total - 1, cells).round().long().unique()
-    index_df = pd.DataFrame(torch.stack(torch.unravel_index(flat, shape), 1).tolist(),
-                            columns=list(sweep.keywords["index_axis_names"]))
-    values = sweep.func(model, w.corrupted_tokens, w.clean_cache, w.metric,
-                        patch_setter=sweep.keywords["patch_setter"],
-                        activation_name=sweep.keywords["activation_name"], index_df=index_df)
+    index_df = pd.DataFrame(
+        torch.stack(torch.unravel_index(flat, shape), 1).tolist(), columns=list(sweep.keywords["index_axis_names"])
+    )
+    values = sweep.func(
+        model,
+        w.corrupted_tokens,
+        w.clean_cache,
+        w.metric,
+        patch_setter=sweep.keywords["patch_setter"],
+        activation_name=sweep.keywords["activation_name"],
+        index_df=index_df,
+    )
     return values, flat, total / len(flat)
 
 
@@ -330,12 +385,20 @@ def bench_heads(model: Model, w: Workload, settings: Settings, progress: bool, r
     each sweep's methods interleaved over the rounds."""
     rows: list[dict[str, Any]] = []
 
-    def add(sweep: str, method: str, samples: dict[str, list[float]], peer: str, diff: float | None,
-            scaled: float = 1.0) -> None:
-        rows.append({"sweep": sweep, "method": method, "peer": peer,
-                     **_timing_fields(samples[method], samples[peer], "speedup_vs_peer"),
-                     "max_abs_diff_vs_peer": diff, "peak_mem_mb": rounds.peaks[method],
-                     "tl_cells_scale": round(scaled, 3)})
+    def add(
+        sweep: str, method: str, samples: dict[str, list[float]], peer: str, diff: float | None, scaled: float = 1.0
+    ) -> None:
+        rows.append(
+            {
+                "sweep": sweep,
+                "method": method,
+                "peer": peer,
+                **_timing_fields(samples[method], samples[peer], "speedup_vs_peer"),
+                "max_abs_diff_vs_peer": diff,
+                "peak_mem_mb": rounds.peaks[method],
+                "tl_cells_scale": round(scaled, 3),
+            }
+        )
 
     args = (w.corrupted_tokens, w.clean_cache, w.metric)
     for name in TL_HEAD_FUNCTIONS:
@@ -345,8 +408,10 @@ def bench_heads(model: Model, w: Workload, settings: Settings, progress: bool, r
             values, sampled["flat"], sampled["scale"] = _tl_head_sweep(model, w, name, settings.head_cells)
             return values
 
-        methods: dict[str, Callable[[], Tensor]] = {"transformer_lens": tl_sweep,
-                                                   "fast": partial(fast_patching, model, *args, name, progress)}
+        methods: dict[str, Callable[[], Tensor]] = {
+            "transformer_lens": tl_sweep,
+            "fast": partial(fast_patching, model, *args, name, progress),
+        }
         if name == "head_out":
             methods["attribution"] = lambda: attribution_patching(model, *args, name, progress)
         samples = rounds.run(f"heads {name}", methods)
@@ -359,27 +424,39 @@ def bench_heads(model: Model, w: Workload, settings: Settings, progress: bool, r
             values = values if sampled["flat"] is None else values[sampled["flat"]]
             add(name, method, samples, "transformer_lens", float((values - tl_values).abs().max()))
         if name == "head_out":
-            rows[-1]["speedup_vs_fast"] = round(
-                timing.ratio(samples["fast"], samples["attribution"])["median"], 2)
+            rows[-1]["speedup_vs_fast"] = round(timing.ratio(samples["fast"], samples["attribution"])["median"], 2)
     n_senders = model.cfg.n_layers * model.cfg.n_heads
     flat = torch.linspace(0, n_senders - 1, min(settings.head_cells or n_senders, n_senders)).round().long().unique()
     senders = [divmod(int(i), model.cfg.n_heads) for i in flat]  # each costs the same passes: time a sample
     scale = n_senders / len(senders)
     for sweep, receivers in (("path_to_final", None), ("path_to_receivers_q", list(settings.receivers))):
-        samples = rounds.run(f"heads {sweep}", {
-            "reference": partial(reference_path_patching, model, *args, receivers, "q", progress, senders),
-            "fast": partial(fast_path_patching, model, *args, receivers, "q", progress)})
+        samples = rounds.run(
+            f"heads {sweep}",
+            {
+                "reference": partial(reference_path_patching, model, *args, receivers, "q", progress, senders),
+                "fast": partial(fast_path_patching, model, *args, receivers, "q", progress),
+            },
+        )
         samples["reference"] = [seconds * scale for seconds in samples["reference"]]
         diff = (rounds.values["fast"].flatten()[flat] - rounds.values["reference"].flatten()[flat]).abs().max()
         add(sweep, "reference", samples, "reference", 0.0, scale)
         add(sweep, "fast", samples, "reference", float(diff))
-    return {"batch": int(w.clean_tokens.shape[0]), "seq_len": int(w.clean_tokens.shape[1]),
-            "head_cells": settings.head_cells, "receivers": [list(r) for r in settings.receivers], "rows": rows}
+    return {
+        "batch": int(w.clean_tokens.shape[0]),
+        "seq_len": int(w.clean_tokens.shape[1]),
+        "head_cells": settings.head_cells,
+        "receivers": [list(r) for r in settings.receivers],
+        "rows": rows,
+    }
 
 
-def run_benchmark(settings: Settings, device: str | None = None, progress: bool = True,
-                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
-                  parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+def run_benchmark(
+    settings: Settings,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    parts: tuple[str, ...] = PARTS,
+) -> dict[str, Any]:
     """Measure the ``parts`` (``resid``: every method on both workloads and over sequence lengths;
     ``heads``: :func:`bench_heads`); return the ``bench.json`` record."""
     from patchlab.models import load_model, model_label
@@ -395,16 +472,29 @@ def run_benchmark(settings: Settings, device: str | None = None, progress: bool 
         "device": _describe_device(device_obj),
         "context": timing.run_context(),
         "rounds": settings.rounds,
-        "versions": {"torch": torch.__version__, "transformer_lens": version("transformer-lens"),
-                     "python": platform.python_version()},
-        "settings": {"batch": settings.batch, "general_seq_len": settings.general_seq_len,
-                     "scaling_batch": settings.scaling_batch, "scaling_seq_lens": list(settings.scaling_seq_lens),
-                     "ioi_prompts": settings.ioi_prompts, "head_cells": settings.head_cells,
-                     "receivers": [list(r) for r in settings.receivers]},
+        "versions": {
+            "torch": torch.__version__,
+            "transformer_lens": version("transformer-lens"),
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "batch": settings.batch,
+            "general_seq_len": settings.general_seq_len,
+            "scaling_batch": settings.scaling_batch,
+            "scaling_seq_lens": list(settings.scaling_seq_lens),
+            "ioi_prompts": settings.ioi_prompts,
+            "head_cells": settings.head_cells,
+            "receivers": [list(r) for r in settings.receivers],
+        },
         "peak_mem_note": (
             "MiB a method needs at its peak beyond what was in use before it ran (model, prompts, clean "
-            "cache): " + ("max CUDA memory allocated" if device_obj.type == "cuda"
-                          else "peak resident set size (VmHWM, reset before each method)")),
+            "cache): "
+            + (
+                "max CUDA memory allocated"
+                if device_obj.type == "cuda"
+                else "peak resident set size (VmHWM, reset before each method)"
+            )
+        ),
     }
     log(f"{settings.rounds} interleaved rounds; {timing.describe_context(record['context'])}")
     rounds = Rounds(model, settings.rounds, log)
@@ -412,17 +502,28 @@ def run_benchmark(settings: Settings, device: str | None = None, progress: bool 
         record["workloads"] = {
             "ioi": _bench_workload(model, ioi_workload(model, settings.ioi_prompts), progress, rounds),
             "general": _bench_workload(
-                model, general_workload(model, settings.batch, settings.general_seq_len, settings.seed), progress,
-                rounds),
+                model,
+                general_workload(model, settings.batch, settings.general_seq_len, settings.seed),
+                progress,
+                rounds,
+            ),
         }
         record["scaling"] = []
         runners = _runners(progress)
         for seq_len in settings.scaling_seq_lens:
             workload = general_workload(model, settings.scaling_batch, seq_len, settings.seed)
-            samples = rounds.run(f"scaling seq_len={seq_len}",
-                                 {m: partial(runners[m], model, workload) for m in BENCH_METHODS})
-            record["scaling"] += [{"seq_len": seq_len, "method": method, "seconds": _stats(samples[method])["median"],
-                                   "timing": _stats(samples[method])} for method in BENCH_METHODS]
+            samples = rounds.run(
+                f"scaling seq_len={seq_len}", {m: partial(runners[m], model, workload) for m in BENCH_METHODS}
+            )
+            record["scaling"] += [
+                {
+                    "seq_len": seq_len,
+                    "method": method,
+                    "seconds": _stats(samples[method])["median"],
+                    "timing": _stats(samples[method]),
+                }
+                for method in BENCH_METHODS
+            ]
     if "heads" in parts:
         record["heads"] = bench_heads(model, ioi_workload(model, settings.ioi_prompts), settings, progress, rounds)
     record["warnings"] = rounds.warnings
@@ -436,8 +537,9 @@ def _describe_device(device: torch.device) -> str:
     name = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                  if line.startswith("model name")]
+        models = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         name = models[0] if models else name
     return f"cpu: {name}, {cores} cores"
 
@@ -454,44 +556,72 @@ def _ratio(m: dict[str, Any], key: str) -> str:
 def format_table(record: dict[str, Any]) -> str:
     """The benchmark as plain-text tables: medians over the rounds, min-max, each ratio's median and
     [min-max] over the rounds; then any warnings."""
-    lines = [f"model {record['model']} on {record['device']}; medians of {record['rounds']} interleaved rounds, "
-             f"{timing.describe_context(record['context'])}"]
+    lines = [
+        f"model {record['model']} on {record['device']}; medians of {record['rounds']} interleaved rounds, "
+        f"{timing.describe_context(record['context'])}"
+    ]
     for name, w in record.get("workloads", {}).items():
-        lines += ["", f"{name} workload: {w['batch']} prompts x {w['seq_len']} tokens, resid_pre sweep "
-                      f"(least work of an exact method: {w['minimum_token_layers']:,} token-layers)",
-                  f"{'method':<17}{'seconds':>9}{'min-max':>14}{'vs TL [min-max]':>20}{'max|diff| vs TL':>17}"
-                  f"{'peak MiB':>10}{'token-layers':>14}"]
+        lines += [
+            "",
+            f"{name} workload: {w['batch']} prompts x {w['seq_len']} tokens, resid_pre sweep "
+            f"(least work of an exact method: {w['minimum_token_layers']:,} token-layers)",
+            f"{'method':<17}{'seconds':>9}{'min-max':>14}{'vs TL [min-max]':>20}{'max|diff| vs TL':>17}"
+            f"{'peak MiB':>10}{'token-layers':>14}",
+        ]
         for method, m in w["methods"].items():
             peak = "n/a" if m["peak_mem_mb"] is None else f"{m['peak_mem_mb']:.0f}"
-            lines.append(f"{method:<17}{m['seconds']:>9.2f}{_spread(m['timing']):>14}{_ratio(m, 'speedup_vs_tl'):>20}"
-                         f"{m['max_abs_diff_vs_tl']:>17.1e}{peak:>10}{m['token_layers']:>14,}")
+            lines.append(
+                f"{method:<17}{m['seconds']:>9.2f}{_spread(m['timing']):>14}{_ratio(m, 'speedup_vs_tl'):>20}"
+                f"{m['max_abs_diff_vs_tl']:>17.1e}{peak:>10}{m['token_layers']:>14,}"
+            )
     if "scaling" in record:
         seq_lens = sorted({row["seq_len"] for row in record["scaling"]})
-        lines += ["", f"scaling (general workload, {record['settings']['scaling_batch']} prompt(s)): seconds by "
-                      "sequence length (median, min-max)", f"{'method':<17}" + "".join(f"{n:>22}" for n in seq_lens)]
+        lines += [
+            "",
+            f"scaling (general workload, {record['settings']['scaling_batch']} prompt(s)): seconds by "
+            "sequence length (median, min-max)",
+            f"{'method':<17}" + "".join(f"{n:>22}" for n in seq_lens),
+        ]
         for method in BENCH_METHODS:
             row = {r["seq_len"]: r for r in record["scaling"] if r["method"] == method}
-            lines.append(f"{method:<17}" + "".join(
-                f"{row[n]['seconds']:>10.2f} ({_spread(row[n]['timing'])})".rjust(22) for n in seq_lens))
+            lines.append(
+                f"{method:<17}"
+                + "".join(f"{row[n]['seconds']:>10.2f} ({_spread(row[n]['timing'])})".rjust(22) for n in seq_lens)
+            )
     if "heads" in record:
         heads = record["heads"]
-        lines += ["", f"heads (ioi workload, {heads['batch']} prompts x {heads['seq_len']} tokens); path patching "
-                      f"to the queries of {', '.join(f'{layer}.{h}' for layer, h in heads['receivers'])}"
-                      + ("" if heads["head_cells"] is None else
-                         f"; * timed on {heads['head_cells']} evenly spread cells (senders), scaled to all"),
-                  f"{'sweep':<22}{'method':<17}{'seconds':>10}{'min-max':>16}{'speed-up [min-max]':>22}{'vs':>18}"
-                  f"{'max|diff|':>11}{'peak MiB':>10}"]
+        lines += [
+            "",
+            f"heads (ioi workload, {heads['batch']} prompts x {heads['seq_len']} tokens); path patching "
+            f"to the queries of {', '.join(f'{layer}.{h}' for layer, h in heads['receivers'])}"
+            + (
+                ""
+                if heads["head_cells"] is None
+                else f"; * timed on {heads['head_cells']} evenly spread cells (senders), scaled to all"
+            ),
+            f"{'sweep':<22}{'method':<17}{'seconds':>10}{'min-max':>16}{'speed-up [min-max]':>22}{'vs':>18}"
+            f"{'max|diff|':>11}{'peak MiB':>10}",
+        ]
         for r in heads["rows"]:
             peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
             seconds = f"{r['seconds']:.2f}" + ("*" if r["tl_cells_scale"] != 1 else "")
-            lines.append(f"{r['sweep']:<22}{r['method']:<17}{seconds:>10}{_spread(r['timing']):>16}"
-                         f"{_ratio(r, 'speedup_vs_peer'):>22}{r['peer']:>18}"
-                         f"{r['max_abs_diff_vs_peer']:>11.1e}{peak:>10}")
+            lines.append(
+                f"{r['sweep']:<22}{r['method']:<17}{seconds:>10}{_spread(r['timing']):>16}"
+                f"{_ratio(r, 'speedup_vs_peer'):>22}{r['peer']:>18}"
+                f"{r['max_abs_diff_vs_peer']:>11.1e}{peak:>10}"
+            )
     return "\n".join(lines + [""] * bool(record["warnings"]) + record["warnings"])
 
 
-def main(out: str | None, quick: bool, device: str | None, progress: bool = True,
-         parts: tuple[str, ...] = PARTS, head_cells: int | None = None, rounds: int = timing.DEFAULT_ROUNDS) -> int:
+def main(
+    out: str | None,
+    quick: bool,
+    device: str | None,
+    progress: bool = True,
+    parts: tuple[str, ...] = PARTS,
+    head_cells: int | None = None,
+    rounds: int = timing.DEFAULT_ROUNDS,
+) -> int:
     """Run the benchmark, print the tables and write ``OUT/bench.json`` when ``out`` is given."""
     settings = replace(QUICK if quick else FULL, rounds=rounds)
     if head_cells is not None:

@@ -75,7 +75,11 @@ def build_tokenizer(out_dir: Path):
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=UNK, pad_token=BOS,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=BOS,
+        unk_token=UNK,
+        pad_token=BOS,
         model_max_length=N_CTX,
     )
     fast.save_pretrained(out_dir)
@@ -94,8 +98,14 @@ def _batch(tokenizer, prompts: list[ioi.IOIPrompt]) -> tuple[torch.Tensor, ...]:
 
 
 def train(
-    out_dir: Path, steps: int, batch_size: int = 64, lr: float = 3e-3, aux_weight: float = 1.0,
-    lm_weight: float = 1.0, attn_weight: float = 1.0, threads: int = 2,
+    out_dir: Path,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    aux_weight: float = 1.0,
+    lm_weight: float = 1.0,
+    attn_weight: float = 1.0,
+    threads: int = 2,
 ) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -104,8 +114,16 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out_dir)
     config = GPT2Config(  # type: ignore[call-arg]  # attn_implementation is a PretrainedConfig keyword
-        vocab_size=len(tokenizer), n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
-        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=len(tokenizer),
+        n_positions=N_CTX,
+        n_embd=D_MODEL,
+        n_layer=N_LAYERS,
+        n_head=N_HEADS,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
         attn_implementation="eager",
     )
     model = GPT2LMHeadModel(config)
@@ -114,8 +132,9 @@ def train(
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     classic = {p.text for p in ioi.classic_prompts()}
-    stream = (p for seed in range(10**9) for p in ioi.sample_prompts(4096, seed + 1_000_000)
-              if training_prompt_ok(p, classic))
+    stream = (
+        p for seed in range(10**9) for p in ioi.sample_prompts(4096, seed + 1_000_000) if training_prompt_ok(p, classic)
+    )
     start = time.time()
     bar = tqdm(range(steps), desc="training ioi-mini")
     for step in bar:
@@ -146,11 +165,18 @@ def train(
     model.eval()
     model.save_pretrained(out_dir)
     return {
-        "steps": steps, "batch_size": batch_size, "learning_rate": lr, "aux_weight": aux_weight,
-        "lm_weight": lm_weight, "attn_weight": attn_weight, "threads": threads,
-        "seed": SEED, "training_seconds": round(time.time() - start, 1),
+        "steps": steps,
+        "batch_size": batch_size,
+        "learning_rate": lr,
+        "aux_weight": aux_weight,
+        "lm_weight": lm_weight,
+        "attn_weight": attn_weight,
+        "threads": threads,
+        "seed": SEED,
+        "training_seconds": round(time.time() - start, 1),
         "n_parameters": sum(p.numel() for p in model.parameters()),
-        "vocab_size": len(tokenizer), "torch": torch.__version__,
+        "vocab_size": len(tokenizer),
+        "torch": torch.__version__,
     }
 
 
@@ -193,10 +219,13 @@ def write_card(out_dir: Path, info: dict, evaluation: dict) -> None:
     """Write ``evaluation.json`` and ``MODEL_CARD.md`` from measured figures."""
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1) + "\n")
     rows = "\n".join(f"| {k} | {v} |" for k, v in evaluation.items() if k != "resid_pre_heatmap")
-    heat = "\n".join(f"| {i} | " + " | ".join(f"{v:.2f}" for v in row) + " |"
-                     for i, row in enumerate(evaluation["resid_pre_heatmap"]))
+    heat = "\n".join(
+        f"| {i} | " + " | ".join(f"{v:.2f}" for v in row) + " |"
+        for i, row in enumerate(evaluation["resid_pre_heatmap"])
+    )
     n_pos = len(evaluation["resid_pre_heatmap"][0])
-    (out_dir / "MODEL_CARD.md").write_text(f"""# ioi-mini, the course model
+    (out_dir / "MODEL_CARD.md").write_text(
+        f"""# ioi-mini, the course model
 
 A GPT-2-architecture transformer trained only on IOI prompts, so that the activation patching course
 runs offline and grades in seconds. It is **not** a language model: it knows the IOI templates' words
@@ -238,10 +267,15 @@ its last block and its heatmap never shows the move.
 Residual-stream patching on the 8 classic prompts (rows: layer, columns: position 0..{n_pos - 1}),
 normalised logit difference:
 
-| layer | """ + " | ".join(str(i) for i in range(n_pos)) + """ |
-|---|""" + "---|" * n_pos + f"""
+| layer | """
+        + " | ".join(str(i) for i in range(n_pos))
+        + """ |
+|---|"""
+        + "---|" * n_pos
+        + f"""
 {heat}
-""")
+"""
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,15 +286,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--lm-weight", type=float, default=1.0)
     parser.add_argument("--attn-weight", type=float, default=1.0)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (another count may change the weights slightly)")
-    parser.add_argument("--card-only", action="store_true",
-                        help="keep the weights in --out; only re-evaluate and rewrite the model card")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (another count may change the weights slightly)"
+    )
+    parser.add_argument(
+        "--card-only",
+        action="store_true",
+        help="keep the weights in --out; only re-evaluate and rewrite the model card",
+    )
     args = parser.parse_args(argv)
     if args.card_only:
         info = json.loads((args.out / "training.json").read_text())
     else:
-        info = train(args.out, args.steps, lr=args.lr, aux_weight=args.aux_weight, lm_weight=args.lm_weight,
-                     attn_weight=args.attn_weight, threads=args.threads)
+        info = train(
+            args.out,
+            args.steps,
+            lr=args.lr,
+            aux_weight=args.aux_weight,
+            lm_weight=args.lm_weight,
+            attn_weight=args.attn_weight,
+            threads=args.threads,
+        )
         (args.out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     from transformer_lens.model_bridge import TransformerBridge
 

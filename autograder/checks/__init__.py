@@ -75,6 +75,7 @@ IN_PROCESS_MODELS = ["ioi-mini", "ioi-mini-reshaped"]
 
 def in_process(check: Check) -> Callable[..., None]:
     """``check_NAME(fn, model)`` as a hidden test calls it, run here."""
+
     def run(fn: Callable[..., Any], model: Any = None) -> None:
         """Record ``fn`` on every graded case here, as the sandbox would, and judge it; an
         AssertionError with the learner's message when it is wrong. ``model`` is not used: the
@@ -105,5 +106,23 @@ from .attention_heads import loop_patching  # noqa: E402
 from .path_patching import path_loop  # noqa: E402
 from .residual_patching import array, heatmap_problem  # noqa: E402
 
-__all__ = ["Candidate", "Check", "Expected", "Key", "Models", "PromptSet", "REGISTRY", "References", "array", "cases",
-           "decode", "discover", "heatmap_problem", "in_process", "judge", "loop_patching", "path_loop", "record"]
+__all__ = [
+    "Candidate",
+    "Check",
+    "Expected",
+    "Key",
+    "Models",
+    "PromptSet",
+    "REGISTRY",
+    "References",
+    "array",
+    "cases",
+    "decode",
+    "discover",
+    "heatmap_problem",
+    "in_process",
+    "judge",
+    "loop_patching",
+    "path_loop",
+    "record",
+]

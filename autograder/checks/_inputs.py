@@ -117,7 +117,7 @@ class Models:
             model = self.model(name)
             first = name == self.names[0]
             with quiet():
-                classic = make_ioi_data(model, classic_prompts()[:None if first else 2])
+                classic = make_ioi_data(model, classic_prompts()[: None if first else 2])
                 second = generate_ioi(model, SECOND_SET_SIZE, seed=SECOND_SET_SEED, template=BABA_TEMPLATES[0])
                 self._sets[name] = [
                     PromptSet(f"the {'' if first else 'first two '}classic prompts on {name}", model, classic),
@@ -139,8 +139,12 @@ def encode(value: Any) -> dict[str, Any]:
         return {"type": "None"}
     if isinstance(value, torch.Tensor):
         tensor = value.detach().to("cpu", torch.float64)
-        return {"type": "Tensor", "dtype": str(value.dtype).replace("torch.", ""), "shape": list(tensor.shape),
-                "values": tensor.flatten().tolist()}
+        return {
+            "type": "Tensor",
+            "dtype": str(value.dtype).replace("torch.", ""),
+            "shape": list(tensor.shape),
+            "values": tensor.flatten().tolist(),
+        }
     if isinstance(value, (bool, int, float)):
         return {"type": kind, "shape": [], "values": [float(value)]}
     if isinstance(value, (list, tuple)):  # e.g. [(layer, head), ...]: numbers, if they are

@@ -60,7 +60,8 @@ def decode(record: dict[str, Any], check: Check) -> tuple[Tensor | None, str | N
         return None, f"it returned None: did you forget the `return` statement? It must return {expected}."
     if kind not in check.accepted or "values" not in record:
         return None, f"it must return {expected}, not a {kind}" + (
-            f" ({record['repr']})." if kind in check.accepted and "repr" in record else ".")
+            f" ({record['repr']})." if kind in check.accepted and "repr" in record else "."
+        )
     try:
         values = np.asarray(record["values"], dtype=float).reshape(record["shape"])
     except (KeyError, TypeError, ValueError):
@@ -116,14 +117,21 @@ def summarise(outcomes: list[tuple], records: list[dict[str, Any]], refs: Refere
     first_model = refs.models.names[0]
     if all(o[0]["model"] != first_model for o in failed):
         other = refs.models.model(failed[0][0]["model"]).cfg
-        shape = next((tuple(r["shape"]) for o, r in zip(outcomes, records)
-                      if o[-1] is not None and r.get("shape") is not None), None)
-        return (f"{MESSAGES['hard_coded_sizes']} The second model has {other.n_layers} layers, {other.n_heads} "
-                f"heads and d_model {other.d_model}" + (f" (your result there has shape {shape})." if shape else "."))
+        shape = next(
+            (tuple(r["shape"]) for o, r in zip(outcomes, records) if o[-1] is not None and r.get("shape") is not None),
+            None,
+        )
+        return (
+            f"{MESSAGES['hard_coded_sizes']} The second model has {other.n_layers} layers, {other.n_heads} "
+            f"heads and d_model {other.d_model}" + (f" (your result there has shape {shape})." if shape else ".")
+        )
     key, got, reference, _, options, _ = failed[0]
     words = mismatch_message(got, reference, options.get("axis_names", ()), options["atol"])
     if all(o[0]["set"] > 0 for o in failed):
         return f"{MESSAGES['uses_globals']} On {_where(key, refs)}: {words}"
     right = len(outcomes) - len(failed)
-    return (f"right on {right} of {len(outcomes)} checks, wrong on {_where(key, refs)}" if right else
-            f"on {_where(key, refs)}") + f": {words}"
+    return (
+        f"right on {right} of {len(outcomes)} checks, wrong on {_where(key, refs)}"
+        if right
+        else f"on {_where(key, refs)}"
+    ) + f": {words}"

@@ -26,8 +26,15 @@ HEAD_INPUTS = ("q", "k", "v", "pattern")  # what check_head_inputs patches, by h
 TOP_K = (3, 5)  # how many heads check_top_heads asks for, on the first and the second prompt set
 
 
-def loop_patching(model: Any, tokens: Tensor, source_cache: Any, metric: Callable[[Tensor], Tensor], hook: str,
-                  sizes: tuple[int, ...], where: Callable[..., tuple]) -> Tensor:
+def loop_patching(
+    model: Any,
+    tokens: Tensor,
+    source_cache: Any,
+    metric: Callable[[Tensor], Tensor],
+    hook: str,
+    sizes: tuple[int, ...],
+    where: Callable[..., tuple],
+) -> Tensor:
     """A patching loop as a learner may write it, right or not: for every layer and every index of
     ``sizes``, run ``tokens`` with ``activation[where(*index)]`` taken from ``source_cache`` at
     ``hook.format(layer=...)``; the metric of each run, ``[n_layers, *sizes]``."""
@@ -60,8 +67,7 @@ def head_grid(refs: References, key: Key, component: str, variant: str = "refere
         if variant == "reference":
             return fast_patching(model, *run, component, progress=False)
         if variant == "wrong_direction":
-            return fast_patching(model, ps.data.clean_tokens, ps.corrupted_cache, ps.metric, component,
-                                 progress=False)
+            return fast_patching(model, ps.data.clean_tokens, ps.corrupted_cache, ps.metric, component, progress=False)
         if variant == "all_heads":  # [n_layers, n_pos] or [n_layers], spread over the heads
             if by_pos:
                 grid = loop_patching(model, *run, hook, (n_pos,), lambda p: (slice(None), p))
@@ -70,11 +76,11 @@ def head_grid(refs: References, key: Key, component: str, variant: str = "refere
             return grid[:, None].expand(-1, n_heads).clone()
         if variant == "head_axis":  # z, q, k, v: d_head (dim 3); pattern: the destination (dim 2)
             if by_pos:
-                return loop_patching(model, *run, hook, (n_pos, n_heads),
-                                     lambda p, h: (slice(None), p, slice(None), h))
+                return loop_patching(model, *run, hook, (n_pos, n_heads), lambda p, h: (slice(None), p, slice(None), h))
             axis = 2 if kind == "pattern" else 3
             return loop_patching(model, *run, hook, (n_heads,), lambda h: (slice(None),) * axis + (h,))
         raise ValueError(variant)
+
     return refs.cached((key["model"], key["set"], component, variant), compute)
 
 
@@ -90,15 +96,20 @@ def skipped_layers(reference: Tensor) -> list[tuple[str, Candidate]]:
 
 def _head_hook_cases(ps: PromptSet, model_index: int, set_index: int) -> list[Key]:
     n_layers, n_heads = ps.model.cfg.n_layers, ps.model.cfg.n_heads
-    return [{"layer": layer, "head": head, "position": pos}
-            for layer, head, pos in ((0, n_heads - 1, ps.data.s2_pos), (n_layers - 1, 1, ps.data.end_pos))]
+    return [
+        {"layer": layer, "head": head, "position": pos}
+        for layer, head, pos in ((0, n_heads - 1, ps.data.s2_pos), (n_layers - 1, 1, ps.data.end_pos))
+    ]
 
 
 def _head_hook_arguments(ps: PromptSet, key: Key) -> tuple[tuple, dict]:
     name = hook_name("head_out", key["layer"])
     return (ps.corrupted_cache[name].clone(),), {
-        "hook": hook_point(ps.model, name), "head": key["head"], "position": key["position"],
-        "clean_cache": ps.clean_cache}
+        "hook": hook_point(ps.model, name),
+        "head": key["head"],
+        "position": key["position"],
+        "clean_cache": ps.clean_cache,
+    }
 
 
 def _expected_head_hook(refs: References, key: Key) -> Expected:
@@ -112,44 +123,66 @@ def _expected_head_hook(refs: References, key: Key) -> Expected:
         return base
 
     every = slice(None)
-    return patched(corrupted, clean, every, position, head), [
-        ("wrong_direction", patched(clean, corrupted, every, position, head)),
-        ("wrong_head_axis", patched(corrupted, clean, every, position, every, head)),
-        ("patched_all_heads", patched(corrupted, clean, every, position)),
-        ("head_all_positions", patched(corrupted, clean, every, every, head)),
-        ("head_not_patched", corrupted),
-    ], {"atol": ATOL_ACTIVATION}
+    return (
+        patched(corrupted, clean, every, position, head),
+        [
+            ("wrong_direction", patched(clean, corrupted, every, position, head)),
+            ("wrong_head_axis", patched(corrupted, clean, every, position, every, head)),
+            ("patched_all_heads", patched(corrupted, clean, every, position)),
+            ("head_all_positions", patched(corrupted, clean, every, every, head)),
+            ("head_not_patched", corrupted),
+        ],
+        {"atol": ATOL_ACTIVATION},
+    )
 
 
-def _head_mistakes(refs: References, key: Key, component: str
-                   ) -> tuple[Tensor, list[tuple[str, Candidate]], list[tuple[str, Candidate]]]:
+def _head_mistakes(
+    refs: References, key: Key, component: str
+) -> tuple[Tensor, list[tuple[str, Candidate]], list[tuple[str, Candidate]]]:
     """A head-patching grid's reference, the mistakes of every head loop (the axes' order apart), and
     those of the metric (last in the list, where they were)."""
     ps = refs.prompt_set(key)
     reference = head_grid(refs, key, component)
     _, *grid_metric = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
     metric_mistakes: list[tuple[str, Candidate]] = [*grid_metric]
-    return reference, [
-        ("wrong_direction", lambda: head_grid(refs, key, component, "wrong_direction")),
-        ("patched_all_heads", lambda: head_grid(refs, key, component, "all_heads")),
-        ("wrong_head_axis", lambda: head_grid(refs, key, component, "head_axis")),
-        *skipped_layers(reference)], metric_mistakes
+    return (
+        reference,
+        [
+            ("wrong_direction", lambda: head_grid(refs, key, component, "wrong_direction")),
+            ("patched_all_heads", lambda: head_grid(refs, key, component, "all_heads")),
+            ("wrong_head_axis", lambda: head_grid(refs, key, component, "head_axis")),
+            *skipped_layers(reference),
+        ],
+        metric_mistakes,
+    )
 
 
 def _expected_by_pos(refs: References, key: Key) -> Expected:
     reference, mistakes, metric = _head_mistakes(refs, key, "head_out_by_pos")
-    return reference, [("head_transposed_by_pos", reference.permute(0, 2, 1)), *mistakes, *metric], {
-        "off_by_one_axes": {0: "head_off_by_one_layer"}, "axis_names": ("layer", "position", "head"),
-        "atol": ATOL_METRIC}
+    return (
+        reference,
+        [("head_transposed_by_pos", reference.permute(0, 2, 1)), *mistakes, *metric],
+        {
+            "off_by_one_axes": {0: "head_off_by_one_layer"},
+            "axis_names": ("layer", "position", "head"),
+            "atol": ATOL_METRIC,
+        },
+    )
 
 
 def _expected_inputs(refs: References, key: Key) -> Expected:
     reference, mistakes, metric = _head_mistakes(refs, key, f"head_{key['which']}")
     inputs: list[tuple[str, Candidate]] = [("patched_head_output", lambda: head_grid(refs, key, "head_out"))]
-    inputs += [("wrong_input", partial(head_grid, refs, key, f"head_{other}"))
-               for other in HEAD_INPUTS if other != key["which"]]
-    return reference, [("head_transposed", reference.T), *mistakes, *inputs, *metric], {
-        "off_by_one_axes": {0: "head_off_by_one_layer"}, "axis_names": ("layer", "head"), "atol": ATOL_METRIC}
+    inputs += [
+        ("wrong_input", partial(head_grid, refs, key, f"head_{other}"))
+        for other in HEAD_INPUTS
+        if other != key["which"]
+    ]
+    return (
+        reference,
+        [("head_transposed", reference.T), *mistakes, *inputs, *metric],
+        {"off_by_one_axes": {0: "head_off_by_one_layer"}, "axis_names": ("layer", "head"), "atol": ATOL_METRIC},
+    )
 
 
 def head_map_values(n_layers: int, n_heads: int, seed: int) -> Tensor:
@@ -178,28 +211,49 @@ def _expected_top_heads(refs: References, key: Key) -> Expected:
         return torch.stack([flat // n_heads, flat % n_heads], dim=1).float()
 
     reference = pairs(values.flatten().abs().argsort(descending=True)[:k])
-    return reference, [
-        ("top_heads_signed", pairs(values.flatten().argsort(descending=True)[:k])),
-        ("top_heads_swapped", reference.flip(1)),
-    ], {"atol": 0.0, "axis_names": ("rank", "(layer, head)")}
+    return (
+        reference,
+        [
+            ("top_heads_signed", pairs(values.flatten().argsort(descending=True)[:k])),
+            ("top_heads_swapped", reference.flip(1)),
+        ],
+        {"atol": 0.0, "axis_names": ("rank", "(layer, head)")},
+    )
 
 
 head_hook = Check(
-    name="check_head_hook", returns="the patched activation, a tensor of shape [batch, pos, head_index, d_head]",
-    variants=_head_hook_cases, arguments=_head_hook_arguments, expected=_expected_head_hook,
-    lent=lambda ps, key: ps.clean_cache[hook_name("head_out", key["layer"])])
+    name="check_head_hook",
+    returns="the patched activation, a tensor of shape [batch, pos, head_index, d_head]",
+    variants=_head_hook_cases,
+    arguments=_head_hook_arguments,
+    expected=_expected_head_hook,
+    lent=lambda ps, key: ps.clean_cache[hook_name("head_out", key["layer"])],
+)
 
 head_by_pos = Check(
-    name="check_head_by_pos", returns="a tensor of shape [n_layers, n_positions, n_heads]",
-    arguments=loop_arguments, expected=_expected_by_pos, loop=True, grid=True)
+    name="check_head_by_pos",
+    returns="a tensor of shape [n_layers, n_positions, n_heads]",
+    arguments=loop_arguments,
+    expected=_expected_by_pos,
+    loop=True,
+    grid=True,
+)
 
 head_inputs = Check(
-    name="check_head_inputs", returns="a tensor of shape [n_layers, n_heads]",
+    name="check_head_inputs",
+    returns="a tensor of shape [n_layers, n_heads]",
     variants=lambda ps, model_index, set_index: [{"which": which} for which in HEAD_INPUTS],
-    arguments=lambda ps, key: ((*loop_arguments(ps, key)[0], key["which"]), {}), expected=_expected_inputs,
-    grid=True, separate_branches=True)
+    arguments=lambda ps, key: ((*loop_arguments(ps, key)[0], key["which"]), {}),
+    expected=_expected_inputs,
+    grid=True,
+    separate_branches=True,
+)
 
 top_heads = Check(
-    name="check_top_heads", returns="a list of k (layer, head) pairs",
+    name="check_top_heads",
+    returns="a list of k (layer, head) pairs",
     variants=lambda ps, model_index, set_index: [{"k": TOP_K[set_index % len(TOP_K)]}],
-    arguments=_top_heads_arguments, expected=_expected_top_heads, accepted=("Tensor", "list", "tuple", "ndarray"))
+    arguments=_top_heads_arguments,
+    expected=_expected_top_heads,
+    accepted=("Tensor", "list", "tuple", "ndarray"),
+)

@@ -29,24 +29,27 @@ def attribution(refs: References, key: Key, component: str, variant: str = "refe
 
     def compute() -> Tensor:
         if variant == "reference":
-            return attribution_patching(model, ps.data.corrupted_tokens, ps.clean_cache, metric, component,
-                                        progress=False)
+            return attribution_patching(
+                model, ps.data.corrupted_tokens, ps.clean_cache, metric, component, progress=False
+            )
         if variant == "grad_at_clean":  # metric(corrupted) + (clean - corrupted) · gradient at the clean run
-            from_clean = attribution_patching(model, ps.data.clean_tokens, ps.corrupted_cache, metric,
-                                              component, progress=False)  # metric(clean) - that term
+            from_clean = attribution_patching(
+                model, ps.data.clean_tokens, ps.corrupted_cache, metric, component, progress=False
+            )  # metric(clean) - that term
             return metric(ps.corrupted_logits) + metric(ps.clean_logits) - from_clean
         if variant == "terms":
             value, terms = attribution_terms(model, ps.data.corrupted_tokens, ps.clean_cache, metric, component)
             return value + terms.sum(dim=1)
         if variant == "exact":
-            return fast_patching(model, ps.data.corrupted_tokens, ps.clean_cache, metric, component,
-                                 progress=False)
+            return fast_patching(model, ps.data.corrupted_tokens, ps.clean_cache, metric, component, progress=False)
         raise ValueError(variant)
+
     return refs.cached((key["model"], key["set"], "attribution", component, variant), compute)
 
 
-def _shared(refs: References, key: Key, component: str
-            ) -> tuple[Tensor, float, Callable[[], Tensor], list[tuple[str, Candidate]]]:
+def _shared(
+    refs: References, key: Key, component: str
+) -> tuple[Tensor, float, Callable[[], Tensor], list[tuple[str, Candidate]]]:
     """The reference, the corrupted run's metric (where the expansion starts), the per-entry terms
     (``[layer, pos, d_model]`` / ``[layer, pos, head, d_head]``, when needed) and the mistakes both
     components share."""
@@ -54,36 +57,57 @@ def _shared(refs: References, key: Key, component: str
     reference = attribution(refs, key, component)
     start = ps.metric(ps.corrupted_logits).item()
     n_prompts = ps.data.clean_tokens.shape[0]
-    return reference, start, lambda: attribution(refs, key, component, "terms"), [
-        ("attribution_backwards", 2 * start - reference),
-        ("attribution_grad_at_clean", lambda: attribution(refs, key, component, "grad_at_clean")),
-        # the same, started from the clean run's metric instead of the corrupted run's
-        ("attribution_grad_at_clean", lambda: attribution(refs, key, component, "grad_at_clean")
-         + ps.metric(ps.clean_logits).item() - start),
-        ("attribution_batch_mean", start + (reference - start) / n_prompts),
-        ("attribution_exact", lambda: attribution(refs, key, component, "exact")),
-    ]
+    return (
+        reference,
+        start,
+        lambda: attribution(refs, key, component, "terms"),
+        [
+            ("attribution_backwards", 2 * start - reference),
+            ("attribution_grad_at_clean", lambda: attribution(refs, key, component, "grad_at_clean")),
+            # the same, started from the clean run's metric instead of the corrupted run's
+            (
+                "attribution_grad_at_clean",
+                lambda: attribution(refs, key, component, "grad_at_clean") + ps.metric(ps.clean_logits).item() - start,
+            ),
+            ("attribution_batch_mean", start + (reference - start) / n_prompts),
+            ("attribution_exact", lambda: attribution(refs, key, component, "exact")),
+        ],
+    )
 
 
 def _expected_resid(refs: References, key: Key) -> Expected:
     reference, _, terms, mistakes = _shared(refs, key, "resid_pre")
-    return reference, [("transposed", reference.T), *mistakes, ("attribution_not_summed_d_model", terms)], {
-        "axis_names": ("layer", "position"), "atol": ATOL_METRIC}
+    return (
+        reference,
+        [("transposed", reference.T), *mistakes, ("attribution_not_summed_d_model", terms)],
+        {"axis_names": ("layer", "position"), "atol": ATOL_METRIC},
+    )
 
 
 def _expected_heads(refs: References, key: Key) -> Expected:
     reference, start, terms, mistakes = _shared(refs, key, "head_out")
-    return reference, [
-        ("head_transposed", reference.T), *mistakes,
-        ("attribution_not_summed_positions", lambda: start + (terms() - start).sum(dim=3)),
-        ("attribution_not_summed_d_head", lambda: start + (terms() - start).sum(dim=1)),
-    ], {"axis_names": ("layer", "head"), "atol": ATOL_METRIC}
+    return (
+        reference,
+        [
+            ("head_transposed", reference.T),
+            *mistakes,
+            ("attribution_not_summed_positions", lambda: start + (terms() - start).sum(dim=3)),
+            ("attribution_not_summed_d_head", lambda: start + (terms() - start).sum(dim=1)),
+        ],
+        {"axis_names": ("layer", "head"), "atol": ATOL_METRIC},
+    )
 
 
 attribution_resid = Check(
-    name="check_attribution_resid", returns="a tensor of shape [n_layers, n_positions]", arguments=loop_arguments,
-    expected=_expected_resid)
+    name="check_attribution_resid",
+    returns="a tensor of shape [n_layers, n_positions]",
+    arguments=loop_arguments,
+    expected=_expected_resid,
+)
 
 attribution_heads = Check(
-    name="check_attribution_heads", returns="a tensor of shape [n_layers, n_heads]", arguments=loop_arguments,
-    expected=_expected_heads)
+    name="check_attribution_heads",
+    returns="a tensor of shape [n_layers, n_heads]",
+    arguments=loop_arguments,
+    expected=_expected_heads,
+)

@@ -39,9 +39,7 @@ MESSAGES = {
         "A standard deviation per d_model dimension (W_E.std(dim=0)): the scale is one number, the "
         "standard deviation of all the entries of W_E together, model.W_E.std()."
     ),
-    "noise_variance": (
-        "Scaled by the variance of W_E, not its standard deviation: use model.W_E.std()."
-    ),
+    "noise_variance": ("Scaled by the variance of W_E, not its standard deviation: use model.W_E.std()."),
     "noise_added_to_embeddings": (
         "You returned the noised embeddings: return the noise alone (zeros where nothing is noised); the "
         "hook adds it to the embeddings."
@@ -65,8 +63,13 @@ def _w_e(ps: PromptSet) -> Tensor:
 
 
 def _arguments(ps: PromptSet, key: Key) -> tuple[tuple, dict]:
-    return (ps.model, ps.data.clean_tokens.clone(), _positions(ps, key), key["factor"],
-            standard_normal(ps, key).to(ps.model.cfg.device)), {}
+    return (
+        ps.model,
+        ps.data.clean_tokens.clone(),
+        _positions(ps, key),
+        key["factor"],
+        standard_normal(ps, key).to(ps.model.cfg.device),
+    ), {}
 
 
 def _expected(refs: References, key: Key) -> Expected:
@@ -81,18 +84,26 @@ def _expected(refs: References, key: Key) -> Expected:
 
     reference = at_positions(factor * w_e.std())
     embeddings = w_e[ps.data.clean_tokens.cpu()]
-    return reference, [
-        ("noise_every_position", draws * factor * w_e.std()),
-        ("noise_without_factor", at_positions(w_e.std())),
-        ("noise_std_of_prompt", at_positions(factor * embeddings.std())),
-        ("noise_std_of_prompt", at_positions(factor * embeddings[:, positions].std())),
-        ("noise_std_per_dimension", at_positions(factor * w_e.std(dim=0))),
-        ("noise_variance", at_positions(factor * w_e.var())),
-        ("noise_added_to_embeddings", embeddings + reference),
-    ], {"atol": ATOL_ACTIVATION, "axis_names": ("prompt", "position", "d_model")}
+    return (
+        reference,
+        [
+            ("noise_every_position", draws * factor * w_e.std()),
+            ("noise_without_factor", at_positions(w_e.std())),
+            ("noise_std_of_prompt", at_positions(factor * embeddings.std())),
+            ("noise_std_of_prompt", at_positions(factor * embeddings[:, positions].std())),
+            ("noise_std_per_dimension", at_positions(factor * w_e.std(dim=0))),
+            ("noise_variance", at_positions(factor * w_e.var())),
+            ("noise_added_to_embeddings", embeddings + reference),
+        ],
+        {"atol": ATOL_ACTIVATION, "axis_names": ("prompt", "position", "d_model")},
+    )
 
 
 embedding_noise = Check(
-    name="check_embedding_noise", returns="the noise, a tensor of shape [batch, pos, d_model]",
+    name="check_embedding_noise",
+    returns="the noise, a tensor of shape [batch, pos, d_model]",
     variants=lambda ps, model_index, set_index: [{"positions": p, "factor": f} for p, f in NOISED.items()],
-    arguments=_arguments, expected=_expected, messages=MESSAGES)
+    arguments=_arguments,
+    expected=_expected,
+    messages=MESSAGES,
+)

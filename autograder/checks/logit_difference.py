@@ -40,19 +40,32 @@ def _per_prompt(refs: References, key: Key) -> tuple[PromptSet, Tensor, Callable
 
 def _expected_per_prompt(refs: References, key: Key) -> Expected:
     _, per_prompt, second_to_last, broadcast = _per_prompt(refs, key)
-    return per_prompt, [
-        ("sign_flipped", -per_prompt), ("not_final_position", second_to_last),
-        ("reduced_too_early", per_prompt.mean()), ("single_prompt", per_prompt[0]), ("broadcast_index", broadcast),
-    ], {"axis_names": ("prompt",), "atol": ATOL_LOGIT_DIFF}
+    return (
+        per_prompt,
+        [
+            ("sign_flipped", -per_prompt),
+            ("not_final_position", second_to_last),
+            ("reduced_too_early", per_prompt.mean()),
+            ("single_prompt", per_prompt[0]),
+            ("broadcast_index", broadcast),
+        ],
+        {"axis_names": ("prompt",), "atol": ATOL_LOGIT_DIFF},
+    )
 
 
 def _expected_mean(refs: References, key: Key) -> Expected:
     _, per_prompt, second_to_last, _ = _per_prompt(refs, key)
-    return per_prompt.mean(), [
-        ("sign_flipped", -per_prompt.mean()), ("single_prompt", per_prompt[0]),
-        ("sum_not_mean", per_prompt.sum()), ("not_reduced", per_prompt),
-        ("not_final_position", lambda: second_to_last().mean()),
-    ], {"atol": ATOL_LOGIT_DIFF}
+    return (
+        per_prompt.mean(),
+        [
+            ("sign_flipped", -per_prompt.mean()),
+            ("single_prompt", per_prompt[0]),
+            ("sum_not_mean", per_prompt.sum()),
+            ("not_reduced", per_prompt),
+            ("not_final_position", lambda: second_to_last().mean()),
+        ],
+        {"atol": ATOL_LOGIT_DIFF},
+    )
 
 
 def _expected_normalised(refs: References, key: Key) -> Expected:
@@ -60,22 +73,40 @@ def _expected_normalised(refs: References, key: Key) -> Expected:
     clean, corrupted = ps.clean_logit_diff, ps.corrupted_logit_diff
     raw = per_prompt.mean()
     reference = normalise(raw, clean, corrupted)
-    return reference, [
-        ("unnormalised", raw), ("normalised_backwards", 1 - reference), ("sign_flipped", -reference),
-        ("divided_by_clean", raw / clean), ("single_prompt", normalise(per_prompt[0], clean, corrupted)),
-        ("not_reduced", normalise(per_prompt, clean, corrupted)),
-    ], {"atol": ATOL_METRIC}
+    return (
+        reference,
+        [
+            ("unnormalised", raw),
+            ("normalised_backwards", 1 - reference),
+            ("sign_flipped", -reference),
+            ("divided_by_clean", raw / clean),
+            ("single_prompt", normalise(per_prompt[0], clean, corrupted)),
+            ("not_reduced", normalise(per_prompt, clean, corrupted)),
+        ],
+        {"atol": ATOL_METRIC},
+    )
 
 
 logit_diff_per_prompt = Check(
-    name="check_logit_diff_per_prompt", returns="a tensor of shape [batch]", variants=_on("clean", "corrupted"),
-    arguments=_logits_and_answers, expected=_expected_per_prompt)
+    name="check_logit_diff_per_prompt",
+    returns="a tensor of shape [batch]",
+    variants=_on("clean", "corrupted"),
+    arguments=_logits_and_answers,
+    expected=_expected_per_prompt,
+)
 
 mean_logit_diff = Check(
-    name="check_mean_logit_diff", returns="a 0-dimensional tensor", variants=_on("clean", "corrupted"),
-    arguments=_logits_and_answers, expected=_expected_mean)
+    name="check_mean_logit_diff",
+    returns="a 0-dimensional tensor",
+    variants=_on("clean", "corrupted"),
+    arguments=_logits_and_answers,
+    expected=_expected_mean,
+)
 
 normalised_metric = Check(
-    name="check_normalised_metric", returns="a 0-dimensional tensor", variants=_on("clean", "corrupted", "halfway"),
+    name="check_normalised_metric",
+    returns="a 0-dimensional tensor",
+    variants=_on("clean", "corrupted", "halfway"),
     arguments=lambda ps, key: ((*_logits_and_answers(ps, key)[0], ps.clean_logit_diff, ps.corrupted_logit_diff), {}),
-    expected=_expected_normalised)
+    expected=_expected_normalised,
+)

@@ -29,9 +29,18 @@ def path_receivers(model: Any) -> list[tuple[int, int]]:
     return [(layer, head) for layer in range(1, max(2, model.cfg.n_layers - 1)) for head in range(model.cfg.n_heads)]
 
 
-def path_loop(model: Any, tokens: Tensor, base_cache: Any, source_cache: Any, metric: Callable[[Tensor], Tensor],
-              receivers: list[tuple[int, int]] | None = None, receiver_input: str = "q", freeze_heads: bool = True,
-              freeze_mlps: bool = False, frozen_layers: int | None = None) -> Tensor:
+def path_loop(
+    model: Any,
+    tokens: Tensor,
+    base_cache: Any,
+    source_cache: Any,
+    metric: Callable[[Tensor], Tensor],
+    receivers: list[tuple[int, int]] | None = None,
+    receiver_input: str = "q",
+    freeze_heads: bool = True,
+    freeze_mlps: bool = False,
+    frozen_layers: int | None = None,
+) -> Tensor:
     """A path-patching loop as a learner may write it, right or not: for every sender head, run ``tokens``
     with the sender's ``z`` from ``source_cache`` and, when ``freeze_heads``, the other heads of layers
     ``[:frozen_layers]`` (all by default; -1: all but the last) at ``base_cache``'s output, the MLPs too
@@ -51,10 +60,14 @@ def path_loop(model: Any, tokens: Tensor, base_cache: Any, source_cache: Any, me
             return z
 
         hooks: list[tuple[str, Callable]] = [
-            (hook_name("head_out", layer), lambda z, hook, layer=layer: patch(z, hook, layer)) for layer in range(n_layers)]
+            (hook_name("head_out", layer), lambda z, hook, layer=layer: patch(z, hook, layer))
+            for layer in range(n_layers)
+        ]
         if freeze_mlps:
-            hooks += [(f"blocks.{layer}.hook_mlp_out", lambda out, hook: base_cache[hook.name].clone())
-                      for layer in range(n_layers)]
+            hooks += [
+                (f"blocks.{layer}.hook_mlp_out", lambda out, hook: base_cache[hook.name].clone())
+                for layer in range(n_layers)
+            ]
         if receivers is None:
             results[sender_layer, sender_head] = metric(model.run_with_hooks(tokens, fwd_hooks=hooks)).item()
             continue
@@ -65,8 +78,12 @@ def path_loop(model: Any, tokens: Tensor, base_cache: Any, source_cache: Any, me
             activation[:, :, head] = recorded[hook.name][:, :, head]
             return activation
 
-        logits = model.run_with_hooks(tokens, fwd_hooks=[
-            (name, lambda a, hook, head=head: receive(a, hook, head)) for name, (_, head) in zip(inputs, receivers)])
+        logits = model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                (name, lambda a, hook, head=head: receive(a, hook, head)) for name, (_, head) in zip(inputs, receivers)
+            ],
+        )
         results[sender_layer, sender_head] = metric(logits).item()
     return results
 
@@ -96,10 +113,15 @@ def path_grid(refs: References, key: Key, variant: str = "reference") -> Tensor:
             return fast(tokens, ps.clean_cache, receivers, variant)
         if variant == "not_frozen" and receivers is None:
             return fast_patching(ps.model, tokens, ps.clean_cache, ps.metric, "head_out", progress=False)
-        variants: dict[str, dict[str, Any]] = {"not_frozen": {"freeze_heads": False}, "mlps_frozen": {"freeze_mlps": True},
-                                               "freeze_short": {"frozen_layers": -1}}
-        return path_loop(ps.model, tokens, corrupted, ps.clean_cache, ps.metric, receivers, which or "q",
-                         **variants[variant])
+        variants: dict[str, dict[str, Any]] = {
+            "not_frozen": {"freeze_heads": False},
+            "mlps_frozen": {"freeze_mlps": True},
+            "freeze_short": {"frozen_layers": -1},
+        }
+        return path_loop(
+            ps.model, tokens, corrupted, ps.clean_cache, ps.metric, receivers, which or "q", **variants[variant]
+        )
+
     return refs.cached((key["model"], key["set"], "path", which, variant), compute)
 
 
@@ -110,8 +132,10 @@ def _expected(refs: References, key: Key) -> Expected:
     _, *metric_mistakes = grid_mistakes(reference, ps.clean_logit_diff, ps.corrupted_logit_diff)
     variant = lambda name: lambda: path_grid(refs, key, name)  # noqa: E731
     mistakes: list[tuple[str, Candidate]] = [
-        ("head_transposed", reference.T), ("path_sender_not_patched", torch.zeros_like(reference)),
-        ("path_wrong_direction", variant("wrong_direction")), ("path_not_frozen", variant("not_frozen")),
+        ("head_transposed", reference.T),
+        ("path_sender_not_patched", torch.zeros_like(reference)),
+        ("path_wrong_direction", variant("wrong_direction")),
+        ("path_not_frozen", variant("not_frozen")),
         ("path_mlps_frozen", variant("mlps_frozen")),
     ]
     which = key.get("receiver_input")
@@ -120,9 +144,15 @@ def _expected(refs: References, key: Key) -> Expected:
     else:
         mistakes.append(("path_receivers_not_patched", variant("to_logits")))
         mistakes += [("path_wrong_receiver_input", variant(other)) for other in RECEIVER_INPUTS if other != which]
-    return reference, mistakes + skipped_layers(reference) + metric_mistakes, {
-        "off_by_one_axes": {0: "head_off_by_one_layer"}, "axis_names": ("sender layer", "sender head"),
-        "atol": ATOL_METRIC}
+    return (
+        reference,
+        mistakes + skipped_layers(reference) + metric_mistakes,
+        {
+            "off_by_one_axes": {0: "head_off_by_one_layer"},
+            "axis_names": ("sender layer", "sender head"),
+            "atol": ATOL_METRIC,
+        },
+    )
 
 
 def _receiver_cases(ps: PromptSet, model_index: int, set_index: int) -> list[Key]:
@@ -135,9 +165,20 @@ def _receiver_arguments(ps: PromptSet, key: Key) -> tuple[tuple, dict]:
 
 
 path_to_logits = Check(
-    name="check_path_to_logits", returns="a tensor of shape [n_layers, n_heads]", arguments=loop_arguments,
-    expected=_expected, loop=True, grid=True)
+    name="check_path_to_logits",
+    returns="a tensor of shape [n_layers, n_heads]",
+    arguments=loop_arguments,
+    expected=_expected,
+    loop=True,
+    grid=True,
+)
 
 path_to_receivers = Check(
-    name="check_path_to_receivers", returns="a tensor of shape [n_layers, n_heads]", variants=_receiver_cases,
-    arguments=_receiver_arguments, expected=_expected, loop=True, grid=True)
+    name="check_path_to_receivers",
+    returns="a tensor of shape [n_layers, n_heads]",
+    variants=_receiver_cases,
+    arguments=_receiver_arguments,
+    expected=_expected,
+    loop=True,
+    grid=True,
+)

@@ -30,14 +30,19 @@ def heatmap_values(n_layers: int, n_pos: int) -> Tensor:
 def _hook_cases(ps: PromptSet, model_index: int, set_index: int) -> list[Key]:
     """The (layer, position) pairs a patching hook is checked at: S2 early, END last."""
     n_layers = ps.model.cfg.n_layers
-    return [{"layer": layer, "position": pos}
-            for layer, pos in ((min(1, n_layers - 1), ps.data.s2_pos), (n_layers - 1, ps.data.end_pos))]
+    return [
+        {"layer": layer, "position": pos}
+        for layer, pos in ((min(1, n_layers - 1), ps.data.s2_pos), (n_layers - 1, ps.data.end_pos))
+    ]
 
 
 def _hook_arguments(ps: PromptSet, key: Key) -> tuple[tuple, dict]:
     name = hook_name("resid_pre", key["layer"])
     return (ps.corrupted_cache[name].clone(),), {
-        "hook": hook_point(ps.model, name), "position": key["position"], "clean_cache": ps.clean_cache}
+        "hook": hook_point(ps.model, name),
+        "position": key["position"],
+        "clean_cache": ps.clean_cache,
+    }
 
 
 def _expected_hook(refs: References, key: Key) -> Expected:
@@ -46,10 +51,14 @@ def _expected_hook(refs: References, key: Key) -> Expected:
     clean, corrupted = ps.clean_cache[name].cpu(), ps.corrupted_cache[name].cpu()
     candidates: list[tuple[str, Candidate]] = [
         ("wrong_direction", patch_position(clean.clone(), corrupted, position)),
-        ("patched_all_positions", clean), ("not_patched", corrupted),
+        ("patched_all_positions", clean),
+        ("not_patched", corrupted),
     ]
-    candidates += [("off_by_one_position", patch_position(corrupted.clone(), clean, p))
-                   for p in (position - 1, position + 1) if 0 <= p < corrupted.shape[1]]
+    candidates += [
+        ("off_by_one_position", patch_position(corrupted.clone(), clean, p))
+        for p in (position - 1, position + 1)
+        if 0 <= p < corrupted.shape[1]
+    ]
     return patch_position(corrupted.clone(), clean, position), candidates, {"atol": ATOL_ACTIVATION}
 
 
@@ -61,16 +70,26 @@ def loop_arguments(ps: PromptSet, key: Key) -> tuple[tuple, dict]:
 def _grid(refs: References, key: Key, variant: str = "reference") -> Tensor:
     """The resid_pre patching grid of a prompt set, or what a known mistake gives."""
     ps = refs.prompt_set(key)
-    return refs.cached((key["model"], key["set"], variant), lambda: residual_variant(
-        ps.model, ps.data.clean_tokens, ps.data.corrupted_tokens, ps.clean_cache, ps.corrupted_cache, ps.metric,
-        variant))
+    return refs.cached(
+        (key["model"], key["set"], variant),
+        lambda: residual_variant(
+            ps.model,
+            ps.data.clean_tokens,
+            ps.data.corrupted_tokens,
+            ps.clean_cache,
+            ps.corrupted_cache,
+            ps.metric,
+            variant,
+        ),
+    )
 
 
 def _expected_grid(refs: References, key: Key) -> Expected:
     ps = refs.prompt_set(key)
     reference = _grid(refs, key)
-    return reference, *residual_mistakes(reference, lambda variant: _grid(refs, key, variant), ps.clean_logit_diff,
-                                         ps.corrupted_logit_diff)
+    return reference, *residual_mistakes(
+        reference, lambda variant: _grid(refs, key, variant), ps.clean_logit_diff, ps.corrupted_logit_diff
+    )
 
 
 def _judge_heatmap(check: Check, records: list[dict[str, Any]], refs: References) -> str | None:
@@ -102,32 +121,42 @@ def heatmap_problem(figure: dict[str, Any], ps: PromptSet) -> str | None:
         z = torch.as_tensor(array(trace.get("z")))
     except (TypeError, ValueError):
         return "the heatmap's values (z) are not a numeric grid."
-    diagnosis = diagnose(z, values, [("transposed", values.T)], axis_names=("layer", "position"), atol=1e-6,
-                         rtol=1e-6)
+    diagnosis = diagnose(z, values, [("transposed", values.T)], axis_names=("layer", "position"), atol=1e-6, rtol=1e-6)
     if diagnosis is not None:
-        return ("it shows other values than the results it is given: draw `results` as they are, one row "
-                f"per layer. {diagnosis.message}")
+        return (
+            "it shows other values than the results it is given: draw `results` as they are, one row "
+            f"per layer. {diagnosis.message}"
+        )
     labels = [str(x) for x in _listed(trace.get("x"))]
     tokens = ps.data.str_tokens
     if len(labels) != n_pos:
-        return (f"label every column: {n_pos} positions need {n_pos} x labels, the figure has {len(labels)} "
-                "(e.g. x_labels = position_labels(str_tokens, s2_pos, end_pos)).")
+        return (
+            f"label every column: {n_pos} positions need {n_pos} x labels, the figure has {len(labels)} "
+            "(e.g. x_labels = position_labels(str_tokens, s2_pos, end_pos))."
+        )
     if len(set(labels)) != n_pos:
-        return ("two columns have the same label, so plotly draws them as one column: make every label "
-                "distinct, e.g. with the position's index (position_labels does).")
-    unlabelled = [i for i, (tok, label) in enumerate(zip(tokens, labels))
-                  if tok.strip() not in label and str(i) not in label]
+        return (
+            "two columns have the same label, so plotly draws them as one column: make every label "
+            "distinct, e.g. with the position's index (position_labels does)."
+        )
+    unlabelled = [
+        i for i, (tok, label) in enumerate(zip(tokens, labels)) if tok.strip() not in label and str(i) not in label
+    ]
     if unlabelled:
-        return (f"the labels of positions {', '.join(map(str, unlabelled[:5]))} name neither their token nor "
-                "their index: label each column with its token.")
+        return (
+            f"the labels of positions {', '.join(map(str, unlabelled[:5]))} name neither their token nor "
+            "their index: label each column with its token."
+        )
     if "S2" not in labels[ps.data.s2_pos] or "END" not in labels[ps.data.end_pos]:
         return "mark the S2 and END columns in their labels (position_labels does)."
     rows = None if trace.get("y") is None else _listed(trace.get("y"))
     if rows is not None and [str(r) for r in rows] != [str(r) for r in sorted(rows, key=_layer_number)]:
         return "put the rows in order: the layers in order, 0 first."
     if not _centred(figure, trace):
-        return ("centre the colour scale on 0 (e.g. zmid=0), so that positive and negative effects get "
-                "opposite colours and 0 is white.")
+        return (
+            "centre the colour scale on 0 (e.g. zmid=0), so that positive and negative effects get "
+            "opposite colours and 0 is white."
+        )
     return None
 
 
@@ -157,24 +186,46 @@ def _layer_number(label: Any) -> float:
 
 
 def _centred(figure: dict[str, Any], trace: dict[str, Any]) -> bool:
-    if trace.get("zmid") == 0 or (trace.get("zmin") is not None and trace.get("zmin") == -(trace.get("zmax") or 0)
-                                  and trace.get("zmax")):
+    if trace.get("zmid") == 0 or (
+        trace.get("zmin") is not None and trace.get("zmin") == -(trace.get("zmax") or 0) and trace.get("zmax")
+    ):
         return True
     axis = figure.get("layout", {}).get("coloraxis", {}) or {}
-    return axis.get("cmid") == 0 or bool(axis.get("cmin") is not None and axis.get("cmax")
-                                          and axis["cmin"] == -axis["cmax"])
+    return axis.get("cmid") == 0 or bool(
+        axis.get("cmin") is not None and axis.get("cmax") and axis["cmin"] == -axis["cmax"]
+    )
 
 
 patch_hook = Check(
-    name="check_patch_hook", returns="the patched activation, a tensor of shape [batch, pos, d_model]",
-    variants=_hook_cases, arguments=_hook_arguments, expected=_expected_hook,
-    lent=lambda ps, key: ps.clean_cache[hook_name("resid_pre", key["layer"])])
+    name="check_patch_hook",
+    returns="the patched activation, a tensor of shape [batch, pos, d_model]",
+    variants=_hook_cases,
+    arguments=_hook_arguments,
+    expected=_expected_hook,
+    lent=lambda ps, key: ps.clean_cache[hook_name("resid_pre", key["layer"])],
+)
 
 residual_patching = Check(
-    name="check_residual_patching", returns="a tensor of shape [n_layers, n_positions]", arguments=loop_arguments,
-    expected=_expected_grid, loop=True, grid=True)
+    name="check_residual_patching",
+    returns="a tensor of shape [n_layers, n_positions]",
+    arguments=loop_arguments,
+    expected=_expected_grid,
+    loop=True,
+    grid=True,
+)
 
 heatmap = Check(
-    name="check_heatmap", returns="a plotly Figure", judge=_judge_heatmap, record_fields=frozenset({"figure"}),
-    arguments=lambda ps, key: ((heatmap_values(ps.model.cfg.n_layers, ps.data.clean_tokens.shape[1]),
-                                list(ps.data.str_tokens), ps.data.s2_pos, ps.data.end_pos), {}))
+    name="check_heatmap",
+    returns="a plotly Figure",
+    judge=_judge_heatmap,
+    record_fields=frozenset({"figure"}),
+    arguments=lambda ps, key: (
+        (
+            heatmap_values(ps.model.cfg.n_layers, ps.data.clean_tokens.shape[1]),
+            list(ps.data.str_tokens),
+            ps.data.s2_pos,
+            ps.data.end_pos,
+        ),
+        {},
+    ),
+)

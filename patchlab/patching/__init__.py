@@ -43,9 +43,21 @@ if TYPE_CHECKING:
 # What the chapters, the exercises and a learner use. The grader's and the tests' helpers are in the
 # modules: components (Component, patch_position, check_batch), attribution (attribution_terms).
 __all__ = [
-    "COMPONENTS", "METHODS", "FastPatchingFallback", "PatchingResult", "agreement", "attribution_patching",
-    "attribution_patching_qk_fix", "component", "fast_path_patching", "fast_patching", "hook_name", "patch_ioi",
-    "reference_cells", "reference_patching", "reference_path_patching",
+    "COMPONENTS",
+    "METHODS",
+    "FastPatchingFallback",
+    "PatchingResult",
+    "agreement",
+    "attribution_patching",
+    "attribution_patching_qk_fix",
+    "component",
+    "fast_path_patching",
+    "fast_patching",
+    "hook_name",
+    "patch_ioi",
+    "reference_cells",
+    "reference_patching",
+    "reference_path_patching",
 ]
 
 
@@ -80,6 +92,5 @@ def patch_ioi(
         clean_logits, clean_cache = model.run_with_cache(data.clean_tokens)
         corrupted_logits = model(data.corrupted_tokens)
     metric = metric_from_runs(clean_logits, corrupted_logits, data.answer_tokens)
-    values = METHODS[method](model, data.corrupted_tokens, clean_cache, metric, component=component,
-                             progress=progress)
+    values = METHODS[method](model, data.corrupted_tokens, clean_cache, metric, component=component, progress=progress)
     return PatchingResult(component, method, values, metric.clean_logit_diff, metric.corrupted_logit_diff)

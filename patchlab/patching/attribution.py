@@ -40,14 +40,20 @@ def _keep(
 ) -> Callable[[Tensor, Any], Tensor]:
     """A hook that stores (a transformed) activation as ``store[name]`` and passes it on (``name``, not
     ``hook.name``, which may be an alias such as ``blocks.0.hook_in``)."""
+
     def hook(activation: Tensor, hook: HookPoint) -> Tensor:
         store[name] = transform(activation)
         return store[name]  # returned, so that a reshaped hook (hook_z) feeds this very tensor on
+
     return hook
 
 
 def _gradients(
-    model: Model, tokens: Int[Tensor, "batch pos"], metric: Metric, names: list[str], cut: Sequence[str] = (),
+    model: Model,
+    tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    names: list[str],
+    cut: Sequence[str] = (),
     also: Sequence[str] = (),
 ) -> tuple[Float[Tensor, ""], dict[str, Tensor], list[Tensor]]:
     """The metric of a run of ``tokens``, the activations at ``names``, ``cut`` and ``also``, and the
@@ -59,9 +65,12 @@ def _gradients(
     activations: dict[str, Tensor] = {}
     leaf = lambda a: a.detach().requires_grad_(True)  # noqa: E731
     with torch.enable_grad():
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(act_name("embed"), _track)]
-                                      + [(name, _keep(activations, name, leaf)) for name in cut]
-                                      + [(name, _keep(activations, name)) for name in [*names, *also]])
+        logits = model.run_with_hooks(
+            tokens,
+            fwd_hooks=[(act_name("embed"), _track)]
+            + [(name, _keep(activations, name, leaf)) for name in cut]
+            + [(name, _keep(activations, name)) for name in [*names, *also]],
+        )
         value = metric(logits)
         grads = torch.autograd.grad(value, [activations[name] for name in names])
     return value.detach(), {name: a.detach() for name, a in activations.items()}, list(grads)
@@ -128,26 +137,34 @@ def _score_changes(
             change = fwAD.unpack_dual(scores).tangent
             changes[name] = torch.zeros_like(scores) if change is None else change
             return scores
+
         return hook
 
     with torch.no_grad(), fwAD.dual_level():
-        model.run_with_hooks(tokens.repeat(n_heads, 1), fwd_hooks=[(act_name("z", layer), move)]
-                             + [(name, read(name)) for name in later])
+        model.run_with_hooks(
+            tokens.repeat(n_heads, 1), fwd_hooks=[(act_name("z", layer), move)] + [(name, read(name)) for name in later]
+        )
     return [changes[name].unflatten(0, (n_heads, batch)) for name in later]
 
 
 def _scores(
-    model: Model, q: Float[Tensor, "batch pos head d_head"], k: Float[Tensor, "batch pos head d_head"],
+    model: Model,
+    q: Float[Tensor, "batch pos head d_head"],
+    k: Float[Tensor, "batch pos head d_head"],
     like: Float[Tensor, "batch head pos pos_src"],
 ) -> Float[Tensor, "batch head pos pos_src"]:
     """Attention scores from queries and keys, masked where ``like`` (scores of the same run shape) is."""
-    scale = model.cfg.attn_scale if model.cfg.attn_scale > 0 else model.cfg.d_head ** 0.5
+    scale = model.cfg.attn_scale if model.cfg.attn_scale > 0 else model.cfg.d_head**0.5
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / scale
     return torch.where(torch.isfinite(like), scores, like)
 
 
 def _qk_fix_inputs(
-    model: Model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Cache, metric: Metric, kind: str,
+    model: Model,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: Cache,
+    metric: Metric,
+    kind: str,
 ) -> Float[Tensor, "layer head"]:
     """The QK fix for a head's queries (``kind="q"``) or keys (``"k"``) patched at every position: the
     patched pattern is computed exactly, ``metric + sum((pattern_patched - pattern) * ∂metric/∂pattern)``."""
@@ -155,8 +172,9 @@ def _qk_fix_inputs(
     names = {part: [act_name(part, layer) for layer in range(n_layers)] for part in ("q", "k")}
     patterns = [act_name("pattern", layer) for layer in range(n_layers)]
     scores = [act_name("attn_scores", layer) for layer in range(n_layers)]
-    value, activations, grads = _gradients(model, corrupted_tokens, metric, patterns,
-                                           also=[*names["q"], *names["k"], *scores])
+    value, activations, grads = _gradients(
+        model, corrupted_tokens, metric, patterns, also=[*names["q"], *names["k"], *scores]
+    )
     rows = []
     for layer in range(n_layers):
         q, k = (activations[names[part][layer]] for part in ("q", "k"))
@@ -171,7 +189,11 @@ def _qk_fix_inputs(
 
 
 def _qk_fix_outputs(
-    model: Model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache: Cache, metric: Metric, progress: bool,
+    model: Model,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: Cache,
+    metric: Metric,
+    progress: bool,
 ) -> Float[Tensor, "layer head"]:
     """The QK fix for a head's output (``z``) patched at every position (see :func:`attribution_patching_qk_fix`)."""
     n_layers = model.cfg.n_layers

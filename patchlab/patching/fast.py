@@ -55,8 +55,9 @@ def _final_position_evaluator(
     except Exception as err:  # the metric indexes positions other than the last one
         raise Unsupported(f"the metric fails on final-position logits ({type(err).__name__}: {err})") from None
     if not math.isclose(full, last, rel_tol=1e-6, abs_tol=1e-7):
-        raise Unsupported(f"the metric reads more than the final position ({full} on all positions, "
-                           f"{last} on the last one)")
+        raise Unsupported(
+            f"the metric reads more than the final position ({full} on all positions, {last} on the last one)"
+        )
     return None, lambda logits: metric(logits[:, None]).item()
 
 
@@ -94,8 +95,15 @@ def _patch_starts(
 
 
 def _head_seed(
-    spec: Component, kernel: Kernel, trace: Trace, clean: Tensor, corrupted: Tensor, layer: int, cols: Tensor,
-    prompts: Tensor, first_pos: int,
+    spec: Component,
+    kernel: Kernel,
+    trace: Trace,
+    clean: Tensor,
+    corrupted: Tensor,
+    layer: int,
+    cols: Tensor,
+    prompts: Tensor,
+    first_pos: int,
 ) -> Float[Tensor, "rows suffix d_model"]:
     """Block ``layer``'s output (positions ``first_pos`` on) with one head's z, q, k, v or pattern patched.
 
@@ -122,14 +130,22 @@ def _head_seed(
     else:
         qkv = {which: getattr(trace, which)[layer][prompts, :, heads] for which in "qkv"}  # [rows, pos, d_head]
         qkv[spec.kind][:, patched] = clean[layer][prompts, :, heads][:, patched]
-        z[rows, :, heads] = kernel.attention(qkv["q"][:, first_pos:, None], qkv["k"][:, :, None],
-                                             qkv["v"][:, :, None])[:, :, 0]
+        z[rows, :, heads] = kernel.attention(qkv["q"][:, first_pos:, None], qkv["k"][:, :, None], qkv["v"][:, :, None])[
+            :, :, 0
+        ]
     return kernel.finish_block(layer, trace.resid_pre[layer][prompts, first_pos:], z)
 
 
 def _seed(
-    spec: Component, kernel: Kernel, trace: Trace, clean: Tensor, corrupted: Tensor, layer: int, cols: Tensor,
-    prompts: Tensor, first_pos: int,
+    spec: Component,
+    kernel: Kernel,
+    trace: Trace,
+    clean: Tensor,
+    corrupted: Tensor,
+    layer: int,
+    cols: Tensor,
+    prompts: Tensor,
+    first_pos: int,
 ) -> Float[Tensor, "rows suffix d_model"]:
     """The residual suffix (positions ``first_pos`` on) with which patched rows enter their start block.
 
@@ -171,8 +187,10 @@ def _resume_patched(
         for rows in group.split(max(1, _TOKENS_PER_CHUNK // (n_pos - first_pos))):
             layers, cols, prompts = rows.unbind(1)
             counts = torch.unique_consecutive(layers, return_counts=True)[1].tolist()
-            seeds = [_seed(spec, kernel, trace, clean, corrupted, int(layer[0]), col, prompt, first_pos)
-                     for layer, col, prompt in zip(layers.split(counts), cols.split(counts), prompts.split(counts))]
+            seeds = [
+                _seed(spec, kernel, trace, clean, corrupted, int(layer[0]), col, prompt, first_pos)
+                for layer, col, prompt in zip(layers.split(counts), cols.split(counts), prompts.split(counts))
+            ]
             final[layers, cols, prompts] = kernel.resume(trace, first_pos, layers + shift, prompts, torch.cat(seeds))
     return differs, final
 
@@ -191,7 +209,8 @@ class CorruptedRun:
         if reason:
             raise Unsupported(f"the model is not a GPT-2-style transformer ({reason})")
         logits, self.cache = model.run_with_cache(
-            corrupted_tokens, names_filter=lambda name: name in names or name == act_name("resid_pre", 0))
+            corrupted_tokens, names_filter=lambda name: name in names or name == act_name("resid_pre", 0)
+        )
         self.columns, self.evaluate = _final_position_evaluator(metric, logits)
         try:
             self.kernel = Kernel(model)
@@ -269,6 +288,7 @@ def fast_patching(
     try:
         return _fast(model, corrupted_tokens, clean_cache, metric, spec, progress)
     except Unsupported as reason:
-        warnings.warn(f"fast_patching: falling back to the reference loop because {reason}",
-                      FastPatchingFallback, stacklevel=2)
+        warnings.warn(
+            f"fast_patching: falling back to the reference loop because {reason}", FastPatchingFallback, stacklevel=2
+        )
         return reference_patching(model, corrupted_tokens, clean_cache, metric, component, progress)

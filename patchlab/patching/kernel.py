@@ -33,23 +33,29 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-
 def kernel_unsupported(cfg: Any) -> str | None:
     """Why the GPT-2 kernel of ``fast_patching`` cannot run this architecture (None if it can)."""
     n_kv = getattr(cfg, "n_key_value_heads", None)
     checks = [
-        (getattr(cfg, "positional_embedding_type", "standard") != "standard",
-         "its positional embeddings are not learned absolute ones"),
+        (
+            getattr(cfg, "positional_embedding_type", "standard") != "standard",
+            "its positional embeddings are not learned absolute ones",
+        ),
         (getattr(cfg, "normalization_type", "LN") not in ("LN", "LNPre"), "its normalisation is not LayerNorm"),
-        (getattr(cfg, "act_fn", None) not in ACTIVATIONS, f"its activation {getattr(cfg, 'act_fn', None)!r} is unknown"),
+        (
+            getattr(cfg, "act_fn", None) not in ACTIVATIONS,
+            f"its activation {getattr(cfg, 'act_fn', None)!r} is unknown",
+        ),
         (bool(getattr(cfg, "parallel_attn_mlp", False)), "attention and MLP run in parallel"),
         (bool(getattr(cfg, "gated_mlp", False)), "its MLP is gated"),
         (bool(getattr(cfg, "attn_only", False)), "it has no MLPs"),
         (n_kv is not None and n_kv != cfg.n_heads, "it uses grouped-query attention"),
         (bool(getattr(cfg, "use_local_attn", False)), "it uses local attention"),
         (getattr(cfg, "attention_dir", "causal") != "causal", "its attention is not causal"),
-        (getattr(cfg, "attn_scores_soft_cap", -1.0) > 0 or getattr(cfg, "output_logits_soft_cap", -1.0) > 0,
-         "it soft-caps scores or logits"),
+        (
+            getattr(cfg, "attn_scores_soft_cap", -1.0) > 0 or getattr(cfg, "output_logits_soft_cap", -1.0) > 0,
+            "it soft-caps scores or logits",
+        ),
         (bool(getattr(cfg, "scale_attn_by_inverse_layer_idx", False)), "it scales attention by layer"),
         (bool(getattr(cfg, "use_qk_norm", False)), "it normalises queries and keys"),
         (bool(getattr(cfg, "post_embedding_ln", False)), "it normalises the embeddings"),
@@ -93,19 +99,32 @@ class Kernel:
                 return params[f"blocks.{i}.{key}"]
 
             return {
-                "q": heads_in(need("attn.W_Q")), "b_q": need("attn.b_Q").flatten(),
-                "k": heads_in(need("attn.W_K")), "b_k": need("attn.b_K").flatten(),
-                "v": heads_in(need("attn.W_V")), "b_v": need("attn.b_V").flatten(),
-                "o": need("attn.W_O").flatten(0, 1).T, "b_o": get("attn.b_O"),
-                "ln1": get("ln1.w"), "ln1_b": get("ln1.b"), "ln2": get("ln2.w"), "ln2_b": get("ln2.b"),
-                "in": need("mlp.W_in").T, "b_in": get("mlp.b_in"), "out": need("mlp.W_out").T, "b_out": get("mlp.b_out"),
+                "q": heads_in(need("attn.W_Q")),
+                "b_q": need("attn.b_Q").flatten(),
+                "k": heads_in(need("attn.W_K")),
+                "b_k": need("attn.b_K").flatten(),
+                "v": heads_in(need("attn.W_V")),
+                "b_v": need("attn.b_V").flatten(),
+                "o": need("attn.W_O").flatten(0, 1).T,
+                "b_o": get("attn.b_O"),
+                "ln1": get("ln1.w"),
+                "ln1_b": get("ln1.b"),
+                "ln2": get("ln2.w"),
+                "ln2_b": get("ln2.b"),
+                "in": need("mlp.W_in").T,
+                "b_in": get("mlp.b_in"),
+                "out": need("mlp.W_out").T,
+                "b_out": get("mlp.b_out"),
             }
 
         self.n_layers, self.n_heads, self.d_head = cfg.n_layers, cfg.n_heads, cfg.d_head
         self.eps = float(cfg.eps)
         self.act = ACTIVATIONS[cfg.act_fn]
-        self.scale = float(cfg.attn_scale) if getattr(cfg, "attn_scale", -1.0) > 0 else (
-            cfg.d_head ** 0.5 if getattr(cfg, "use_attn_scale", True) else 1.0)
+        self.scale = (
+            float(cfg.attn_scale)
+            if getattr(cfg, "attn_scale", -1.0) > 0
+            else (cfg.d_head**0.5 if getattr(cfg, "use_attn_scale", True) else 1.0)
+        )
         self.blocks = [layer(i) for i in range(cfg.n_layers)]
         self.ln_final = (params.get("ln_final.w"), params.get("ln_final.b"))
         self.w_u, self.b_u = params["unembed.W_U"], params.get("unembed.b_U")
@@ -145,8 +164,9 @@ class Kernel:
         if n_q > 1:
             query_pos = torch.arange(n_k - n_q, n_k, device=q.device)
             allowed = torch.arange(n_k, device=q.device) <= query_pos[:, None]
-        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=allowed, scale=1.0 / self.scale)
+        z = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed, scale=1.0 / self.scale
+        )
         return z.transpose(1, 2)
 
     def trace(self, resid: Float[Tensor, "batch pos d_model"]) -> Trace:
@@ -191,11 +211,14 @@ class Kernel:
             x, rows = resid[:n_rows], prompts[:n_rows]
             normed = self.attn_in(layer, x)
             last = layer == self.n_layers - 1  # nothing reads the other positions of the last block's output
-            qkv = {"q": self.project(layer, normed[:, -1:] if last else normed, "q"),
-                   "k": self.project(layer, normed, "k"), "v": self.project(layer, normed, "v")}
+            qkv = {
+                "q": self.project(layer, normed[:, -1:] if last else normed, "q"),
+                "k": self.project(layer, normed, "k"),
+                "v": self.project(layer, normed, "v"),
+            }
             if inputs and layer in inputs:
                 which, heads, values = inputs[layer]
-                qkv[which][:, :, heads] = values[:n_rows, -qkv[which].shape[1]:]
+                qkv[which][:, :, heads] = values[:n_rows, -qkv[which].shape[1] :]
             k, v = qkv["k"], qkv["v"]
             if first_pos:
                 k = torch.cat([trace.k[layer][rows, :first_pos], k], dim=1)
@@ -214,4 +237,3 @@ class Kernel:
             return out if self.b_u is None else out + self.b_u
         out = torch.einsum("rd,drk->rk", normed, self.w_u[:, columns])
         return out if self.b_u is None else out + self.b_u[columns]
-

@@ -43,8 +43,9 @@ Receivers = Sequence[tuple[int, int]]
 RECEIVER_INPUTS = ("q", "k", "v")
 
 
-def _check(model: Model, corrupted_tokens: Tensor, clean_cache: Cache, receivers: Receivers | None,
-           receiver_input: str) -> list[tuple[int, int]] | None:
+def _check(
+    model: Model, corrupted_tokens: Tensor, clean_cache: Cache, receivers: Receivers | None, receiver_input: str
+) -> list[tuple[int, int]] | None:
     check_batch(corrupted_tokens, clean_cache, act_name("z", 0))
     if receiver_input not in RECEIVER_INPUTS:
         raise ValueError(f"unknown receiver_input {receiver_input!r}: choose q, k or v")
@@ -54,8 +55,10 @@ def _check(model: Model, corrupted_tokens: Tensor, clean_cache: Cache, receivers
     pairs = [(int(layer), int(head)) for layer, head in receivers]
     bad = [pair for pair in pairs if not (0 <= pair[0] < cfg.n_layers and 0 <= pair[1] < cfg.n_heads)]
     if not pairs or bad:
-        raise ValueError(f"receivers must be (layer, head) pairs with layer < {cfg.n_layers} and head < "
-                         f"{cfg.n_heads}, got {list(receivers)!r}")
+        raise ValueError(
+            f"receivers must be (layer, head) pairs with layer < {cfg.n_layers} and head < "
+            f"{cfg.n_heads}, got {list(receivers)!r}"
+        )
     return sorted(set(pairs))
 
 
@@ -95,7 +98,9 @@ def reference_path_patching(
         frozen: list[FwdHook] = [(name, freeze) for name in z_names]
         with torch.no_grad():
             if pairs is None:
-                results[sender_layer, sender_head] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=frozen)).item()
+                results[sender_layer, sender_head] = metric(
+                    model.run_with_hooks(corrupted_tokens, fwd_hooks=frozen)
+                ).item()
                 continue
             recorded: dict[tuple[int, int], Tensor] = {}
 
@@ -103,25 +108,39 @@ def reference_path_patching(
                 def hook(activation: Tensor, hook: HookPoint) -> Tensor:
                     recorded[layer, head] = activation[:, :, head].clone()
                     return activation
+
                 return hook
 
             def replace(layer: int, head: int) -> Any:
                 def hook(activation: Tensor, hook: HookPoint) -> Tensor:
                     activation[:, :, head] = recorded[layer, head]
                     return activation
+
                 return hook
 
-            model.run_with_hooks(corrupted_tokens, fwd_hooks=frozen + [
-                (act_name(receiver_input, layer), record(layer, head)) for layer, head in pairs])
-            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[
-                (act_name(receiver_input, layer), replace(layer, head)) for layer, head in pairs])
+            model.run_with_hooks(
+                corrupted_tokens,
+                fwd_hooks=frozen + [(act_name(receiver_input, layer), record(layer, head)) for layer, head in pairs],
+            )
+            logits = model.run_with_hooks(
+                corrupted_tokens,
+                fwd_hooks=[(act_name(receiver_input, layer), replace(layer, head)) for layer, head in pairs],
+            )
             results[sender_layer, sender_head] = metric(logits).item()
     return results
 
 
 def _frozen_run(
-    kernel: Kernel, trace: Trace, clean_z: Tensor, layers: Tensor, heads: Tensor, prompts: Tensor, first_pos: int,
-    stop: int, record: dict[int, list[int]] | None = None, which: str = "q",
+    kernel: Kernel,
+    trace: Trace,
+    clean_z: Tensor,
+    layers: Tensor,
+    heads: Tensor,
+    prompts: Tensor,
+    first_pos: int,
+    stop: int,
+    record: dict[int, list[int]] | None = None,
+    which: str = "q",
 ) -> tuple[Float[Tensor, "rows suffix d_model"], dict[int, Tensor]]:
     """The senders' frozen runs (positions ``first_pos`` on), position by position, up to block ``stop``.
 
@@ -151,8 +170,13 @@ def _frozen_run(
 
 
 def _fast_paths(
-    model: Model, corrupted_tokens: Tensor, clean_cache: Cache, metric: Metric, pairs: list[tuple[int, int]] | None,
-    receiver_input: str, progress: bool,
+    model: Model,
+    corrupted_tokens: Tensor,
+    clean_cache: Cache,
+    metric: Metric,
+    pairs: list[tuple[int, int]] | None,
+    receiver_input: str,
+    progress: bool,
 ) -> Float[Tensor, "layer head"]:
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     names = [act_name("z", layer) for layer in range(n_layers)]
@@ -168,7 +192,10 @@ def _fast_paths(
             first = torch.full_like(changed, n_pos - 1, dtype=torch.long)
         else:
             receiver_layers = torch.tensor(sorted({layer for layer, _ in pairs}), device=clean_z.device)
-            changed = differs_at.any(-1) & (torch.arange(n_layers, device=clean_z.device) < receiver_layers[-1])[:, None, None]
+            changed = (
+                differs_at.any(-1)
+                & (torch.arange(n_layers, device=clean_z.device) < receiver_layers[-1])[:, None, None]
+            )
             first = differs_at.int().argmax(-1)
             record = {int(layer): [head for lr, head in pairs if lr == layer] for layer in receiver_layers}
         final = trace.resid_pre.new_zeros(n_layers, n_heads, *changed.shape[2:], trace.resid_pre.shape[-1])
@@ -181,9 +208,21 @@ def _fast_paths(
                 resid, _ = _frozen_run(kernel, trace, clean_z, layers, heads, prompts, first_pos, n_layers)
                 final[layers, heads, prompts] = resid[:, -1]
                 continue
-            _, recorded = _frozen_run(kernel, trace, clean_z, layers, heads, prompts, first_pos,
-                                      int(receiver_layers[-1]), record, receiver_input)
-            enter = receiver_layers[torch.searchsorted(receiver_layers, layers.contiguous(), right=True)]  # first receiver after
+            _, recorded = _frozen_run(
+                kernel,
+                trace,
+                clean_z,
+                layers,
+                heads,
+                prompts,
+                first_pos,
+                int(receiver_layers[-1]),
+                record,
+                receiver_input,
+            )
+            enter = receiver_layers[
+                torch.searchsorted(receiver_layers, layers.contiguous(), right=True)
+            ]  # first receiver after
             inputs = {layer: (receiver_input, record[layer], values) for layer, values in recorded.items()}
             resid = trace.resid_pre[enter, prompts, first_pos:]
             final[layers, heads, prompts] = kernel.resume(trace, first_pos, enter, prompts, resid, inputs)
@@ -214,7 +253,9 @@ def fast_path_patching(
     try:
         return _fast_paths(model, corrupted_tokens, clean_cache, metric, pairs, receiver_input, progress)
     except Unsupported as reason:
-        warnings.warn(f"fast_path_patching: falling back to the reference because {reason}",
-                      FastPatchingFallback, stacklevel=2)
-        return reference_path_patching(model, corrupted_tokens, clean_cache, metric, receivers, receiver_input,
-                                       progress)
+        warnings.warn(
+            f"fast_path_patching: falling back to the reference because {reason}", FastPatchingFallback, stacklevel=2
+        )
+        return reference_path_patching(
+            model, corrupted_tokens, clean_cache, metric, receivers, receiver_input, progress
+        )

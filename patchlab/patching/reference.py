@@ -67,4 +67,3 @@ def reference_cells(
             logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
         values[i] = metric(logits).item()
     return values
-

@@ -55,6 +55,7 @@ def test_make_test_fast_runs_the_unit_tier_alone(tmp_path: Path) -> None:
 def test_make_test_lints_the_library_and_the_grader_first(tmp_path: Path) -> None:
     commands = dry_run("test", tmp_path / "venv").splitlines()
     ruff = next(i for i, line in enumerate(commands) if "/ruff check patchlab patchlab_dev autograder" in line)
+    ruff_format = next(i for i, line in enumerate(commands) if "/ruff format --check patchlab patchlab_dev autograder" in line)
     mypy = next(i for i, line in enumerate(commands) if line.endswith("/mypy"))
     first_pytest = next(i for i, line in enumerate(commands) if "-m pytest" in line)
-    assert ruff < first_pytest and mypy < first_pytest
+    assert max(ruff, ruff_format, mypy) < first_pytest
