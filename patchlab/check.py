@@ -381,7 +381,7 @@ def residual_variant(
 ) -> Tensor:
     """The ``[n_layers, n_positions]`` grid of patching ``resid_pre`` from clean into corrupted
     (``"reference"``), or what a mistake of ``RESIDUAL_VARIANTS`` gives instead."""
-    if variant == "reference":  # exact patching: the reference loop's numbers (tests/test_fast_patching.py)
+    if variant == "reference":  # exact patching: the reference loop's numbers (tests/unit/test_fast_patching.py)
         return fast_patching(model, corrupted_tokens, clean_cache, metric, progress=False)
     if variant == "wrong_direction":
         return fast_patching(model, clean_tokens, corrupted_cache, metric, progress=False)

@@ -259,7 +259,7 @@ The last two, ramped in linearly over the first quarter of training, make the an
 it arrives around layers 8-9 of 12); trained on IOI alone without them, the model reads S2 again in
 its last block and its heatmap never shows the move.
 
-## Evaluation (computed by `evaluate` in `patchlab_dev/train.py`, checked by `tests/test_course_model.py`)
+## Evaluation (computed by `evaluate` in `patchlab_dev/train.py`, checked by `tests/unit/test_course_model.py`)
 | figure | value |
 |---|---|
 {rows}

@@ -62,7 +62,7 @@ def head_grid(refs: References, key: Key, component: str, variant: str = "refere
     run = (ps.data.corrupted_tokens, ps.clean_cache, ps.metric)
 
     def compute() -> Tensor:
-        # patchlab's fast exact patching: reference_patching's numbers (tests/test_fast_patching.py), in
+        # patchlab's fast exact patching: reference_patching's numbers (tests/unit/test_fast_patching.py), in
         # a fraction of the ~50 ms per forward pass that a loop over heads and positions costs.
         if variant == "reference":
             return fast_patching(model, *run, component, progress=False)
