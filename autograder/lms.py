@@ -572,31 +572,11 @@ def export(results: Results, fmt: str, roster: Roster | None = None, canvas_assi
         writer.writerow(["student", "name", "email", "lms_id", "status", "question", "score", "max_score"])
         for p in people:
             learner = results.learners.get(p.id)
-            status = learner.status if learner else "missing"
-            writer.writerow(
-                [
-                    p.id,
-                    p.name,
-                    p.email,
-                    p.lms_id,
-                    status,
-                    "total",
-                    _fmt(learner.score if learner else None),
-                    _fmt(results.max_score),
-                ]
-            )
+            who = [p.id, p.name, p.email, p.lms_id, learner.status if learner else "missing"]
+            writer.writerow([*who, "total", _fmt(learner.score if learner else None), _fmt(results.max_score)])
             for q in questions:
                 writer.writerow(
-                    [
-                        p.id,
-                        p.name,
-                        p.email,
-                        p.lms_id,
-                        status,
-                        q.name,
-                        _fmt(learner.scores.get(q.name) if learner else None),
-                        _fmt(q.max_score),
-                    ]
+                    [*who, q.name, _fmt(learner.scores.get(q.name) if learner else None), _fmt(q.max_score)]
                 )
     return Export(buffer.getvalue(), notes)
 
