@@ -11,7 +11,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # auto = GPT-2 small when it can be loaded, else the course model ioi-mini.
 PATCHLAB_MODEL ?=
 # The released exercises, run by nbval in `make test` as learners get them. (The chapters run in
-# `make book`, on the course model, and in tests/e2e/test_gpt2_offline.py, on GPT-2's code path.)
+# `make book`, on the course model, and from the learner's install on GPT-2's code path in tests/e2e/test_install.py.)
 READER_NOTEBOOKS = exercises/*/*.ipynb
 # `make test` runs this many pytest workers (pytest-xdist), each on one test file or class at a time, with one
 # torch thread each: most tests wait on one single-threaded process (a kernel, a grading run).

@@ -1,9 +1,10 @@
 """GPT-2 small's path, offline: a GPT-2-shaped checkpoint in a Hugging Face cache (tools/gpt2_offline.py).
 
 ``load_model("gpt2-small")`` must load it through its real code path (hub cache, GPT-2's config and BPE
-tokenizer), and every chapter and every exercise solution must run on it. The weights are random, so
-only shapes, token ids, positions and agreement with Hugging Face's own model are checked here, never
-the numbers the pages print. ``PATCHLAB_GPT2_SHAPE=full`` runs all of it at GPT-2 small's size.
+tokenizer). The weights are random, so only shapes, token ids, positions and agreement with Hugging
+Face's own model are checked here, never the numbers the pages print. Every chapter and exercise
+solution runs on it from the learner's install in tests/e2e/test_install.py (``test_as_shipped``);
+tools/measure_notebooks.py times them at GPT-2 small's size.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
-import nbformat
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -100,57 +98,3 @@ def test_load_model_gpt2_small_runs_its_real_path_offline(gpt2_hub: Path) -> Non
     # The bridge in compatibility mode computes what Hugging Face's model computes (logit differences
     # are unchanged by the weight processing), on weights that are not all alike.
     assert got["ld_scale"] > 1e-3 and got["ld_gap"] < 1e-4 * max(1.0, got["ld_scale"])
-
-
-def reader_notebooks() -> list[Path]:
-    """Every chapter that is a notebook, in the book's order, and every exercise solution."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import notebooks
-
-    chapters = [p.with_suffix(".ipynb") for p in notebooks.notebook_sources(ROOT, ("book",))]
-    solutions = sorted((ROOT / "solutions").glob("*/*.ipynb"))
-    return chapters + solutions
-
-
-# Cells added around each notebook to record the CPU seconds of each cell in the kernel (with one
-# thread, what one core would take however busy the machine is); removed before the checks.
-TIMER_SETUP = """
-import time as _t
-_cpu = []
-get_ipython().events.register("pre_run_cell", lambda *a: _cpu.append(("pre", _t.process_time())))
-get_ipython().events.register("post_run_cell", lambda *a: _cpu.append(("post", _t.process_time())))
-"""
-TIMER_REPORT = """
-import json as _j
-print(_j.dumps([b[1] - a[1] for a, b in zip(_cpu, _cpu[1:]) if (a[0], b[0]) == ("pre", "post")]))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("notebook", reader_notebooks(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_notebook_runs_on_gpt2_offline(notebook: Path, gpt2_hub: Path, monkeypatch) -> None:
-    from nbclient import NotebookClient
-
-    # One thread: a kernel with one per core slowed down many times over on a shared machine.
-    for key, value in offline_env(gpt2_hub, OMP_NUM_THREADS="1").items():
-        monkeypatch.setenv(key, value)
-    nb = nbformat.read(notebook, as_version=4)
-    nb.cells = [nbformat.v4.new_code_cell(TIMER_SETUP), *nb.cells, nbformat.v4.new_code_cell(TIMER_REPORT)]
-    start = time.perf_counter()
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
-    seconds = time.perf_counter() - start
-    report = nb.cells.pop()
-    nb.cells.pop(0)
-    stderr = [
-        (index, "".join(out.get("text", "")))
-        for index, cell in enumerate(nb.cells) if cell.cell_type == "code"
-        for out in cell.get("outputs", []) if out.get("name") == "stderr"
-    ]
-    assert stderr == [], f"cells wrote to stderr: {stderr}"
-    first = next(out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", []))
-    assert "gpt2-small" in "".join(first.get("text", "")), "the page did not run on GPT-2 small"
-    cpu = json.loads(report.outputs[0]["text"])  # CPU seconds of each code cell, in order
-    code_cells = [index for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
-    slow = ", ".join(f"cell {code_cells[i]}: {cpu[i]:.0f} s" for i in range(len(cpu)) if cpu[i] >= 20) or "none"
-    print(f"\n{notebook.relative_to(ROOT)} on the {gpt2_offline.shape_from_env()} GPT-2: {seconds:.0f} s wall, "
-          f"{sum(cpu):.0f} CPU s in its cells; cells of 20 CPU s or more: {slow}")

