@@ -1,11 +1,12 @@
 """End to end: `python -m autograder grade` on the submission fixtures, through the real sandbox.
 
-The fixtures (tests/fixtures/submissions/build.py) are graded in six runs (`--jobs 2`, bubblewrap):
-logit_difference (with entries that must be skipped, and a relative --out), residual_patching,
-attention_heads, an endless loop with a short cell timeout, and a residual_patching class graded, given a manual grade,
-reported again (--no-run), and regraded after a learner changed the scored answer. The lifecycle
-of a run (interruptions, held folders, bad options) is in tests/e2e/test_grading_lifecycle.py, the hostile
-submissions in tests/e2e/test_grading_attacks.py.
+The fixtures (tests/fixtures/submissions/build.py) are graded in three runs (`--jobs 2`, bubblewrap):
+logit_difference (with entries that must be skipped, and a relative --out), residual_patching, and an
+endless loop with a short cell timeout. The other assignments are graded in
+tests/e2e/test_grading_assignments.py; a term of one class (hand scores, --no-run, regrading, late
+work, a changed answer) in tests/e2e/test_grading_term.py; the lifecycle of a run (interruptions, held
+folders, bad options) in tests/e2e/test_grading_lifecycle.py; the hostile submissions in
+tests/e2e/test_grading_attacks.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from autograder.feedback import hidden_test_lines, leaks
 from grading import ENV, ROOT, autograder, grade, page_text, read_grades, snapshot  # tests/grading.py
 from grading import HAS_BWRAP, LIMITS, MAX_SCORES, check_no_leaks, check_submission, fixtures, needs_sandbox, write_groups
 
-GROUPS = ("logit_difference", "logit_difference_endless", "residual_patching", "residual_rerun")
+GROUPS = ("logit_difference", "logit_difference_endless", "residual_patching")
 
 # The endless loop's cell is stopped after 60 s; the set-up cell must fit in that too, on a loaded machine.
 SHORT_LIMITS = ("--cell-timeout", "60", "--notebook-timeout", "300")
@@ -38,7 +39,7 @@ def add_entries_to_skip(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """Every group graded; for the rerun group, the results and pages of each of its runs."""
+    """Every group graded, with the submissions folders before and after."""
     if not HAS_BWRAP and not os.environ.get("CI"):
         pytest.skip("bubblewrap is not installed")
     base = tmp_path_factory.mktemp("autograder")
@@ -52,34 +53,11 @@ def graded(tmp_path_factory):
     grade(folders["residual_patching"], "residual_patching", out["residual_patching"], *LIMITS)
     grade(folders["logit_difference_endless"], "logit_difference", out["logit_difference_endless"], *SHORT_LIMITS)
 
-    rerun, rerun_out = folders["residual_rerun"], out["residual_rerun"]
-    grade(rerun, "residual_patching", rerun_out, *LIMITS)
-    runs = {"first": read_grades(rerun_out), "first_pages": snapshot(rerun_out / "feedback")}
-    grade(rerun, "residual_patching", rerun_out, "--no-run")
-    runs["no_run_pages"] = snapshot(rerun_out / "feedback")
-    scored = subprocess.run(autograder("score", rerun_out, "--assignment", "residual_patching", "--student",
-                                       "answered", "--cell", "interpretation", "--points", "1.5", "--comment",
-                                       "Good, but name the heads."), env=ENV, capture_output=True, text=True)
-    assert scored.returncode == 0, scored.stderr
-    grade(rerun, "residual_patching", rerun_out, "--no-run")
-    runs["reported"] = read_grades(rerun_out)
-    runs["reported_page"] = page_text(rerun_out / "feedback" / "answered.html")
-    grade(rerun, "residual_patching", rerun_out, *LIMITS)
-    runs["regraded"] = read_grades(rerun_out)
-    # The learner hands in a new answer to the question already scored by hand.
-    changed = nbformat.read(rerun / "answered.ipynb", as_version=4)
-    next(c for c in changed.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "interpretation").source = (
-        "A different answer.")
-    nbformat.write(changed, rerun / "answered.ipynb")
-    grade(rerun, "residual_patching", rerun_out, *LIMITS)
-    runs["changed"] = read_grades(rerun_out)
-    runs["changed_log"] = (rerun_out / "grading.log").read_text(encoding="utf-8")
     after = {group: snapshot(folder) for group, folder in folders.items()}
-    return {"folders": folders, "out": out, "before": before, "after": after, "rerun": runs}
+    return {"folders": folders, "out": out, "before": before, "after": after}
 
 
-ONCE = [(group, f) for group in ("logit_difference", "logit_difference_endless", "residual_patching")
-        for f in fixtures.GROUPS[group]]
+ONCE = [(group, f) for group in GROUPS for f in fixtures.GROUPS[group]]
 
 
 @pytest.mark.slow
@@ -110,10 +88,8 @@ def test_the_run_records_its_sandbox(graded):
 @pytest.mark.slow
 @needs_sandbox
 def test_submitted_files_are_never_changed(graded):
-    assert graded["after"] == graded["before"] or set(graded["after"]) == set(graded["before"])
     for group in GROUPS:
-        if group != "residual_rerun":  # where a learner hands in a new answer, on purpose
-            assert graded["after"][group] == graded["before"][group], group
+        assert graded["after"][group] == graded["before"][group], group
 
 
 @pytest.mark.slow
@@ -130,22 +106,6 @@ def test_a_stuck_cell_is_interrupted_and_named(graded):
     assert "CellTimeoutError" in page
     detail = read_grades(graded["out"]["logit_difference_endless"])["endless_loop"]["detail"]
     assert "(4.2 Mean logit difference) stopped by the cell time limit (--cell-timeout)" in detail, detail
-
-
-@pytest.mark.slow
-@needs_sandbox
-def test_manual_grades_are_kept_until_the_answer_changes(graded):
-    runs = graded["rerun"]
-    assert runs["first"]["answered"]["status"] == "needs_manual_grade" and runs["first"]["answered"]["score"] == "6"
-    assert runs["no_run_pages"] == runs["first_pages"], "--no-run must rewrite the very same feedback"
-    assert runs["reported"]["answered"]["score"] == "7.5" and runs["reported"]["answered"]["status"] == "graded"
-    assert "Good, but name the heads." in runs["reported_page"]
-    assert runs["regraded"] == runs["reported"]
-    assert runs["first"]["untouched"] == runs["regraded"]["untouched"]
-    assert runs["regraded"]["untouched"]["score"] == "0"
-    assert runs["changed"]["answered"]["status"] == "needs_manual_grade"
-    assert runs["changed"]["answered"]["score"] == "6"
-    assert "the answer 'interpretation' changed since it was scored (1.5 points" in runs["changed_log"]
 
 
 # --- the release --------------------------------------------------------------------------------

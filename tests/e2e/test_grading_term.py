@@ -1,6 +1,7 @@
 """A term with one class (issue 17): the class graded, a written answer scored in nbgrader's formgrader,
 a learner graded again alone, a late submission graded into the same folder with a penalty, a hand
-score with `score`, the class reported again with `--no-run`; nothing a run did not grade is lost.
+score with `score`, the class reported again with `--no-run`, a learner who changes the answer
+scored by hand graded again; nothing a run did not grade is lost.
 The record itself (autograder/classrecord.py, autograder/late.py) and the notebook triage are tested
 without grading, below."""
 
@@ -20,7 +21,7 @@ from autograder.classrecord import ClassRecord, RecordError
 from autograder.config import assignments, environment, release_notebook
 from autograder.grade import Grade, stopped_cells
 from autograder.late import LatePolicy, LateRuleError, combine
-from grading import ENV, HAS_BWRAP, LIMITS, autograder, fixtures, grade, page_text, read_grades  # tests/grading.py
+from grading import ENV, HAS_BWRAP, LIMITS, autograder, fixtures, grade, page_text, read_grades, snapshot  # tests/grading.py
 
 RP = "residual_patching"
 DEADLINE = "2026-01-10T00:00:00+00:00"
@@ -65,10 +66,12 @@ def term(tmp_path_factory):
     seen["first"] = read_grades(out)
     seen["first_page"] = page_text(out / "feedback" / "answered.html")
     seen["first_html"] = (out / "feedback" / "answered.html").read_text(encoding="utf-8")
+    seen["first_pages"] = snapshot(out / "feedback")
     formgrader_score(out, "answered", "interpretation", 1.5, "Entered in formgrader.")
     grade(klass, RP, out, "--no-run")
     seen["no_run"] = read_grades(out)
     seen["no_run_page"] = page_text(out / "feedback" / "answered.html")
+    seen["no_run_pages"] = snapshot(out / "feedback")
     seen["no_run_record"] = json.loads((out / "run.json").read_text(encoding="utf-8"))
     seen["no_run_log"] = (out / "grading.log").read_text(encoding="utf-8")
     grade(klass, RP, out, *LIMITS, "--student", "answered")
@@ -77,7 +80,8 @@ def term(tmp_path_factory):
     grade(late, RP, out, *LIMITS, "--late-penalty", "10%/day")
     seen["late"] = read_grades(out)
     scored = subprocess.run(autograder("score", out, "--assignment", RP, "--student", "latecomer", "--cell",
-                                       "interpretation", "--points", "2"), env=ENV, capture_output=True, text=True)
+                                       "interpretation", "--points", "2", "--comment", "Name the heads."),
+                            env=ENV, capture_output=True, text=True)
     assert scored.returncode == 0, scored.stderr
     grade(late, RP, out, "--no-run")
     seen["final"] = read_grades(out)
@@ -89,6 +93,15 @@ def term(tmp_path_factory):
                                    "latecomer,gradescope,2026-01-10T06:00:00+00:00,,latecomer.ipynb\n", encoding="utf-8")
     grade(late, RP, out, "--no-run")
     seen["lms_time"] = read_grades(out)
+    # The learner hands in a new answer to the question scored in formgrader and is graded again alone.
+    changed = nbformat.read(klass / "answered.ipynb", as_version=4)
+    next(c for c in changed.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "interpretation").source = (
+        "A different answer.")
+    nbformat.write(changed, klass / "answered.ipynb")
+    handed_in(klass / "answered.ipynb", "2026-01-09T18:00:00+00:00")  # before the deadline too
+    grade(klass, RP, out, *LIMITS, "--student", "answered")
+    seen["changed"] = read_grades(out)
+    seen["changed_log"] = (out / "grading.log").read_text(encoding="utf-8")
     return seen
 
 
@@ -133,6 +146,19 @@ def test_a_formgrader_score_survives_no_run_and_a_rerun(term):
         assert (row["score"], row["status"], row["interpretation"]) == ("7.5", "graded", "1.5"), (step, row)
     assert "Entered in formgrader." in term["no_run_page"]
     assert "changed since it was scored" not in term["again_log"]
+    # --no-run writes the very same page for a learner whose grade did not change
+    assert term["no_run_pages"]["untouched.html"] == term["first_pages"]["untouched.html"]
+    assert term["no_run_pages"]["answered.html"] != term["first_pages"]["answered.html"]
+
+
+@pytest.mark.slow
+def test_a_hand_score_is_dropped_when_its_answer_changes(term):
+    before, after = term["lms_time"], term["changed"]
+    row = after["answered"]
+    assert (row["status"], row["score"], row["interpretation"]) == ("needs_manual_grade", "6", ""), row
+    assert "the answer 'interpretation' changed since it was scored (1.5 points" in term["changed_log"]
+    assert {name: r for name, r in after.items() if name != "answered"} == {
+        name: r for name, r in before.items() if name != "answered"}
 
 
 @pytest.mark.slow
@@ -156,7 +182,7 @@ def test_a_late_submission_graded_into_the_class_keeps_every_other_row(term):
     assert (row["status"], row["late"], row["penalty"], row["score"]) == ("needs_manual_grade", "1.50", "1.6", "4.4")
     row = final["latecomer"]
     assert (row["status"], row["penalty"], row["score"], row["interpretation"]) == ("graded", "1.6", "6.4", "2")
-    assert "Late submission penalty" in term["final_page"]
+    assert "Late submission penalty" in term["final_page"] and "Name the heads." in term["final_page"]
     assert {"answered.html", "untouched.html", "latecomer.html"} <= set(term["pages"])
     runs = term["record"]["runs"]
     assert [run["executed"] for run in runs] == [True, False, True, True, False]
