@@ -1,4 +1,5 @@
-"""Fixtures of the unit tier: the course model and a tiny random GPT-2, set up for the patching tests."""
+"""Fixtures of the unit tier: the course model and a tiny random GPT-2, set up for the patching tests;
+the grader's references and the learner kernel's models for the check tests (on the module's ``MODELS``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from patching_setups import Setup  # tests/unit/patching_setups.py
 
+from autograder import checks
 from patchlab.models import _finish, load_course_tokenizer
 
 
@@ -32,3 +34,24 @@ def tiny() -> Any:
     bridge = build_bridge_from_module(hf_model, "GPT2LMHeadModel", hf_config=config, tokenizer=tokenizer,
                                       model_name="tiny-gpt2")
     return _finish(bridge, "tiny-gpt2")
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Any:
+    """A tiny model on a shared CPU runs several times faster on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def refs(request: pytest.FixtureRequest) -> checks.References:
+    """The grader's trusted references on the test module's ``MODELS``."""
+    return checks.References(request.module.MODELS)
+
+
+@pytest.fixture(scope="module")
+def inside(request: pytest.FixtureRequest) -> checks.Models:
+    """The learner kernel's models on the test module's ``MODELS``: loaded apart from the references."""
+    return checks.Models(request.module.MODELS)

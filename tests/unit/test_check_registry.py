@@ -26,24 +26,7 @@ from patchlab.plots import heatmap, position_labels
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "checks"
 MODELS = ["ioi-mini"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def refs() -> checks.References:
-    return checks.References(MODELS)
-
-
-@pytest.fixture(scope="module")
-def inside() -> checks.Models:
-    return checks.Models(MODELS)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def verdict(check: checks.Check, fn, refs: checks.References, inside: checks.Models) -> str | None:

@@ -22,27 +22,7 @@ from patchlab.plots import heatmap, position_labels
 MODELS = ["ioi-mini", "ioi-mini-reshaped"]
 # Every check harvested and judged on both grading models takes minutes: `make test-fast` leaves this
 # module out (tests/unit/test_check_registry.py grades each check once, on the course model).
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model on a shared CPU runs several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def refs() -> checks.References:
-    return checks.References(MODELS)
-
-
-@pytest.fixture(scope="module")
-def inside() -> harvest.Models:
-    """The learner kernel's models: loaded separately from the trusted references."""
-    return harvest.Models(MODELS)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def verdict(check: str, fn, refs: checks.References, inside: harvest.Models) -> str | None:
