@@ -33,9 +33,10 @@ def notebook_tool() -> ModuleType:
     return module
 
 
-def source_notebook(name: str, solutions_dir: Path = SOLUTIONS_DIR) -> Path:
-    """The generated instructor notebook of assignment ``name``."""
-    return solutions_dir / name / f"{name}.ipynb"
+def source_notebook(name: str, solutions_dir: Path | None = None) -> Path:
+    """The generated instructor notebook of assignment ``name`` (under ``SOLUTIONS_DIR`` by default,
+    read when called)."""
+    return (solutions_dir or SOLUTIONS_DIR) / name / f"{name}.ipynb"
 
 
 def stale_solutions(names: list[str] | None = None) -> list[str]:
@@ -65,6 +66,7 @@ def md_line(md_path: Path, grade_id: str | None, nth: int = 1) -> str:
 
 def problems(name: str, nb: nbformat.NotebookNode) -> list[str]:
     """What nbgrader or the grader would trip on, each as ``file:line: what``."""
+    from autograder.checks import REGISTRY  # (imports torch: a few seconds, once per release)
     from autograder.restore import HIDDEN_CHECK, grade_id, is_test
 
     md_path = SOLUTIONS_DIR / name / f"{name}.md"
@@ -76,10 +78,16 @@ def problems(name: str, nb: nbformat.NotebookNode) -> list[str]:
             found.append(f"{md_line(md_path, gid, 2)}: grade_id {gid!r} is used by two cells")
         if gid:
             seen.add(gid)
-        if is_test(cell) and not HIDDEN_CHECK.search(cell.source):
+        called = HIDDEN_CHECK.search(cell.source) if is_test(cell) else None
+        if is_test(cell) and not called:
             found.append(
                 f"{md_line(md_path, gid)}: the test cell {gid!r} calls no check_NAME(function, model) "
                 "between its HIDDEN TESTS markers"
+            )
+        elif called and called.group(1) not in REGISTRY:
+            found.append(
+                f"{md_line(md_path, gid)}: the test cell {gid!r} calls {called.group(1)}, which no module of "
+                "autograder/checks/ declares: declare it there (autograder/README.md) or fix the name"
             )
     return found
 
