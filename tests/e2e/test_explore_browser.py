@@ -1,9 +1,9 @@
 """Explorable heatmaps in a real browser: a click, a tap and the arrow keys open a cell's patched run,
 on a 1366 px desktop and a 390 px phone, and the panel shows what Python computes for that cell.
 
-Two pages: one written here with ``ExplorableFigure.to_html`` (the notebooks' figures, without
-building the book), and the built book's residual-stream chapter (its map of ``resid_pre``, cell
-(layer, END)). The values are checked against a direct computation: the corrupted prompts run with a
+Pages written here with ``ExplorableFigure.to_html`` (the notebooks' figures, without building the
+book), and two of the built book: the residual-stream chapter (its map of ``resid_pre``, cell
+(layer, END)) and chapter 10 (its map of ``attn_out`` under GPT-2 small's published one). The values are checked against a direct computation: the corrupted prompts run with a
 hand-written hook that patches the clean activation in. Uses test_book_browser's headless Chromium.
 """
 
@@ -28,11 +28,14 @@ pytestmark = pytest.mark.slow
 
 TOP_K = 5
 
-# Where cell (r, c) of the page's first explorable figure is on the screen, after scrolling it into view.
-LOCATE = r"""((r, c) => {
+# Where cell (r, c) of the page's first explorable figure is on the screen, after scrolling it into view:
+# of its heatmap whose cells open their runs, or (other) of the first one that does not.
+LOCATE = r"""((r, c, other) => {
   const gd = document.querySelector('.plotly-graph-div[data-explorable]');
   gd.scrollIntoView({block: 'center'});
-  const box = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const t = gd._fullData.find(t => (t.hovertemplate || '').includes('click for its run') !== other);
+  const box = gd.getBoundingClientRect();
+  const xa = gd._fullLayout[t.xaxis.replace('x', 'xaxis')], ya = gd._fullLayout[t.yaxis.replace('y', 'yaxis')];
   return {x: box.left + xa._offset + xa.l2p(c), y: box.top + ya._offset + ya.l2p(r),
           panelLeft: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().left,
           panelTop: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().top,
@@ -107,13 +110,14 @@ class Page:
             time.sleep(0.3)
         time.sleep(0.5)  # the figure settles to its column's width
 
-    def where(self, r: int, c: int) -> dict:
-        found = self.browser.evaluate(f"{LOCATE}({r}, {c})")
+    def where(self, r: int, c: int, other: bool = False) -> dict:
+        call = f"{LOCATE}({r}, {c}, {str(other).lower()})"
+        found = self.browser.evaluate(call)
         time.sleep(0.3)
-        return self.browser.evaluate(f"{LOCATE}({r}, {c})") if found else found
+        return self.browser.evaluate(call) if found else found
 
-    def click(self, r: int, c: int) -> dict:
-        at = self.where(r, c)
+    def click(self, r: int, c: int, other: bool = False) -> dict:
+        at = self.where(r, c, other)
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
             self.browser.send("Input.dispatchMouseEvent", type=kind, x=at["x"], y=at["y"], button="left", clickCount=1)
         return self._settled()
@@ -201,9 +205,26 @@ def test_the_books_residual_map_opens_layer_end(browser: DevTools, server: str, 
     _check_layout(page, screen)
 
 
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_the_books_attention_output_map_opens_its_cells_under_the_published_map(
+    browser: DevTools, server: str, model: Any, classic: Any, screen: str
+) -> None:
+    """Chapter 10's attn_out figure, GPT-2 small's published map above this model's: a cell of the
+    lower map shows its run; a click on the published map says its cells carry none."""
+    page = Page(browser, f"{server}/book/beyond_residual.html", screen)
+    end, layer = classic.end_pos, model.cfg.n_layers - 1
+    panel = page.tap(layer, end) if page.mobile else page.click(layer, end)
+    assert panel["title"] == f"layer {layer}, position {classic.end_pos}: {classic.str_tokens[end]!r} (END)", panel
+    final = _direct_run(model, classic, f"blocks.{layer}.hook_attn_out", (slice(None), end))
+    _check_panel(panel, *_expected(model, classic, final))
+    _check_layout(page, screen)
+    if not page.mobile:
+        assert "carry no runs" in page.click(layer, end, other=True)["text"]
+
+
 def test_the_books_explorable_figures_stay_within_their_budget(built_book: Path) -> None:
     """Each explorable figure of the built book (its plotly call with its panel's data) is within
-    BUDGET_BYTES, and the residual, head and path chapters have theirs."""
+    BUDGET_BYTES, and chapters 6, 8, 9 and 10 have theirs."""
     import re
 
     from patchlab.explore import BUDGET_BYTES
@@ -214,5 +235,6 @@ def test_the_books_explorable_figures_stay_within_their_budget(built_book: Path)
         sizes = [len(s.encode()) for s in scripts if "data-explorable" in s and "Plotly.newPlot" in s]
         if sizes:
             found[page.stem] = sizes
-    assert {"residual_patching", "attention_heads", "path_patching"} <= set(found), found
+    assert {"residual_patching", "attention_heads", "path_patching", "beyond_residual"} <= set(found), found
+    assert len(found["beyond_residual"]) == 2, "chapter 10's attention and MLP output maps"
     assert all(size <= BUDGET_BYTES for sizes in found.values() for size in sizes), found

@@ -15,7 +15,8 @@ import torch
 
 from patchlab.explore import BUDGET_BYTES, ExplorableFigure, _json, cell_runs, choose_cells
 from patchlab.patching import fast_path_patching, fast_patching
-from patchlab.plots import explorable_heatmap
+from patchlab.plots import explorable_heatmap, position_labels
+from patchlab.published import gpt2_small_ioi, side_by_side
 
 
 def _hooked_final(model: Any, data: Any, hook_name: str, where: tuple[Any, ...]) -> torch.Tensor:
@@ -101,6 +102,23 @@ def test_a_path_cell_is_the_path_patched_run(model: Any, classic: Any, classic_r
         # the metric is the normalised mean of the per-prompt logit differences shown
         clean, corrupted = metric.clean_logit_diff, metric.corrupted_logit_diff
         assert (np.mean(cell["ld"]) - corrupted) / (clean - corrupted) == pytest.approx(cell["m"], abs=2e-3)
+
+
+def test_a_figure_of_several_maps_opens_the_cells_of_the_map_drawn_from_the_values(model: Any, classic: Any,
+                                                                                    maps: dict) -> None:
+    """Chapter 10's figure: GPT-2 small's published map above this model's; only the lower one opens runs."""
+    labels = position_labels(classic.str_tokens, classic.s2_pos, classic.end_pos)
+    published = side_by_side(maps["attn_out"], "ioi-mini", gpt2_small_ioi(), "attn_out", labels)
+    layer, end = 2, classic.end_pos
+    fig = explorable_heatmap(model, classic, maps["attn_out"], "attn_out", "attn_out", cells=[(layer, end)],
+                             figure=published)
+    assert fig.figure is published and (fig.data["trace"], fig.data["axes"]) == (1, ["x2", "y2"])
+    assert ["click for its run" in t.hovertemplate for t in published.data] == [False, True]
+    assert fig.data["cols"] == labels
+    final = _hooked_final(model, classic, f"blocks.{layer}.hook_attn_out", (slice(None), end))
+    _check_run(model, fig.data, f"{layer},{end}", final, classic.answer_tokens)
+    with pytest.raises(ValueError, match="draws these values in 0 heatmaps"):
+        explorable_heatmap(model, classic, maps["mlp_out"], "mlp_out", "mlp_out", figure=published)
 
 
 def test_large_maps_embed_the_last_column_and_the_largest_cells() -> None:
