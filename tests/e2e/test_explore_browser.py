@@ -21,6 +21,7 @@ import plotly
 import pytest
 import torch
 
+from patched_runs import hooked_final  # tests/unit/patched_runs.py
 from patchlab.plots import explorable_heatmap
 from test_book_browser import SCREENS, DevTools, _QuietHandler, browser, built_book, server  # noqa: F401
 
@@ -53,18 +54,6 @@ PANEL = r"""(() => {
           lds: rows('table.lds'), tops: rows('table.tops'), pattern: rows('table.pattern'),
           focused: document.activeElement && document.activeElement.getAttribute('data-explorable') === '1'};
 })()"""
-
-
-def _direct_run(model: Any, data: Any, hook_name: str, where: tuple[Any, ...]) -> torch.Tensor:
-    """The corrupted run's final logits with the clean activation patched in at ``where``, by hand."""
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(data.clean_tokens)
-
-        def patch(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-            activation[where] = clean_cache[hook_name][where]
-            return activation
-
-        return model.run_with_hooks(data.corrupted_tokens, fwd_hooks=[(hook_name, patch)])[:, -1]
 
 
 def _expected(model: Any, data: Any, final: torch.Tensor) -> tuple[list[float], list[tuple[str, float]]]:
@@ -168,11 +157,11 @@ def test_click_tap_and_keys_show_the_cells_run(browser: DevTools, notebook_pages
     end, last = classic.end_pos, model.cfg.n_layers - 1
     panel = page.tap(last, end) if page.mobile else page.click(last, end)
     assert panel["title"] == f"layer {last}, position {classic.end_pos}: {classic.str_tokens[end]!r} (END)", panel
-    final = _direct_run(model, classic, f"blocks.{last}.hook_resid_pre", (slice(None), end))
+    final = hooked_final(model, classic, f"blocks.{last}.hook_resid_pre", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
     assert panel["focused"], "a click or tap gives the map the keyboard focus"
     panel = page.key("ArrowUp")  # layer last - 1, END
-    final = _direct_run(model, classic, f"blocks.{last - 1}.hook_resid_pre", (slice(None), end))
+    final = hooked_final(model, classic, f"blocks.{last - 1}.hook_resid_pre", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
     _check_layout(page, screen)
 
@@ -183,7 +172,7 @@ def test_head_cells_show_the_heads_pattern(browser: DevTools, notebook_pages: di
     page = Page(browser, f"{notebook_pages['url']}/head_out.html", screen)
     layer, head = model.cfg.n_layers - 1, 1
     panel = page.tap(layer, head) if page.mobile else page.click(layer, head)
-    final = _direct_run(model, classic, f"blocks.{layer}.attn.hook_z", (slice(None), slice(None), head))
+    final = hooked_final(model, classic, f"blocks.{layer}.attn.hook_z", (slice(None), slice(None), head))
     _check_panel(panel, *_expected(model, classic, final))
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(classic.clean_tokens)
@@ -200,7 +189,7 @@ def test_the_books_residual_map_opens_layer_end(browser: DevTools, server: str, 
     page = Page(browser, f"{server}/book/residual_patching.html", screen)
     end, layer = classic.end_pos, 1
     panel = page.tap(layer, end) if page.mobile else page.click(layer, end)
-    final = _direct_run(model, classic, f"blocks.{layer}.hook_resid_pre", (slice(None), end))
+    final = hooked_final(model, classic, f"blocks.{layer}.hook_resid_pre", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
     _check_layout(page, screen)
 
@@ -215,7 +204,7 @@ def test_the_books_attention_output_map_opens_its_cells_under_the_published_map(
     end, layer = classic.end_pos, model.cfg.n_layers - 1
     panel = page.tap(layer, end) if page.mobile else page.click(layer, end)
     assert panel["title"] == f"layer {layer}, position {classic.end_pos}: {classic.str_tokens[end]!r} (END)", panel
-    final = _direct_run(model, classic, f"blocks.{layer}.hook_attn_out", (slice(None), end))
+    final = hooked_final(model, classic, f"blocks.{layer}.hook_attn_out", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
     _check_layout(page, screen)
     if not page.mobile:
