@@ -250,6 +250,9 @@ if (!document.getElementById('patchlab-explore-css')) {
 }
 var box = document.createElement('div'); box.className = 'patchlab-explore';
 gd.parentNode.insertBefore(box, gd); box.appendChild(gd);
+// plotly's notebook renderer puts the figure in a div of the figure's height: it must hold the panel too
+var outer = box.parentNode;
+if (outer && /px$/.test(outer.style.height)) { outer.style.minHeight = outer.style.height; outer.style.height = 'auto'; }
 var panel = document.createElement('div'); panel.className = 'patchlab-panel';
 panel.setAttribute('role', 'region'); panel.setAttribute('aria-live', 'polite');
 panel.setAttribute('aria-label', 'the patched run of the selected cell');

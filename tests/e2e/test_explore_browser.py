@@ -41,7 +41,9 @@ LOCATE = r"""((r, c, other) => {
           panelLeft: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().left,
           panelTop: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().top,
           figureRight: box.right, figureBottom: box.bottom, viewport: window.innerWidth,
-          panelRight: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().right};
+          panelRight: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().right,
+          panelBottom: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().bottom,
+          outerBottom: gd.parentNode.parentNode.getBoundingClientRect().bottom};
 })"""
 
 # What the panel shows: its title, its value line and its tables' rows (cell texts).
@@ -73,7 +75,8 @@ def _check_panel(panel: dict, lds: list[float], tops: list[tuple[str, float]]) -
 
 
 def _check_layout(page: "Page", screen: str) -> None:
-    """Beside the figure on a desktop, below it on a phone, and on the screen."""
+    """Beside the figure on a desktop, below it on a phone, on the screen, and inside the box that holds
+    the figure (plotly's notebook renderer gives that box the figure's height: the panel must not be cut)."""
     at = page.where(0, 0)
     assert at["viewport"] == SCREENS[screen][0], "the page is laid out at the screen's width"
     if screen == "phone":
@@ -81,6 +84,7 @@ def _check_layout(page: "Page", screen: str) -> None:
     else:
         assert at["panelLeft"] >= at["figureRight"] - 1, f"on a desktop the panel opens beside the figure: {at}"
     assert at["panelRight"] <= at["viewport"] + 1, f"the panel runs off the screen: {at}"
+    assert at["panelBottom"] <= at["outerBottom"] + 1, f"the panel runs out of the figure's box: {at}"
 
 
 class Page:
