@@ -1,5 +1,6 @@
-"""What an explorable map embeds at GPT-2 small's size: the residual map and the head map, drawn as the
-book draws them (`patchlab.plots.explorable_heatmap`'s defaults), against the per-figure budget.
+"""What an explorable map embeds at GPT-2 small's size: the residual, attention- and MLP-output maps and
+the head map, drawn as the book draws them (`patchlab.plots.explorable_heatmap`'s defaults), against
+the per-figure budget.
 
     python tools/gpt2_offline.py build DIR --shape full
     python tools/measure_explore.py --hub DIR/full/hub        # writes bench/explore.json
@@ -28,7 +29,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import gpt2_offline  # noqa: E402  (tools/gpt2_offline.py)
 
-COMPONENTS = ("resid_pre", "head_out")
+COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head_out")
+STACKED = ("attn_out", "mlp_out")
 
 
 def filled(data: dict, token_bytes: float) -> dict:
@@ -59,18 +61,22 @@ def measure(hub: Path) -> dict:
     from patchlab.ioi import classic_ioi
     from patchlab.models import load_model
     from patchlab.patching import patch_ioi
-    from patchlab.plots import explorable_heatmap
+    from patchlab.plots import explorable_heatmap, position_labels
+    from patchlab.published import gpt2_small_ioi, side_by_side
 
     torch.set_grad_enabled(False)
     model = load_model("gpt2-small", device="cpu", verbose=False)
     vocab = model.to_str_tokens(torch.arange(model.cfg.d_vocab), prepend_bos=False)
     mean_token = sum(len(t.encode()) for t in vocab) / len(vocab)
     data = classic_ioi(model)
+    labels = position_labels(data.str_tokens, data.s2_pos, data.end_pos)
     figures = {}
     for component in COMPONENTS:
-        values = patch_ioi(model, data, component, method="fast", progress=False)
+        values = patch_ioi(model, data, component, method="fast", progress=False).values
         start = time.process_time()
-        fig = explorable_heatmap(model, data, values, component, f"gpt2-small: {component}")
+        # chapter 10 draws its attention- and MLP-output maps under the published ones, in one figure
+        published = side_by_side(values, "gpt2-small", gpt2_small_ioi(), component, labels) if component in STACKED else None
+        fig = explorable_heatmap(model, data, values, component, f"gpt2-small: {component}", figure=published)
         cpu = time.process_time() - start
         html = fig.to_html(include_plotlyjs=False, full_html=False)
         figures[component] = {

@@ -105,7 +105,8 @@ def test_explorable_figures_are_set_against_their_budget_and_the_bound_for_any_w
     assert "Within the budget even then." in text and "Over the budget" not in text
     # a figure that the bound puts over the budget is named
     record["budget_bytes"] = min(f["bound_bytes"] for f in record["figures"].values()) - 1
-    assert "**Over the budget in that case: `resid_pre`, `head_out`.**" in summary_tool.explore_summary(record)
+    names = ", ".join(f"`{name}`" for name in record["figures"])
+    assert f"**Over the budget in that case: {names}.**" in summary_tool.explore_summary(record)
 
 
 def test_the_bound_for_any_weights_makes_every_top_token_another_and_every_number_longest() -> None:
