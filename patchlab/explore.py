@@ -229,8 +229,8 @@ class ExplorableFigure:
 
 
 # The panel. Plotly runs it once the figure is drawn, with {plot_id} the figure's div; __DATA__ is
-# `cell_runs`'s data with the figure's labels, the index of the heatmap
-# whose cells it holds (``trace``) and that heatmap's ``axes``. Text only ever goes in with textContent.
+# `cell_runs`'s data with the figure's labels, the index of the heatmap whose cells it holds (``trace``)
+# and that heatmap's ``axes``. Text only ever goes in with textContent.
 SCRIPT = r"""(function () {
 var gd = document.getElementById('{plot_id}'), D = __DATA__;
 if (!gd || gd.getAttribute('data-explorable')) return;

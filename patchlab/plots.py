@@ -425,7 +425,12 @@ def explorable_heatmap(
     fig = heatmap(grid, x_labels, title, x_title=x_title, zmax=zmax) if figure is None else figure
     trace = _drawn_as(fig, grid)
     explored = fig.data[trace]
-    explored.hovertemplate = explored.hovertemplate.replace("<extra>", "<br>click for its run<extra>")
+    hover = explored.hovertemplate or f"layer %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<extra></extra>"
+    explored.hovertemplate = (
+        hover.replace("<extra>", "<br>click for its run<extra>")
+        if "<extra>" in hover
+        else hover + "<br>click for its run"
+    )
     if figure is not None and explored.x is not None:
         x_labels = [str(x) for x in explored.x]
     runs = cell_runs(

@@ -108,6 +108,10 @@ def test_a_figure_of_several_maps_opens_the_cells_of_the_map_drawn_from_the_valu
     _check_run(model, fig.data, f"{layer},{end}", final, classic.answer_tokens)
     with pytest.raises(ValueError, match="draws these values in 0 heatmaps"):
         explorable_heatmap(model, classic, maps["mlp_out"], "mlp_out", "mlp_out", figure=published)
+    # a plain plotly heatmap without a hover of its own gets one that says its cells open
+    plain = go.Figure(go.Heatmap(z=maps["mlp_out"].numpy()))
+    explorable_heatmap(model, classic, maps["mlp_out"], "mlp_out", "mlp_out", cells=[(0, 0)], figure=plain)
+    assert "click for its run" in plain.data[0].hovertemplate
 
 
 def test_large_maps_embed_the_last_column_and_the_largest_cells() -> None:
