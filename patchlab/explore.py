@@ -229,7 +229,8 @@ class ExplorableFigure:
 
 
 # The panel. Plotly runs it once the figure is drawn, with {plot_id} the figure's div; __DATA__ is
-# `cell_runs`'s data with the figure's labels. Text only ever goes in with textContent.
+# `cell_runs`'s data with the figure's labels, the index of the heatmap whose cells it holds (``trace``)
+# and that heatmap's ``axes``. Text only ever goes in with textContent.
 SCRIPT = r"""(function () {
 var gd = document.getElementById('{plot_id}'), D = __DATA__;
 if (!gd || gd.getAttribute('data-explorable')) return;
@@ -249,6 +250,9 @@ if (!document.getElementById('patchlab-explore-css')) {
 }
 var box = document.createElement('div'); box.className = 'patchlab-explore';
 gd.parentNode.insertBefore(box, gd); box.appendChild(gd);
+// plotly's notebook renderer puts the figure in a div of the figure's height: it must hold the panel too
+var outer = box.parentNode;
+if (outer && /px$/.test(outer.style.height)) { outer.style.minHeight = outer.style.height; outer.style.height = 'auto'; }
 var panel = document.createElement('div'); panel.className = 'patchlab-panel';
 panel.setAttribute('role', 'region'); panel.setAttribute('aria-live', 'polite');
 panel.setAttribute('aria-label', 'the patched run of the selected cell');
@@ -265,15 +269,15 @@ var table = function (caption, head, rows) {
     var td = el('td', Array.isArray(x) ? x[0] : x, Array.isArray(x) ? x[1] : undefined); tr.appendChild(td); }); t.appendChild(tr); });
   return t;
 };
-var z = D.z, nr = z.length, nc = z[0].length, sel = null, prompt = 0;
+var z = D.z, nr = z.length, nc = z[0].length, sel = null, prompt = 0, shapes = (gd.layout.shapes || []).slice();
 var hint = function () {
   panel.replaceChildren(el('p', 'Click or tap a cell (or focus the map and use the arrow keys) to see its patched run.'
     + (Object.keys(D.cells).length < D.total ? ' ' + D.note : '')));
 };
 var show = function (r, c) {
   sel = [r, c];
-  Plotly.relayout(gd, {shapes: [{type: 'rect', xref: 'x', yref: 'y', x0: c - 0.5, x1: c + 0.5, y0: r - 0.5, y1: r + 0.5,
-                                 line: {color: '#111', width: 3}}]});
+  Plotly.relayout(gd, {shapes: shapes.concat([{type: 'rect', xref: D.axes[0], yref: D.axes[1], x0: c - 0.5, x1: c + 0.5,
+                                                y0: r - 0.5, y1: r + 0.5, line: {color: '#111', width: 3}}])});
   var key = r + ',' + c, cell = D.cells[key];
   panel.replaceChildren(el('div', D.rowTitle + ' ' + D.rows[r] + ', ' + D.colTitle + ' ' + D.cols[c], 'title'));
   panel.appendChild(el('p', 'value on the map: ' + fix(z[r][c], 3)));
@@ -307,6 +311,10 @@ var show = function (r, c) {
 };
 gd.on('plotly_click', function (ev) {
   var p = ev.points && ev.points[0]; if (!p) return;
+  if (p.curveNumber !== D.trace) {
+    panel.replaceChildren(el('p', 'The cells of this map carry no runs here; those of the map whose cells say \u201cclick for its run\u201d do.'));
+    return;
+  }
   show(p.pointIndex[0], p.pointIndex[1]); gd.focus({preventScroll: true});
 });
 gd.addEventListener('keydown', function (ev) {

@@ -366,6 +366,21 @@ def stacked_lines(
     return fig
 
 
+def _drawn_as(fig: go.Figure, values: Any) -> int:
+    """The index of ``fig``'s one heatmap trace that draws ``values``."""
+    arr = _as_array(values)
+    found = [
+        i
+        for i, trace in enumerate(fig.data)
+        if trace.type == "heatmap" and np.shape(trace.z) == arr.shape and np.allclose(np.asarray(trace.z, float), arr)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"the figure draws these values in {len(found)} heatmaps: pass a figure that draws them in one"
+        )
+    return found[0]
+
+
 def explorable_heatmap(
     model: Any,
     data: Any,
@@ -379,6 +394,7 @@ def explorable_heatmap(
     top_k: int = 5,
     receivers: Sequence[tuple[int, int]] | None = None,
     receiver_input: str = "q",
+    figure: go.Figure | None = None,
 ) -> ExplorableFigure:
     """A patching map whose cells open their patched run: `heatmap` of ``values`` (a tensor or a
     ``PatchingResult``) and, beside it, the selected cell's run (click, tap or arrow keys).
@@ -389,6 +405,10 @@ def explorable_heatmap(
     over the prompts: every cell of a small map, else ``max_cells`` cells (the last column and the
     largest values; see `patchlab.explore.choose_cells`) or the ``cells`` given. ``show()`` draws it
     in a notebook; ``.figure`` is the plotly figure.
+
+    ``figure``, when given, is drawn instead of `heatmap`: a figure of several heatmaps that draws
+    ``values`` as one of them (as `patchlab.published.side_by_side` draws it under GPT-2 small's
+    published map). That heatmap's cells open their runs; a click on another says it has none.
     """
     from patchlab.explore import BUDGET_BYTES, HEAD_COMPONENTS, MAX_CELLS, ExplorableFigure, cell_runs
     from patchlab.patching import PatchingResult
@@ -402,10 +422,17 @@ def explorable_heatmap(
             else position_labels(data.str_tokens, data.s2_pos, data.end_pos)
         )
     x_title = "head" if by_head else "position"
-    fig = heatmap(grid, x_labels, title, x_title=x_title, zmax=zmax)
-    fig.update_traces(
-        hovertemplate=f"layer %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<br>click for its run<extra></extra>"
+    fig = heatmap(grid, x_labels, title, x_title=x_title, zmax=zmax) if figure is None else figure
+    trace = _drawn_as(fig, grid)
+    explored = fig.data[trace]
+    hover = explored.hovertemplate or f"layer %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<extra></extra>"
+    explored.hovertemplate = (
+        hover.replace("<extra>", "<br>click for its run<extra>")
+        if "<extra>" in hover
+        else hover + "<br>click for its run"
     )
+    if figure is not None and explored.x is not None:
+        x_labels = [str(x) for x in explored.x]
     runs = cell_runs(
         model,
         data,
@@ -424,6 +451,8 @@ def explorable_heatmap(
         cols=list(x_labels),
         rowTitle="layer",
         colTitle=x_title,
+        trace=trace,
+        axes=[explored.xaxis or "x", explored.yaxis or "y"],
         note=f"This figure carries the runs of {shown} of its {runs['total']} cells"
         + (
             ""

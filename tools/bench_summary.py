@@ -3,8 +3,9 @@
     python tools/bench_summary.py [--check]
 
 Reads ``bench/notebooks.json`` (``tools/measure_notebooks.py``: each chapter and exercise solution,
-cell by cell, in interleaved rounds), ``bench/patchlab.json`` (``python -m patchlab bench --out DIR``)
-and ``bench/autograder.json`` (``python -m autograder bench --out DIR``), and writes
+cell by cell, in interleaved rounds), ``bench/patchlab.json`` (``python -m patchlab bench --out DIR``),
+``bench/autograder.json`` (``python -m autograder bench --out DIR``) and ``bench/explore.json``
+(``tools/measure_explore.py``: the size of an explorable map at GPT-2 small's size), and writes
 ``book/measurements.md`` (the tables, dated, with the machine) and ``patchlab/data/costs.json`` (what
 each page costs with GPT-2 small on a CPU, which the chapters' ``runtime_note`` reads). ``--check``
 writes nothing and exits 1 when either file is not what the bench files give. A benchmark of fewer
@@ -34,7 +35,7 @@ BENCH = ROOT / "bench"
 PAGE = ROOT / "book" / "measurements.md"
 COSTS = ROOT / "patchlab" / "data" / "costs.json"
 NAMES = {"patchlab": "python -m patchlab bench", "autograder": "python -m autograder bench",
-         "notebooks": "python tools/measure_notebooks.py"}
+         "notebooks": "python tools/measure_notebooks.py", "explore": "python tools/measure_explore.py --hub DIR/full/hub"}
 MIN_ROUNDS = 5  # the benchmarks' rounds (--rounds)
 ROBUST_RUNS = 3  # a page measured fewer times is flagged on the page: one busy moment may be in its figure
 # No cell should take longer than this on a 2-core CPU at GPT-2 small's size. Judged by its CPU seconds:
@@ -95,6 +96,29 @@ def autograder_summary(record: dict) -> str:
             lines.append(f"| {name} | {jobs} | {t['median']:.1f} [{t['min']:.1f}-{t['max']:.1f}] | "
                          f"{s['median']:.2f}× [{s['min']:.2f}-{s['max']:.2f}] |")
     return "\n".join(lines + _warnings(record))
+
+
+def explore_summary(record: dict) -> str:
+    """Markdown of ``bench/explore.json``: what an explorable map embeds at GPT-2 small's size, against
+    the budget, and its bound for any weights (``tools/measure_explore.py``'s ``filled``)."""
+    budget = record["budget_bytes"]
+    lines = [f"{record['model']}; the {record['prompts']} classic prompts of {record['seq_len']} tokens; "
+             f"`explorable_heatmap`'s defaults, as the chapters draw them on GPT-2 small; written by "
+             f"`{NAMES['explore']}` into `{record['source']}`, {record['date']}, CPU seconds of one run on "
+             f"{record['threads']} thread{'s' * (record['threads'] > 1)}.", "",
+             "| map | cells with their run | token strings | patterns | KB embedded | KB, any weights | CPU s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    over = [f"`{name}`" for name, f in record["figures"].items() if f["bound_bytes"] > budget]
+    for name, f in record["figures"].items():
+        lines.append(f"| `{name}` | {f['cells']} of {f['total']} | {f['tokens']} | {f['patterns']} | "
+                     f"{f['bytes'] / 1000:.0f} | {f['bound_bytes'] / 1000:.0f} | {f['cpu_s']:.0f} |")
+    lines += ["", f"The budget is {budget / 1000:.0f} KB a figure (`patchlab.explore.BUDGET_BYTES`); a figure over it "
+                  "is still drawn, with a warning that says to pass fewer cells or a smaller `top_k`. The weights "
+                  "change the token table and the digits of the numbers: the last KB column is the figure with every "
+                  f"top token of every run another token, of the vocabulary's mean length ({record['vocab_mean_bytes']:.1f}"
+                  " bytes), and every number at its longest rounded form. "
+              + (f"**Over the budget in that case: {', '.join(over)}.**" if over else "Within the budget even then.")]
+    return "\n".join(lines)
 
 
 def _warnings(record: dict) -> list[str]:
@@ -210,7 +234,7 @@ def load_record(path: Path, name: str) -> dict:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise BenchError(f"{path}: {err} (write it with {NAMES[name]})") from None
-    if name != "notebooks" and record.get("rounds", 0) < MIN_ROUNDS:
+    if name in ("patchlab", "autograder") and record.get("rounds", 0) < MIN_ROUNDS:
         raise BenchError(f"{path}: {record.get('rounds', 0)} rounds; the page needs {MIN_ROUNDS} or more "
                          f"({NAMES[name]} --rounds {MIN_ROUNDS})")
     record["source"] = path.resolve().relative_to(ROOT).as_posix() if path.resolve().is_relative_to(ROOT) \
@@ -220,11 +244,12 @@ def load_record(path: Path, name: str) -> dict:
 
 def render(bench: Path = BENCH) -> tuple[str, str]:
     """The measurements page and the costs json, from the bench files in ``bench``."""
-    records = {name: load_record(bench / f"{name}.json", name) for name in ("notebooks", "patchlab", "autograder")}
+    names = ("notebooks", "patchlab", "autograder", "explore")
+    records = {name: load_record(bench / f"{name}.json", name) for name in names}
     try:
         costs = costs_table(records["notebooks"])
         parts = [notebooks_summary(records["notebooks"]), patchlab_summary(records["patchlab"]),
-                 autograder_summary(records["autograder"])]
+                 autograder_summary(records["autograder"]), explore_summary(records["explore"])]
     except KeyError as err:
         raise BenchError(f"a bench file lacks {err}: write it again with its tool") from None
     page = "\n".join([
@@ -246,7 +271,10 @@ def render(bench: Path = BENCH) -> tuple[str, str]:
         "## The patching benchmark", "", f"`{NAMES['patchlab']}`: the `resid_pre` sweep and the head sweeps, "
         "each method against TransformerLens.", "", parts[1], "",
         "## Grading throughput", "", f"`{NAMES['autograder']}`: a class graded as `python -m autograder grade` does it, "
-        "sandbox on, with `--jobs 1` and `--jobs 2`, on the course model.", "", parts[2], ""])
+        "sandbox on, with `--jobs 1` and `--jobs 2`, on the course model.", "", parts[2], "",
+        "## Explorable figures at GPT-2 small's size", "", "What a map whose cells open their patched runs "
+        "(`patchlab.plots.explorable_heatmap`) embeds in its page: its plotly figure, the runs of the cells it "
+        "carries and its script.", "", parts[3], ""])
     return page, json.dumps(costs, indent=1) + "\n"
 
 

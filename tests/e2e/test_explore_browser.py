@@ -1,9 +1,9 @@
 """Explorable heatmaps in a real browser: a click, a tap and the arrow keys open a cell's patched run,
 on a 1366 px desktop and a 390 px phone, and the panel shows what Python computes for that cell.
 
-Two pages: one written here with ``ExplorableFigure.to_html`` (the notebooks' figures, without
-building the book), and the built book's residual-stream chapter (its map of ``resid_pre``, cell
-(layer, END)). The values are checked against a direct computation: the corrupted prompts run with a
+Pages written here with ``ExplorableFigure.to_html`` (the notebooks' figures, without building the
+book), and two of the built book: the residual-stream chapter (its map of ``resid_pre``, cell
+(layer, END)) and chapter 10 (its map of ``attn_out`` under GPT-2 small's published one). The values are checked against a direct computation: the corrupted prompts run with a
 hand-written hook that patches the clean activation in. Uses test_book_browser's headless Chromium.
 """
 
@@ -21,6 +21,7 @@ import plotly
 import pytest
 import torch
 
+from patched_runs import hooked_final  # tests/unit/patched_runs.py
 from patchlab.plots import explorable_heatmap
 from test_book_browser import SCREENS, DevTools, _QuietHandler, browser, built_book, server  # noqa: F401
 
@@ -28,16 +29,21 @@ pytestmark = pytest.mark.slow
 
 TOP_K = 5
 
-# Where cell (r, c) of the page's first explorable figure is on the screen, after scrolling it into view.
-LOCATE = r"""((r, c) => {
+# Where cell (r, c) of the page's first explorable figure is on the screen, after scrolling it into view:
+# of its heatmap whose cells open their runs, or (other) of the first one that does not.
+LOCATE = r"""((r, c, other) => {
   const gd = document.querySelector('.plotly-graph-div[data-explorable]');
   gd.scrollIntoView({block: 'center'});
-  const box = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const t = gd._fullData.find(t => (t.hovertemplate || '').includes('click for its run') !== other);
+  const box = gd.getBoundingClientRect();
+  const xa = gd._fullLayout[t.xaxis.replace('x', 'xaxis')], ya = gd._fullLayout[t.yaxis.replace('y', 'yaxis')];
   return {x: box.left + xa._offset + xa.l2p(c), y: box.top + ya._offset + ya.l2p(r),
           panelLeft: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().left,
           panelTop: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().top,
           figureRight: box.right, figureBottom: box.bottom, viewport: window.innerWidth,
-          panelRight: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().right};
+          panelRight: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().right,
+          panelBottom: gd.parentNode.querySelector('.patchlab-panel').getBoundingClientRect().bottom,
+          outerBottom: gd.parentNode.parentNode.getBoundingClientRect().bottom};
 })"""
 
 # What the panel shows: its title, its value line and its tables' rows (cell texts).
@@ -50,18 +56,6 @@ PANEL = r"""(() => {
           lds: rows('table.lds'), tops: rows('table.tops'), pattern: rows('table.pattern'),
           focused: document.activeElement && document.activeElement.getAttribute('data-explorable') === '1'};
 })()"""
-
-
-def _direct_run(model: Any, data: Any, hook_name: str, where: tuple[Any, ...]) -> torch.Tensor:
-    """The corrupted run's final logits with the clean activation patched in at ``where``, by hand."""
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(data.clean_tokens)
-
-        def patch(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-            activation[where] = clean_cache[hook_name][where]
-            return activation
-
-        return model.run_with_hooks(data.corrupted_tokens, fwd_hooks=[(hook_name, patch)])[:, -1]
 
 
 def _expected(model: Any, data: Any, final: torch.Tensor) -> tuple[list[float], list[tuple[str, float]]]:
@@ -81,7 +75,8 @@ def _check_panel(panel: dict, lds: list[float], tops: list[tuple[str, float]]) -
 
 
 def _check_layout(page: "Page", screen: str) -> None:
-    """Beside the figure on a desktop, below it on a phone, and on the screen."""
+    """Beside the figure on a desktop, below it on a phone, on the screen, and inside the box that holds
+    the figure (plotly's notebook renderer gives that box the figure's height: the panel must not be cut)."""
     at = page.where(0, 0)
     assert at["viewport"] == SCREENS[screen][0], "the page is laid out at the screen's width"
     if screen == "phone":
@@ -89,6 +84,7 @@ def _check_layout(page: "Page", screen: str) -> None:
     else:
         assert at["panelLeft"] >= at["figureRight"] - 1, f"on a desktop the panel opens beside the figure: {at}"
     assert at["panelRight"] <= at["viewport"] + 1, f"the panel runs off the screen: {at}"
+    assert at["panelBottom"] <= at["outerBottom"] + 1, f"the panel runs out of the figure's box: {at}"
 
 
 class Page:
@@ -107,13 +103,14 @@ class Page:
             time.sleep(0.3)
         time.sleep(0.5)  # the figure settles to its column's width
 
-    def where(self, r: int, c: int) -> dict:
-        found = self.browser.evaluate(f"{LOCATE}({r}, {c})")
+    def where(self, r: int, c: int, other: bool = False) -> dict:
+        call = f"{LOCATE}({r}, {c}, {str(other).lower()})"
+        found = self.browser.evaluate(call)
         time.sleep(0.3)
-        return self.browser.evaluate(f"{LOCATE}({r}, {c})") if found else found
+        return self.browser.evaluate(call) if found else found
 
-    def click(self, r: int, c: int) -> dict:
-        at = self.where(r, c)
+    def click(self, r: int, c: int, other: bool = False) -> dict:
+        at = self.where(r, c, other)
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
             self.browser.send("Input.dispatchMouseEvent", type=kind, x=at["x"], y=at["y"], button="left", clickCount=1)
         return self._settled()
@@ -164,11 +161,11 @@ def test_click_tap_and_keys_show_the_cells_run(browser: DevTools, notebook_pages
     end, last = classic.end_pos, model.cfg.n_layers - 1
     panel = page.tap(last, end) if page.mobile else page.click(last, end)
     assert panel["title"] == f"layer {last}, position {classic.end_pos}: {classic.str_tokens[end]!r} (END)", panel
-    final = _direct_run(model, classic, f"blocks.{last}.hook_resid_pre", (slice(None), end))
+    final = hooked_final(model, classic, f"blocks.{last}.hook_resid_pre", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
     assert panel["focused"], "a click or tap gives the map the keyboard focus"
     panel = page.key("ArrowUp")  # layer last - 1, END
-    final = _direct_run(model, classic, f"blocks.{last - 1}.hook_resid_pre", (slice(None), end))
+    final = hooked_final(model, classic, f"blocks.{last - 1}.hook_resid_pre", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
     _check_layout(page, screen)
 
@@ -179,7 +176,7 @@ def test_head_cells_show_the_heads_pattern(browser: DevTools, notebook_pages: di
     page = Page(browser, f"{notebook_pages['url']}/head_out.html", screen)
     layer, head = model.cfg.n_layers - 1, 1
     panel = page.tap(layer, head) if page.mobile else page.click(layer, head)
-    final = _direct_run(model, classic, f"blocks.{layer}.attn.hook_z", (slice(None), slice(None), head))
+    final = hooked_final(model, classic, f"blocks.{layer}.attn.hook_z", (slice(None), slice(None), head))
     _check_panel(panel, *_expected(model, classic, final))
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(classic.clean_tokens)
@@ -196,14 +193,31 @@ def test_the_books_residual_map_opens_layer_end(browser: DevTools, server: str, 
     page = Page(browser, f"{server}/book/residual_patching.html", screen)
     end, layer = classic.end_pos, 1
     panel = page.tap(layer, end) if page.mobile else page.click(layer, end)
-    final = _direct_run(model, classic, f"blocks.{layer}.hook_resid_pre", (slice(None), end))
+    final = hooked_final(model, classic, f"blocks.{layer}.hook_resid_pre", (slice(None), end))
     _check_panel(panel, *_expected(model, classic, final))
     _check_layout(page, screen)
 
 
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_the_books_attention_output_map_opens_its_cells_under_the_published_map(
+    browser: DevTools, server: str, model: Any, classic: Any, screen: str
+) -> None:
+    """Chapter 10's attn_out figure, GPT-2 small's published map above this model's: a cell of the
+    lower map shows its run; a click on the published map says its cells carry none."""
+    page = Page(browser, f"{server}/book/beyond_residual.html", screen)
+    end, layer = classic.end_pos, model.cfg.n_layers - 1
+    panel = page.tap(layer, end) if page.mobile else page.click(layer, end)
+    assert panel["title"] == f"layer {layer}, position {classic.end_pos}: {classic.str_tokens[end]!r} (END)", panel
+    final = hooked_final(model, classic, f"blocks.{layer}.hook_attn_out", (slice(None), end))
+    _check_panel(panel, *_expected(model, classic, final))
+    _check_layout(page, screen)
+    if not page.mobile:
+        assert "carry no runs" in page.click(layer, end, other=True)["text"]
+
+
 def test_the_books_explorable_figures_stay_within_their_budget(built_book: Path) -> None:
     """Each explorable figure of the built book (its plotly call with its panel's data) is within
-    BUDGET_BYTES, and the residual, head and path chapters have theirs."""
+    BUDGET_BYTES, and chapters 6, 8, 9 and 10 have theirs."""
     import re
 
     from patchlab.explore import BUDGET_BYTES
@@ -214,5 +228,6 @@ def test_the_books_explorable_figures_stay_within_their_budget(built_book: Path)
         sizes = [len(s.encode()) for s in scripts if "data-explorable" in s and "Plotly.newPlot" in s]
         if sizes:
             found[page.stem] = sizes
-    assert {"residual_patching", "attention_heads", "path_patching"} <= set(found), found
+    assert {"residual_patching", "attention_heads", "path_patching", "beyond_residual"} <= set(found), found
+    assert len(found["beyond_residual"]) == 2, "chapter 10's attention and MLP output maps"
     assert all(size <= BUDGET_BYTES for sizes in found.values() for size in sizes), found

@@ -15,19 +15,9 @@ import torch
 
 from patchlab.explore import BUDGET_BYTES, ExplorableFigure, _json, cell_runs, choose_cells
 from patchlab.patching import fast_path_patching, fast_patching
-from patchlab.plots import explorable_heatmap
-
-
-def _hooked_final(model: Any, data: Any, hook_name: str, where: tuple[Any, ...]) -> torch.Tensor:
-    """Final logits of the corrupted run with the clean activation written in at ``where``."""
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(data.clean_tokens)
-
-        def patch(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-            activation[where] = clean_cache[hook_name][where]
-            return activation
-
-        return model.run_with_hooks(data.corrupted_tokens, fwd_hooks=[(hook_name, patch)])[:, -1]
+from patched_runs import hooked_final  # tests/unit/patched_runs.py
+from patchlab.plots import explorable_heatmap, position_labels
+from patchlab.published import gpt2_small_ioi, side_by_side
 
 
 def _check_run(model: Any, runs: dict, key: str, final: torch.Tensor, answers: torch.Tensor) -> None:
@@ -52,7 +42,7 @@ def maps(model: Any, classic: Any, classic_run: Any) -> dict[str, torch.Tensor]:
 def test_a_residual_cells_run_is_the_hand_patched_run(model: Any, classic: Any, maps: dict) -> None:
     layer, end = 2, classic.end_pos
     runs = cell_runs(model, classic, maps["resid_pre"], "resid_pre")
-    final = _hooked_final(model, classic, f"blocks.{layer}.hook_resid_pre", (slice(None), end))
+    final = hooked_final(model, classic, f"blocks.{layer}.hook_resid_pre", (slice(None), end))
     _check_run(model, runs, f"{layer},{end}", final, classic.answer_tokens)
     # the run's metric is the map's value (fast patching, another method) at every cell
     for key, cell in runs["cells"].items():
@@ -75,7 +65,7 @@ def test_a_head_cell_carries_its_run_and_its_pattern(model: Any, classic: Any, c
     _, clean_cache, _, _ = classic_run
     layer, head = 3, 1
     runs = cell_runs(model, classic, maps["head_out"], "head_out")
-    final = _hooked_final(model, classic, f"blocks.{layer}.attn.hook_z", (slice(None), slice(None), head))
+    final = hooked_final(model, classic, f"blocks.{layer}.attn.hook_z", (slice(None), slice(None), head))
     _check_run(model, runs, f"{layer},{head}", final, classic.answer_tokens)
     pattern = clean_cache[f"blocks.{layer}.attn.hook_pattern"][:, head, -1]
     assert np.allclose(runs["heads"][f"{layer},{head}"]["clean"], pattern.numpy(), atol=0.006)
@@ -101,6 +91,27 @@ def test_a_path_cell_is_the_path_patched_run(model: Any, classic: Any, classic_r
         # the metric is the normalised mean of the per-prompt logit differences shown
         clean, corrupted = metric.clean_logit_diff, metric.corrupted_logit_diff
         assert (np.mean(cell["ld"]) - corrupted) / (clean - corrupted) == pytest.approx(cell["m"], abs=2e-3)
+
+
+def test_a_figure_of_several_maps_opens_the_cells_of_the_map_drawn_from_the_values(model: Any, classic: Any,
+                                                                                    maps: dict) -> None:
+    """Chapter 10's figure: GPT-2 small's published map above this model's; only the lower one opens runs."""
+    labels = position_labels(classic.str_tokens, classic.s2_pos, classic.end_pos)
+    published = side_by_side(maps["attn_out"], "ioi-mini", gpt2_small_ioi(), "attn_out", labels)
+    layer, end = 2, classic.end_pos
+    fig = explorable_heatmap(model, classic, maps["attn_out"], "attn_out", "attn_out", cells=[(layer, end)],
+                             figure=published)
+    assert fig.figure is published and (fig.data["trace"], fig.data["axes"]) == (1, ["x2", "y2"])
+    assert ["click for its run" in t.hovertemplate for t in published.data] == [False, True]
+    assert fig.data["cols"] == labels
+    final = hooked_final(model, classic, f"blocks.{layer}.hook_attn_out", (slice(None), end))
+    _check_run(model, fig.data, f"{layer},{end}", final, classic.answer_tokens)
+    with pytest.raises(ValueError, match="draws these values in 0 heatmaps"):
+        explorable_heatmap(model, classic, maps["mlp_out"], "mlp_out", "mlp_out", figure=published)
+    # a plain plotly heatmap without a hover of its own gets one that says its cells open
+    plain = go.Figure(go.Heatmap(z=maps["mlp_out"].numpy()))
+    explorable_heatmap(model, classic, maps["mlp_out"], "mlp_out", "mlp_out", cells=[(0, 0)], figure=plain)
+    assert "click for its run" in plain.data[0].hovertemplate
 
 
 def test_large_maps_embed_the_last_column_and_the_largest_cells() -> None:

@@ -34,7 +34,7 @@ def test_the_page_and_the_cost_table_are_what_the_committed_bench_files_give(cap
     notebooks = json.loads((ROOT / "bench" / "notebooks.json").read_text())
     dates = {r["date"][:10] for s in notebooks["setups"].values() for runs in s["notebooks"].values() for r in runs}
     assert all(date in page for date in dates) and "load average" in page
-    for name in ("notebooks", "patchlab", "autograder"):
+    for name in ("notebooks", "patchlab", "autograder", "explore"):
         assert f"bench/{name}.json" in page or name == "notebooks"
 
 
@@ -93,6 +93,33 @@ def test_page_costs_are_medians_of_the_runs_and_the_slowest_cell_by_cpu() -> Non
     changed = [run(cells[0]), run(cells[1][:2])]
     with pytest.raises(summary_tool.BenchError, match="the notebook changed between runs"):
         summary_tool.page_costs(record({"book/x.ipynb": changed})["setups"]["gpt2-small"])
+
+
+def test_explorable_figures_are_set_against_their_budget_and_the_bound_for_any_weights() -> None:
+    record = json.loads((ROOT / "bench" / "explore.json").read_text())
+    record["source"] = "bench/explore.json"
+    head = record["figures"]["head_out"]
+    text = summary_tool.explore_summary(record)
+    assert f"| `head_out` | {head['cells']} of {head['total']} | {head['tokens']} | {head['patterns']} | " \
+           f"{head['bytes'] / 1000:.0f} | {head['bound_bytes'] / 1000:.0f} |" in text
+    assert "Within the budget even then." in text and "Over the budget" not in text
+    # a figure that the bound puts over the budget is named
+    record["budget_bytes"] = min(f["bound_bytes"] for f in record["figures"].values()) - 1
+    names = ", ".join(f"`{name}`" for name in record["figures"])
+    assert f"**Over the budget in that case: {names}.**" in summary_tool.explore_summary(record)
+
+
+def test_the_bound_for_any_weights_makes_every_top_token_another_and_every_number_longest() -> None:
+    explore_tool = load_module("measure_explore", "tools/measure_explore.py")
+    data = {"tokens": ["a", "b"], "z": [[0.5]], "heads": {"0,0": {"clean": [[1.0, 0.0]]}},
+            "runs": {"clean": {"ld": [1.0], "top": [[[0, 0.5], [1, 0.5]]]}},
+            "cells": {"0,0": {"m": 0.5, "ld": [2.0], "top": [[[0, 1.0], [0, 0.0]]]}}}
+    out = explore_tool.filled(data, 3.4)
+    indices = [t for r in (*out["runs"].values(), *out["cells"].values()) for row in r["top"] for t, _ in row]
+    assert sorted(indices) == [2, 3, 4, 5] and out["tokens"] == ["a", "b", "xxx", "xxx", "xxx", "xxx"]
+    assert out["cells"]["0,0"]["m"] == -0.1234 and out["runs"]["clean"]["ld"] == [-12.345]
+    assert out["heads"]["0,0"]["clean"] == [[0.12, 0.12]] and out["z"] == [[-0.1234]]
+    assert data["tokens"] == ["a", "b"], "the figure's own data is left as it was"
 
 
 def test_measure_times_each_cell_in_the_kernel_wall_and_cpu_apart(tmp_path: Path) -> None:
