@@ -11,7 +11,7 @@ name is repeated and the corrupted prompt is not another clean prompt.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -189,6 +189,16 @@ class IOIData:
     @property
     def n_prompts(self) -> int:
         return self.clean_tokens.shape[0]
+
+    def first(self, n: int) -> IOIData:
+        """The first ``n`` prompts (all of them if there are fewer), as a batch of their own."""
+        return replace(
+            self,
+            prompts=self.prompts[:n],
+            clean_tokens=self.clean_tokens[:n],
+            corrupted_tokens=self.corrupted_tokens[:n],
+            answer_tokens=self.answer_tokens[:n],
+        )
 
     def to(self, device: torch.device | str) -> IOIData:
         self.clean_tokens = self.clean_tokens.to(device)

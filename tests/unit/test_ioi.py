@@ -50,6 +50,15 @@ def test_classic_tokens_have_gpt2_positions(model, classic):
         assert model.to_str_tokens(torch.tensor(row)) == [io, s]
 
 
+def test_first_is_a_batch_of_the_first_prompts_and_leaves_the_whole_as_it_was(classic):
+    two = classic.first(2)
+    assert (two.n_prompts, two.prompts) == (2, classic.prompts[:2])
+    for name in ("clean_tokens", "corrupted_tokens", "answer_tokens"):
+        assert torch.equal(getattr(two, name), getattr(classic, name)[:2]), name
+    assert (two.str_tokens, two.s2_pos, two.end_pos) == (classic.str_tokens, classic.s2_pos, classic.end_pos)
+    assert classic.n_prompts == 8 and classic.first(100).n_prompts == 8
+
+
 def test_generate_ioi_is_reproducible_and_consistent(model):
     a = ioi.generate_ioi(model, 12, seed=3)
     b = ioi.generate_ioi(model, 12, seed=3)
