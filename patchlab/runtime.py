@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, TypeVar
 
 import torch
 from tqdm.std import tqdm
+
+from patchlab.ioi import IOIData, classic_ioi
+from patchlab.metrics import PatchingMetric, metric_from_runs
+from patchlab.models import load_model
 
 if TYPE_CHECKING:
     from patchlab.types import Model
@@ -77,6 +81,27 @@ def slow_on_cpu(model: Model) -> bool:
     """Whether ``model`` runs on a CPU and is GPT-2-sized, where a page skips work too slow for it."""
     n_params = sum(p.numel() for p in model.parameters())
     return torch.device(model.cfg.device or "cpu").type == "cpu" and n_params >= SLOW_ON_CPU_PARAMS
+
+
+class CheckRuns(NamedTuple):
+    """What a notebook's local check runs a learner's loop on: a model, its prompts and their metric."""
+
+    model: Model
+    data: IOIData
+    metric: PatchingMetric
+
+
+def check_runs(model: Model, data: IOIData, metric: PatchingMetric) -> CheckRuns:
+    """``model``, ``data`` and ``metric``; with GPT-2 small on a CPU (:func:`slow_on_cpu`), the course
+    model ``ioi-mini`` on the classic prompts instead, where a loop of one run per head takes seconds,
+    not many minutes. The hidden tests grade on both models whichever this returns."""
+    if not slow_on_cpu(model):
+        return CheckRuns(model, data, metric)
+    course = load_model("ioi-mini", device="cpu", verbose=False)
+    course_data = classic_ioi(course)
+    with torch.no_grad():
+        clean_logits, corrupted_logits = course(course_data.clean_tokens), course(course_data.corrupted_tokens)
+    return CheckRuns(course, course_data, metric_from_runs(clean_logits, corrupted_logits, course_data.answer_tokens))
 
 
 def runtime_note(model: Model, page: str, slow_cells: str | None = None) -> str:

@@ -10,7 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from patchlab.runtime import COLAB_GPU_ADVICE, page_cost, progress, runtime_note
+import patchlab
+from patchlab.metrics import metric_from_runs
+from patchlab.runtime import COLAB_GPU_ADVICE, check_runs, page_cost, progress, runtime_note
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +63,23 @@ def test_on_a_gpu_only_the_device_is_named(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     note = runtime_note(fake_model(124_439_808, "cuda"), "book/residual_patching", slow_cells="the patching loop")
     assert note == "Running on GPU (Tesla T4)."
+
+
+def test_local_checks_run_on_the_model_itself_unless_it_is_gpt2_sized_on_a_cpu(model) -> None:
+    data = patchlab.classic_ioi(model)
+    metric = metric_from_runs(model(data.clean_tokens), model(data.corrupted_tokens), data.answer_tokens)
+    assert check_runs(model, data, metric) == (model, data, metric)
+    on_gpu = fake_model(124_439_808, "cuda")
+    assert check_runs(on_gpu, data, metric).model is on_gpu
+
+
+def test_gpt2_sized_on_a_cpu_checks_run_on_the_course_model_with_its_own_metric(model) -> None:
+    checked = check_runs(fake_model(124_439_808), data=None, metric=None)
+    assert checked.model.cfg.n_params == model.cfg.n_params and checked.model.cfg.n_layers == model.cfg.n_layers
+    assert torch.equal(checked.data.clean_tokens, patchlab.classic_ioi(model).clean_tokens)
+    # the metric's baselines are the course model's own clean and corrupted runs: 1 and 0
+    assert checked.metric(checked.model(checked.data.clean_tokens)).item() == pytest.approx(1, abs=1e-5)
+    assert checked.metric(checked.model(checked.data.corrupted_tokens)).item() == pytest.approx(0, abs=1e-5)
 
 
 PAGES = sorted([*ROOT.glob("book/*.md"), *ROOT.glob("solutions/*/*.md")])
