@@ -46,6 +46,7 @@ import nbformat
 from nbgrader.apps import NbGraderAPI
 
 import patchlab
+from patchlab.explore import STATIC_FIGURES
 
 from autograder import gpu, interrupt, lms, record, restore, sandbox, summary, untrusted
 from autograder.checks import REGISTRY, References, judge
@@ -538,6 +539,8 @@ class Grader:
             "TRANSFORMERS_OFFLINE": "1",
             "AUTOGRADER_MODELS": ",".join(GRADING_MODELS[self.model]),
             "AUTOGRADER_DEVICE": self.device,
+            # feedback pages drop scripts: explorable maps are drawn plain, without re-running their cells
+            STATIC_FIGURES: "1",
         }
         if self.device == "cpu":  # no GPU for the learner's code either, whatever the sandbox
             env["CUDA_VISIBLE_DEVICES"] = ""

@@ -14,11 +14,14 @@ rounded and the token strings are kept once, in a shared table, so a figure's da
 draws a panel beside the figure (below it on a narrow screen) with the selected cell's run: a click
 or a tap on a cell selects it, and so do the arrow keys once the figure has the keyboard focus.
 `patchlab.plots.explorable_heatmap` makes one from a patching result and the runs it came from.
+Where no script will run (the grader sets `STATIC_FIGURES`: its feedback pages drop scripts) it draws
+the plain map and re-runs nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -35,6 +38,9 @@ from patchlab.patching.paths import reference_path_patching
 from patchlab.patching.reference import reference_cells
 
 BUDGET_BYTES = 300_000
+# Set (to anything but "" or "0") where figures are read without their scripts: explorable maps are
+# drawn plain, with no runs (the grader's kernels: a graded page's panel would never open).
+STATIC_FIGURES = "PATCHLAB_STATIC_FIGURES"
 """The most that one explorable figure may embed (its plotly JSON, its cells' runs and the script)."""
 
 MAX_CELLS = 64
@@ -102,6 +108,11 @@ def _run_summary(final: Float[Tensor, "batch d_vocab"], answers: Tensor, tokens:
             [[tokens(i), round(float(p), 3)] for i, p in zip(row_ids, row_p)] for row_ids, row_p in zip(ids, probs)
         ],
     }
+
+
+def static_figures() -> bool:
+    """Whether figures are read without their scripts here (`STATIC_FIGURES` set)."""
+    return os.environ.get(STATIC_FIGURES, "") not in ("", "0")
 
 
 def cell_runs(
@@ -195,15 +206,16 @@ def _json(value: Any) -> str:
 
 @dataclass
 class ExplorableFigure:
-    """A plotly heatmap and the data behind its cells: ``show()`` draws it with its panel."""
+    """A plotly heatmap and the data behind its cells: ``show()`` draws it with its panel (``data``
+    ``None``: a plain figure, where no script runs, `STATIC_FIGURES`)."""
 
     figure: go.Figure
-    data: dict[str, Any]
+    data: dict[str, Any] | None
 
     @property
     def script(self) -> str:
-        """The figure's ``post_script``: the panel, its data and its event handlers."""
-        return SCRIPT.replace("__DATA__", _json(self.data))
+        """The figure's ``post_script``: the panel, its data and its event handlers ("" with no data)."""
+        return "" if self.data is None else SCRIPT.replace("__DATA__", _json(self.data))
 
     def embedded_bytes(self) -> int:
         """What the figure embeds in a page (its plotly JSON and its script), in bytes."""
@@ -220,6 +232,9 @@ class ExplorableFigure:
         page built from one: with the default plotly renderer when it draws HTML (``notebook``,
         ``colab``, ...), which runs the panel's script; else (JupyterLab's ``plotly_mimetype``, which
         runs none) with the ``notebook`` renderer."""
+        if self.data is None:
+            self.figure.show()
+            return
         parts = (pio.renderers.default or "").split("+")
         html = [p for p in parts if p in pio.renderers and hasattr(pio.renderers[p], "post_script")]
         self.figure.show(renderer=html[0] if html else "notebook", post_script=self.script)

