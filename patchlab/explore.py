@@ -38,10 +38,11 @@ from patchlab.patching.paths import reference_path_patching
 from patchlab.patching.reference import reference_cells
 
 BUDGET_BYTES = 300_000
-# Set (to anything but "" or "0") where figures are read without their scripts: explorable maps are
-# drawn plain, with no runs (the grader's kernels: a graded page's panel would never open).
-STATIC_FIGURES = "PATCHLAB_STATIC_FIGURES"
 """The most that one explorable figure may embed (its plotly JSON, its cells' runs and the script)."""
+
+STATIC_FIGURES = "PATCHLAB_STATIC_FIGURES"
+"""Set (to anything but "" or "0") where figures are read without their scripts: explorable maps are
+drawn plain, with no runs (the grader's kernels: a graded page's panel would never open)."""
 
 MAX_CELLS = 64
 """How many cells' runs a figure embeds by default: on the course model every cell of the book's maps;
